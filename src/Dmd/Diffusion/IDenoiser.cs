@@ -1,0 +1,47 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Diffusion;
+
+/// <summary>
+/// A denoiser <c>D(x, sigma, labels) -> x0_hat</c> in the EDM formulation (DESIGN.md section 2).
+/// Every network the project uses (teacher, fake denoiser, generator backbone) is reached
+/// through this interface, whatever the shape of <c>x</c>.
+/// </summary>
+public interface IDenoiser
+{
+    /// <summary>Predicts clean data from <paramref name="x"/> = x0 + sigma * n.</summary>
+    /// <param name="x">Noisy samples, shape (B, ...).</param>
+    /// <param name="sigma">Noise level per sample, shape (B) (a scalar tensor broadcasts).</param>
+    /// <param name="labels">One-hot class labels (B, C); an all-zero row means "no label"
+    /// (the unconditional model used by classifier-free guidance). Null for unconditional models.</param>
+    Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null);
+
+    /// <summary>Number of classes the denoiser is conditioned on (0 = unconditional).</summary>
+    int LabelDim { get; }
+}
+
+/// <summary>Helpers shared by everything that calls a denoiser.</summary>
+public static class DenoiserExtensions
+{
+    /// <summary>Score from a denoiser: s(x, sigma) = (D(x, sigma) - x) / sigma^2.</summary>
+    public static Tensor Score(this IDenoiser d, Tensor x, Tensor sigma, Tensor? labels = null)
+    {
+        var s = Broadcast(sigma, x);
+        return (d.Denoise(x, sigma, labels) - x) / s.square();
+    }
+
+    /// <summary>Reshapes a per-sample sigma (B) to (B, 1, 1, ...) so it broadcasts against x.</summary>
+    public static Tensor Broadcast(Tensor sigma, Tensor x)
+    {
+        if (sigma.dim() == 0) return sigma;
+        var shape = new long[x.dim()];
+        shape[0] = sigma.shape[0];
+        for (int i = 1; i < shape.Length; i++) shape[i] = 1;
+        return sigma.reshape(shape);
+    }
+
+    /// <summary>A per-sample sigma tensor of shape (B) filled with one value.</summary>
+    public static Tensor Full(double sigma, Tensor like) =>
+        torch.full(new long[] { like.shape[0] }, sigma, dtype: like.dtype, device: like.device);
+}

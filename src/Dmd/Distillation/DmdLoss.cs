@@ -1,0 +1,60 @@
+using Dmd.Diffusion;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Distillation;
+
+/// <summary>
+/// The three losses of Distribution Matching Distillation (Yin et al. 2024; DESIGN.md section 3),
+/// written to read like the paper. Shape-generic: x is (B, ...).
+/// </summary>
+public static class DmdLoss
+{
+    /// <summary>
+    /// Eq. 7-8: the distribution matching gradient for generated samples <paramref name="x"/>, given the
+    /// real and fake denoisers' predictions at the noised samples.
+    /// k = mean over non-batch dims of |x - p_real| (per-sample weight), grad = nan_to_num((p_fake - p_real) / k).
+    /// Following -grad moves x toward the real distribution, away from the fake one.
+    /// </summary>
+    public static Tensor DmGradient(Tensor x, Tensor pReal, Tensor pFake)
+    {
+        var k = Weighting(x, pReal);
+        return ((pFake - pReal) / k).nan_to_num();
+    }
+
+    /// <summary>Per-sample weight k = mean over all non-batch dims of |x - p_real|, shape (B, 1, ...).</summary>
+    public static Tensor Weighting(Tensor x, Tensor pReal)
+    {
+        var dims = Enumerable.Range(1, (int)x.dim() - 1).Select(i => (long)i).ToArray();
+        return (x - pReal).abs().mean(dims, keepdim: true);
+    }
+
+    /// <summary>
+    /// The distribution matching loss for a generated batch: noise it at the given levels, ask both
+    /// denoisers (no gradient), and return loss_dm = 0.5 mean((x - stopgrad(x - grad))^2), whose gradient
+    /// with respect to x is grad / numel. <paramref name="real"/> carries the CFG scale when asked for.
+    /// </summary>
+    public static Tensor DistributionMatching(Tensor x, IDenoiser real, IDenoiser fake, Tensor sigma, Tensor? labels, Generator? g)
+    {
+        Tensor grad;
+        using (no_grad())
+        {
+            var xd = x.detach();
+            var xt = xd + DenoiserExtensions.Broadcast(sigma, xd) * Rng.NormalLike(xd, g);
+            var pReal = real.Denoise(xt, sigma, labels);
+            var pFake = fake.Denoise(xt, sigma, labels);
+            grad = DmGradient(xd, pReal, pFake);
+        }
+        return 0.5 * nn.functional.mse_loss(x, (x - grad).detach());
+    }
+
+    /// <summary>
+    /// The fake denoiser's loss: denoising score matching on generated samples (detached), EDM weighting
+    /// 1/sigma^2 + 1/sd^2, noise levels from the whole grid.
+    /// </summary>
+    public static Tensor FakeDenoising(IDenoiser fake, Tensor xGenerated, Tensor sigma, Tensor? labels, double sigmaData, Generator? g) =>
+        EdmLoss.AtSigma(fake, xGenerated.detach(), sigma, labels, sigmaData, g);
+
+    /// <summary>Regression loss with L2 distance: mean squared error between G(z_ref) and the teacher's x_ref.</summary>
+    public static Tensor RegressionL2(Tensor generated, Tensor target) => nn.functional.mse_loss(generated, target);
+}

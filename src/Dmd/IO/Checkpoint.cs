@@ -1,0 +1,125 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using TorchSharp;
+using TorchSharp.PyBridge;
+using static TorchSharp.torch;
+
+namespace Dmd.IO;
+
+/// <summary>Raised for bad user input (paths, files, shapes): the message says what is wrong and how to fix it.</summary>
+public sealed class DmdInputException : Exception
+{
+    public DmdInputException(string message, Exception? inner = null) : base(message, inner) { }
+}
+
+/// <summary>Safetensors weights and JSON configs: the on-disk formats of every run.</summary>
+public static class Checkpoint
+{
+    public static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        IncludeFields = true,
+        Converters = { new JsonStringEnumConverter() },
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    /// <summary>Saves a module's state (parameters and buffers) as safetensors, atomically.</summary>
+    public static void SaveModule(nn.Module module, string path)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        string tmp = path + ".tmp";
+        module.save_safetensors(tmp);
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    /// <summary>
+    /// Loads safetensors weights into a module by name. Missing, unexpected or mis-shaped tensors are
+    /// reported together in one clear error (unless <paramref name="strict"/> is false, where only
+    /// mis-shaped tensors are an error and the rest is returned as a report).
+    /// </summary>
+    public static LoadReport LoadModule(nn.Module module, string path, bool strict = true)
+    {
+        if (!File.Exists(path))
+            throw new DmdInputException($"weights file not found: {path} (check the path, or train/convert the model first)");
+        Dictionary<string, Tensor> loaded;
+        try { loaded = Safetensors.LoadStateDict(path); }
+        catch (Exception e) { throw new DmdInputException($"{path} is not a readable safetensors file ({e.Message}); re-save or re-convert it", e); }
+
+        var expected = module.state_dict();
+        var report = new LoadReport(
+            Missing: expected.Keys.Where(k => !loaded.ContainsKey(k)).ToList(),
+            Unexpected: loaded.Keys.Where(k => !expected.ContainsKey(k)).ToList(),
+            Misshaped: expected.Keys.Where(k => loaded.ContainsKey(k) && !loaded[k].shape.SequenceEqual(expected[k].shape))
+                .Select(k => $"{k}: file [{string.Join(",", loaded[k].shape)}] vs model [{string.Join(",", expected[k].shape)}]").ToList());
+        if (report.Misshaped.Count > 0 || (strict && !report.IsExact))
+            throw new DmdInputException($"{path} does not match the model: {report}. Was it saved from a model with a different configuration?");
+        using (no_grad())
+            foreach (var (k, v) in loaded)
+                if (expected.TryGetValue(k, out var dst)) dst.copy_(v);
+        foreach (var v in loaded.Values) v.Dispose();
+        return report;
+    }
+
+    public static void SaveJson<T>(T value, string path)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(value, Json));
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    public static T LoadJson<T>(string path)
+    {
+        if (!File.Exists(path)) throw new DmdInputException($"file not found: {path}");
+        try { return JsonSerializer.Deserialize<T>(File.ReadAllText(path), Json) ?? throw new JsonException("empty document"); }
+        catch (JsonException e) { throw new DmdInputException($"{path} is not a valid {typeof(T).Name} JSON file: {e.Message}", e); }
+    }
+
+    /// <summary>Saves named tensors as safetensors, atomically.</summary>
+    public static void SaveTensors(Dictionary<string, Tensor> tensors, string path)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        Safetensors.SaveStateDict(path + ".tmp", tensors);
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    public static Dictionary<string, Tensor> LoadTensors(string path, params string[] required)
+    {
+        if (!File.Exists(path)) throw new DmdInputException($"file not found: {path}");
+        Dictionary<string, Tensor> d;
+        try { d = Safetensors.LoadStateDict(path); }
+        catch (Exception e) { throw new DmdInputException($"{path} is not a readable safetensors file ({e.Message})", e); }
+        var missing = required.Where(k => !d.ContainsKey(k)).ToList();
+        if (missing.Count > 0) throw new DmdInputException($"{path} lacks tensor(s) {string.Join(", ", missing)}");
+        return d;
+    }
+
+    /// <summary>Random generator state as text for a JSON file.</summary>
+    public static string GeneratorState(Generator g)
+    {
+        using var s = g.get_state();
+        return Convert.ToBase64String(s.data<byte>().ToArray());
+    }
+
+    public static void RestoreGenerator(Generator g, string base64)
+    {
+        var bytes = Convert.FromBase64String(base64);
+        using var t = torch.tensor(bytes, dtype: ScalarType.Byte);
+        g.set_state(t);
+    }
+}
+
+/// <summary>Differences between a weights file and a model.</summary>
+public sealed record LoadReport(List<string> Missing, List<string> Unexpected, List<string> Misshaped)
+{
+    public bool IsExact => Missing.Count == 0 && Unexpected.Count == 0 && Misshaped.Count == 0;
+
+    public override string ToString()
+    {
+        static string List(List<string> l) => l.Count <= 6 ? string.Join("; ", l) : string.Join("; ", l.Take(6)) + $"; ... ({l.Count} in all)";
+        var parts = new List<string>();
+        if (Missing.Count > 0) parts.Add($"{Missing.Count} missing ({List(Missing)})");
+        if (Unexpected.Count > 0) parts.Add($"{Unexpected.Count} unexpected ({List(Unexpected)})");
+        if (Misshaped.Count > 0) parts.Add($"{Misshaped.Count} mis-shaped ({List(Misshaped)})");
+        return parts.Count == 0 ? "exact match" : string.Join(", ", parts);
+    }
+}

@@ -1,0 +1,130 @@
+using TorchSharp.PyBridge;
+using System.Globalization;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Dmd.Training;
+
+/// <summary>Small pieces every training loop shares: learning-rate control, clipping, EMA, weight copies.</summary>
+public static class TrainingUtils
+{
+    /// <summary>Sets the learning rate of every parameter group.</summary>
+    public static void SetLearningRate(optim.Optimizer opt, double lr)
+    {
+        foreach (var g in opt.ParamGroups) g.LearningRate = lr;
+    }
+
+    /// <summary>Linear warm-up from lr/warmup to lr over <paramref name="warmup"/> steps, then constant.</summary>
+    public static double WarmupLr(double lr, int step, int warmup) => warmup <= 0 ? lr : lr * Math.Min(1.0, (step + 1) / (double)warmup);
+
+    /// <summary>Clips the global gradient norm of a module's parameters; returns the norm before clipping.</summary>
+    public static double ClipGradNorm(nn.Module m, double maxNorm)
+    {
+        var ps = m.parameters().Where(p => p.requires_grad && p.grad is not null).ToList();
+        if (ps.Count == 0 || maxNorm <= 0) return 0;
+        return nn.utils.clip_grad_norm_(ps, maxNorm);
+    }
+
+    /// <summary>In-place exponential moving average: ema = beta ema + (1 - beta) p, buffers copied.</summary>
+    public static void UpdateEma(nn.Module ema, nn.Module net, double beta)
+    {
+        using var _ = no_grad();
+        var src = net.state_dict();
+        foreach (var (k, e) in ema.state_dict())
+        {
+            var p = src[k];
+            if (e.is_floating_point()) e.lerp_(p, 1 - beta);
+            else e.copy_(p);
+        }
+    }
+
+    /// <summary>Copies all parameters and buffers from one module into another of the same architecture.</summary>
+    public static void CopyWeights(nn.Module from, nn.Module to)
+    {
+        using var _ = no_grad();
+        var src = from.state_dict();
+        foreach (var (k, t) in to.state_dict()) t.copy_(src[k]);
+    }
+
+    /// <summary>Freezes a module: no gradients, eval mode.</summary>
+    public static void Freeze(nn.Module m)
+    {
+        foreach (var p in m.parameters()) p.requires_grad = false;
+        m.eval();
+    }
+
+    public static long ParameterCount(nn.Module m) => m.parameters().Sum(p => p.numel());
+}
+
+/// <summary>Appends one CSV row per logged step: the losses of a run, for plots and for people.</summary>
+public sealed class CsvLog
+{
+    private readonly string path;
+    private string[]? columns;
+
+    public CsvLog(string path, bool append)
+    {
+        this.path = path;
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        if (append && File.Exists(path))
+        {
+            var header = File.ReadLines(path).FirstOrDefault();
+            if (!string.IsNullOrEmpty(header)) columns = header.Split(',').Skip(1).ToArray();
+        }
+        else File.WriteAllText(path, "");
+    }
+
+    public void Write(int step, IReadOnlyDictionary<string, double> values)
+    {
+        if (columns is null)
+        {
+            columns = values.Keys.ToArray();
+            File.AppendAllText(path, "step," + string.Join(",", columns) + "\n");
+        }
+        File.AppendAllText(path, step + "," + string.Join(",", columns.Select(c => values.TryGetValue(c, out var v) ? v.ToString("G6", CultureInfo.InvariantCulture) : "")) + "\n");
+    }
+
+    /// <summary>Reads a log back: column name to (step, value) series.</summary>
+    public static Dictionary<string, List<(int Step, double Value)>> Read(string path)
+    {
+        var result = new Dictionary<string, List<(int, double)>>();
+        var lines = File.ReadAllLines(path);
+        if (lines.Length < 2) return result;
+        var cols = lines[0].Split(',');
+        for (int j = 1; j < cols.Length; j++) result[cols[j]] = new();
+        foreach (var line in lines.Skip(1))
+        {
+            var c = line.Split(',');
+            if (c.Length != cols.Length || !int.TryParse(c[0], out int step)) continue;
+            for (int j = 1; j < cols.Length; j++)
+                if (double.TryParse(c[j], NumberStyles.Float, CultureInfo.InvariantCulture, out var v)) result[cols[j]].Add((step, v));
+        }
+        return result;
+    }
+
+    /// <summary>Keeps the rows up to and including <paramref name="step"/> (used when a run resumes from a checkpoint).</summary>
+    public static void TruncateAfter(string path, int step)
+    {
+        if (!File.Exists(path)) return;
+        var lines = File.ReadAllLines(path);
+        var keep = lines.Take(1).Concat(lines.Skip(1).Where(l => int.TryParse(l.Split(',')[0], out var s) && s <= step));
+        File.WriteAllLines(path, keep);
+    }
+}
+
+/// <summary>Optimizer state on disk (PyTorch state_dict pickle via TorchSharp.PyBridge), for resuming.</summary>
+public static class OptimizerState
+{
+    public static void SaveState(this optim.Optimizer opt, string path)
+    {
+        ((OptimizerHelper)opt).save_py(path + ".tmp");
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    public static void LoadState(this optim.Optimizer opt, string path)
+    {
+        if (!File.Exists(path)) throw new Dmd.IO.DmdInputException($"optimizer state not found: {path}; the checkpoint is incomplete, delete the folder to start afresh");
+        ((OptimizerHelper)opt).load_py(path);
+    }
+}
