@@ -80,7 +80,8 @@ public class MarkElfVersionNeedWeak : Task
             // write a new file and move it over, so a hard link into the NuGet cache is never modified
             string tmp = path + ".patching";
             File.WriteAllBytes(tmp, b);
-            File.Move(tmp, path, overwrite: true);
+            File.Delete(path);
+            File.Move(tmp, path);
         }
         return changed;
     }

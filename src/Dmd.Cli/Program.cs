@@ -1,1 +1,23 @@
-Console.WriteLine("x");
+using System.CommandLine;
+using Dmd.Cli;
+using Dmd.IO;
+using Spectre.Console;
+
+var root = new RootCommand("Distribution Matching Distillation: turn a diffusion teacher into a one-step generator.");
+root.Subcommands.Add(Toy2dCommand.Build());
+root.Subcommands.Add(TeacherCommand.Build());
+root.Subcommands.Add(PairsCommand.Build());
+root.Subcommands.Add(DistillCommand.Build());
+root.Subcommands.Add(SampleCommand.Build());
+root.Subcommands.Add(BenchCommand.Build());
+
+try
+{
+    return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+}
+catch (DmdInputException e)
+{
+    // one plain line on stderr (no wrapping, no markup), so scripts and people both read it
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 2;
+}

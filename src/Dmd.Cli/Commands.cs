@@ -1,0 +1,215 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Dmd.Data;
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.Experiments;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Training;
+using Spectre.Console;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Cli;
+
+internal static class Common
+{
+    public static Option<string> Out(string def) => new("--out", "-o") { Description = "output folder", DefaultValueFactory = _ => def };
+    public static Option<string?> ConfigFile() => new("--config") { Description = "JSON file with the run's settings (command-line options override it)" };
+
+    public static T LoadConfig<T>(ParseResult r, Option<string?> file, ConfigOptions<T> opts) where T : class, new()
+    {
+        var path = r.GetValue(file);
+        return opts.Bind(r, path is null ? null : Checkpoint.LoadJson<T>(path));
+    }
+
+    public static void ResultsTable(IEnumerable<ModelResult> rows)
+    {
+        var t = new Table().AddColumns("model", "NFE", "energy dist.", "precision", "recall", "modes", "in-mode", "samples/s");
+        foreach (var r in rows)
+            t.AddRow(Markup.Escape(r.Model), r.Nfe.ToString(), r.EnergyDistance.ToString("F4", CultureInfo.InvariantCulture),
+                     r.Precision.ToString("F3", CultureInfo.InvariantCulture), r.Recall.ToString("F3", CultureInfo.InvariantCulture),
+                     r.Modes is null ? "-" : $"{r.ModesCovered}/{r.Modes}", r.HighQuality?.ToString("P1", CultureInfo.InvariantCulture) ?? "-",
+                     r.SamplesPerSecond.ToString("N0", CultureInfo.InvariantCulture));
+        AnsiConsole.Write(t);
+    }
+}
+
+/// <summary>`dmd toy2d`: the whole 2-D experiment.</summary>
+internal static class Toy2dCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("toy2d", "Train a 2-D teacher, distil it with DMD (and the paper's ablations), evaluate and plot everything.");
+        var outOpt = Common.Out("runs/toy2d");
+        var quick = new Option<bool>("--quick") { Description = "small budget (about a minute): for a first look and for tests" };
+        var cfgFile = Common.ConfigFile();
+        cmd.Options.Add(outOpt); cmd.Options.Add(quick); cmd.Options.Add(cfgFile);
+        var opts = new ConfigOptions<Toy2dConfig>(cmd);
+        cmd.SetAction(r =>
+        {
+            var start = r.GetValue(cfgFile) is string f ? Checkpoint.LoadJson<Toy2dConfig>(f) : r.GetValue(quick) ? Toy2dPresets.Quick : new Toy2dConfig();
+            var cfg = opts.Bind(r, start);
+            var outDir = r.GetValue(outOpt)!;
+            var exp = new Toy2dExperiment(cfg) { OnMessage = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]") };
+            var sw = Stopwatch.StartNew();
+            Toy2dResults? res = null;
+            ProgressView.Run(report => { exp.OnProgress = report; res = exp.Run(outDir); });
+            Common.ResultsTable(res!.Rows);
+            AnsiConsole.MarkupLine($"data vs held-out data: energy distance {res.DataVsHeldOut:F4} (the noise floor)");
+            AnsiConsole.MarkupLine($"DMD student / teacher (35 NFE) energy distance: [bold]{res.StudentTeacherRatio:F2}x[/];  student / teacher 1-step: {res.StudentOneStepTeacherRatio:P1}");
+            AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "results.json")}, samples.png, losses.png in {sw.Elapsed.TotalSeconds:F0} s");
+            return 0;
+        });
+        return cmd;
+    }
+}
+
+/// <summary>Named budgets of the 2-D experiment.</summary>
+public static class Toy2dPresets
+{
+    /// <summary>About a minute on 2 cores: what the end-to-end test runs.</summary>
+    public static Toy2dConfig Quick => new()
+    {
+        TrainPoints = 20_000, EvalSamples = 2000, PairCount = 2000, Width = 128, Depth = 3,
+        Teacher = new TeacherConfig { Steps = 1500, BatchSize = 256, CheckpointEvery = 500 },
+        Dmd = new DmdConfig { Steps = 600, BatchSize = 128, RegressionBatchSize = 128, WarmupSteps = 100, LearningRate = 2e-4, CheckpointEvery = 300 },
+    };
+}
+
+/// <summary>`dmd train-teacher`: EDM teacher training on point data.</summary>
+internal static class TeacherCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("train-teacher", "Train a diffusion teacher (EDM loss) on a built-in 2-D distribution or your CSV points; resumes if --out holds a checkpoint.");
+        var data = new Option<string>("--data") { Description = $"{string.Join(", ", PointDistributions.Names)} or csv:PATH", DefaultValueFactory = _ => "ring8" };
+        var points = new Option<int>("--train-points") { Description = "points drawn from a built-in distribution", DefaultValueFactory = _ => 50_000 };
+        var cond = new Option<bool>("--conditional") { Description = "condition on class labels (mode index, or the CSV's label column)" };
+        var width = new Option<int>("--width") { DefaultValueFactory = _ => 256 };
+        var depth = new Option<int>("--depth") { DefaultValueFactory = _ => 4 };
+        var outOpt = Common.Out("runs/teacher");
+        var cfgFile = Common.ConfigFile();
+        foreach (var o in new Option[] { data, points, cond, width, depth, outOpt, cfgFile }) cmd.Options.Add(o);
+        var opts = new ConfigOptions<TeacherConfig>(cmd);
+        cmd.SetAction(r =>
+        {
+            var cfg = Common.LoadConfig(r, cfgFile, opts);
+            var set = PointDistributions.Load(r.GetValue(data)!, r.GetValue(points), seed: 1);
+            if (!r.GetValue(cond)) set = set.WithoutLabels();
+            var spec = new NetworkSpec("mlp", set.Shape, set.NumClasses, Math.Round(set.Std, 4), r.GetValue(width), r.GetValue(depth));
+            using var trainer = new TeacherTrainer(spec, cfg, set);
+            AnsiConsole.MarkupLine($"teacher: {TrainingUtils.ParameterCount(trainer.Net):N0} parameters, {set.Count:N0} points of dim {set.Dim}, {set.NumClasses} classes");
+            ProgressView.Run(report => trainer.Run(r.GetValue(outOpt)!, r.GetValue(data)!, (s, n, l) => report("teacher", s, n, l)));
+            var outDir = r.GetValue(outOpt)!;
+            Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
+            AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "teacher.safetensors")}");
+            return 0;
+        });
+        return cmd;
+    }
+}
+
+/// <summary>`dmd pairs`: the teacher's ODE outputs for stored noise (DMD's regression set).</summary>
+internal static class PairsCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("pairs", "Make regression pairs (z, y, x_ref = teacher Heun ODE output) for DMD.");
+        var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
+        var count = new Option<int>("--count") { DefaultValueFactory = _ => 10_000 };
+        var steps = new Option<int>("--steps") { Description = "Heun steps (18 = 35 NFE)", DefaultValueFactory = _ => 18 };
+        var guidance = new Option<double>("--guidance") { Description = "CFG scale for a conditional teacher", DefaultValueFactory = _ => 1.0 };
+        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 3 };
+        var outOpt = new Option<string>("--out", "-o") { DefaultValueFactory = _ => "runs/pairs/pairs.safetensors" };
+        foreach (var o in new Option[] { teacher, count, steps, guidance, seed, outOpt }) cmd.Options.Add(o);
+        cmd.SetAction(r =>
+        {
+            var (net, spec) = DenoiserFile.Load(r.GetValue(teacher)!);
+            RegressionPairs? pairs = null;
+            ProgressView.Run(report => pairs = RegressionPairs.Generate(net, spec.SampleShape, r.GetValue(count), r.GetValue(steps), r.GetValue(guidance), r.GetValue(seed),
+                                                                        onBatch: (d, n) => report("pairs", d, n, null)));
+            pairs!.Save(r.GetValue(outOpt)!);
+            AnsiConsole.MarkupLine($"wrote {pairs.Count:N0} pairs ({pairs.Info.Nfe} NFE each) to {r.GetValue(outOpt)}");
+            return 0;
+        });
+        return cmd;
+    }
+}
+
+/// <summary>`dmd distill`: DMD training of a one-step generator.</summary>
+internal static class DistillCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("distill", "Distil a teacher into a one-step generator with DMD; resumes if --out holds a checkpoint.");
+        var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
+        var pairs = new Option<string?>("--pairs") { Description = "regression pairs from `dmd pairs` (not needed with --mode DmOnly)" };
+        var outOpt = Common.Out("runs/dmd");
+        var cfgFile = Common.ConfigFile();
+        foreach (var o in new Option[] { teacher, pairs, outOpt, cfgFile }) cmd.Options.Add(o);
+        var opts = new ConfigOptions<DmdConfig>(cmd);
+        cmd.SetAction(r =>
+        {
+            var cfg = Common.LoadConfig(r, cfgFile, opts);
+            var teacherPath = r.GetValue(teacher)!;
+            var (net, spec) = DenoiserFile.Load(teacherPath);
+            var p = r.GetValue(pairs) is string pp ? RegressionPairs.Load(pp) : null;
+            using var trainer = new DmdTrainer(net, spec, cfg, p);
+            var outDir = r.GetValue(outOpt)!;
+            ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs), (s, n, l) => report($"dmd {cfg.Mode}", s, n, l)));
+            Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
+            AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "generator.safetensors")}");
+            return 0;
+        });
+        return cmd;
+    }
+}
+
+/// <summary>`dmd sample`: samples from a teacher (Heun/Euler) or a one-step generator.</summary>
+internal static class SampleCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("sample", "Draw samples from a teacher (multi-step) or a DMD generator (one step); writes CSV and a scatter plot.");
+        var model = new Option<string>("--model") { Description = "a teacher.safetensors or generator.safetensors (or its run folder)", Required = true };
+        var n = new Option<int>("--n") { DefaultValueFactory = _ => 2000 };
+        var sampler = new Option<string>("--sampler") { Description = "onestep, heun or euler (default: onestep for generator files, heun otherwise)" };
+        var steps = new Option<int>("--steps") { Description = "sampler steps (heun: 2N-1 NFE)", DefaultValueFactory = _ => 18 };
+        var guidance = new Option<double>("--guidance") { DefaultValueFactory = _ => 1.0 };
+        var cls = new Option<int?>("--class") { Description = "class index for a conditional model (default: random)" };
+        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
+        var outOpt = new Option<string>("--out", "-o") { DefaultValueFactory = _ => "runs/samples.csv" };
+        foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, outOpt }) cmd.Options.Add(o);
+        cmd.SetAction(r =>
+        {
+            var path = r.GetValue(model)!;
+            bool isGen = Path.GetFileName(path).StartsWith("generator") || (Directory.Exists(path) && File.Exists(Path.Combine(path, "generator.safetensors")));
+            var (net, spec) = DenoiserFile.Load(path, isGen ? "generator.safetensors" : "teacher.safetensors");
+            var which = r.GetValue(sampler) ?? (isGen ? "onestep" : "heun");
+            using var g = new torch.Generator((ulong)r.GetValue(seed));
+            int count = r.GetValue(n);
+            var z = Rng.Normal(new long[] { count }.Concat(spec.SampleShape.Select(s => (long)s)).ToArray(), g);
+            Tensor? y = null;
+            if (spec.LabelDim > 0)
+                y = r.GetValue(cls) is int c
+                    ? (c < 0 || c >= spec.LabelDim ? throw new DmdInputException($"--class {c} is out of range: the model has {spec.LabelDim} classes (0..{spec.LabelDim - 1})") : Rng.OneHot(torch.full(count, c, ScalarType.Int64), spec.LabelDim))
+                    : Rng.OneHotLabels(spec.LabelDim, count, g);
+            var d = GuidedDenoiser.Wrap(net, r.GetValue(guidance));
+            var sw = Stopwatch.StartNew();
+            Tensor x; int nfe;
+            if (which == "onestep") { using var _ = torch.no_grad(); x = new OneStepGenerator(net).Generate(z, y); nfe = 1; }
+            else { var res = Samplers.Run(which, d, z, y, r.GetValue(steps)); x = res.Samples; nfe = res.Nfe; }
+            var secs = sw.Elapsed.TotalSeconds;
+            var outPath = r.GetValue(outOpt)!;
+            var flat = x.reshape(count, -1);
+            PointSet.ToCsv(outPath, flat, y?.argmax(1));
+            if (flat.shape[1] >= 2) Plots.ScatterPanels(Path.ChangeExtension(outPath, ".png"), new[] { ($"{which}, {nfe} NFE", flat) }, flat);
+            AnsiConsole.MarkupLine($"{count} samples, {nfe} NFE, {count / secs:N0} samples/s; wrote {outPath} and {Path.ChangeExtension(outPath, ".png")}");
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,85 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Reflection;
+using System.Text.Json;
+using Dmd.IO;
+
+namespace Dmd.Cli;
+
+/// <summary>
+/// Turns every field of a config record into a command-line option (<c>--prefix-field-name VALUE</c>), so a run's
+/// hyper-parameters are all visible in one place (the record) and overridable without a list kept by hand.
+/// Nested records get their own prefix (e.g. <c>--teacher-steps</c>, <c>--dmd-learning-rate</c>).
+/// </summary>
+internal sealed class ConfigOptions<T> where T : class, new()
+{
+    private readonly List<(string Path, PropertyInfo[] Chain, Option<string> Option)> options = new();
+
+    public ConfigOptions(Command command, string prefix = "", Dictionary<string, string>? nestedPrefixes = null, T? defaults = null)
+    {
+        defaults ??= new T();
+        Collect(typeof(T), defaults, prefix, Array.Empty<PropertyInfo>(), nestedPrefixes ?? new());
+        foreach (var o in options) command.Options.Add(o.Option);
+    }
+
+    void Collect(Type type, object defaults, string prefix, PropertyInfo[] chain, Dictionary<string, string> nested)
+    {
+        foreach (var p in type.GetProperties(BindingFlags.Public | BindingFlags.Instance).Where(p => p.CanWrite))
+        {
+            var value = p.GetValue(defaults);
+            var t = Nullable.GetUnderlyingType(p.PropertyType) ?? p.PropertyType;
+            if (t.IsClass && t != typeof(string))
+            {
+                if (value is not null) Collect(t, value, nested.GetValueOrDefault(p.Name, Kebab(p.Name) + "-"), chain.Append(p).ToArray(), nested);
+                continue;
+            }
+            string name = "--" + prefix + Kebab(p.Name);
+            string shown = value switch { double d => d.ToString("G", CultureInfo.InvariantCulture), null => "none", _ => value.ToString()! };
+            string kind = t.IsEnum ? string.Join("|", Enum.GetNames(t)) : t.Name.ToLowerInvariant();
+            options.Add((name, chain.Append(p).ToArray(), new Option<string>(name) { Description = $"{kind}, default {shown}", HelpName = "value" }));
+        }
+    }
+
+    static string Kebab(string s) => string.Concat(s.Select((ch, i) => char.IsUpper(ch) && i > 0 ? "-" + char.ToLowerInvariant(ch) : char.ToLowerInvariant(ch).ToString()));
+
+    /// <summary>Defaults (or a JSON config file's values) overridden by the options given on the command line.</summary>
+    public T Bind(ParseResult result, T? start = null)
+    {
+        var cfg = Clone(start ?? new T());
+        foreach (var (name, chain, option) in options)
+        {
+            var text = result.GetValue(option);
+            if (text is null) continue;
+            object target = cfg;
+            var parents = new List<(object Obj, PropertyInfo Prop)>();
+            for (int i = 0; i < chain.Length - 1; i++)
+            {
+                var child = Clone(chain[i].GetValue(target)!);
+                chain[i].SetValue(target, child);
+                target = child;
+            }
+            var prop = chain[^1];
+            prop.SetValue(target, Parse(name, text, Nullable.GetUnderlyingType(prop.PropertyType) ?? prop.PropertyType));
+        }
+        return cfg;
+    }
+
+    static object Parse(string name, string text, Type t)
+    {
+        try
+        {
+            if (t.IsEnum) return Enum.Parse(t, text.Replace("-", ""), ignoreCase: true);
+            if (t == typeof(bool)) return text is "1" or "true" or "yes" or "on" ? true : text is "0" or "false" or "no" or "off" ? false : throw new FormatException();
+            if (t == typeof(string)) return text;
+            return Convert.ChangeType(text, t, CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is FormatException or InvalidCastException or OverflowException or ArgumentException)
+        {
+            var hint = t.IsEnum ? string.Join(", ", Enum.GetNames(t)) : t.Name;
+            throw new DmdInputException($"{name}: '{text}' is not a valid value (expected {hint})");
+        }
+    }
+
+    static TC Clone<TC>(TC o) where TC : notnull =>
+        (TC)JsonSerializer.Deserialize(JsonSerializer.Serialize(o, o.GetType(), Checkpoint.Json), o.GetType(), Checkpoint.Json)!;
+}

@@ -1,0 +1,51 @@
+using System.Diagnostics;
+using System.Globalization;
+using Spectre.Console;
+
+namespace Dmd.Cli;
+
+/// <summary>
+/// Progress with ETA for long work: live bars in a terminal (Spectre.Console), a line every 10 % otherwise
+/// (logs, CI). Stages appear as they start.
+/// </summary>
+internal sealed class ProgressView
+{
+    public static void Run(Action<Action<string, int, int, IReadOnlyDictionary<string, double>?>> work)
+    {
+        if (AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected)
+        {
+            AnsiConsole.Progress()
+                .AutoClear(false)
+                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(),
+                         new ElapsedTimeColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+                .Start(ctx =>
+                {
+                    var tasks = new Dictionary<string, ProgressTask>();
+                    work((stage, done, total, values) =>
+                    {
+                        if (!tasks.TryGetValue(stage, out var t)) tasks[stage] = t = ctx.AddTask(stage, maxValue: total);
+                        t.MaxValue = total;
+                        t.Value = done;
+                        t.Description = Markup.Escape(stage + Format(values));
+                    });
+                });
+        }
+        else
+        {
+            var clocks = new Dictionary<string, (Stopwatch Clock, int LastDecile)>();
+            work((stage, done, total, values) =>
+            {
+                if (!clocks.TryGetValue(stage, out var c)) clocks[stage] = c = (Stopwatch.StartNew(), -1);
+                int decile = total == 0 ? 10 : (int)(10L * done / total);
+                if (decile == c.LastDecile) return;
+                clocks[stage] = (c.Clock, decile);
+                double elapsed = c.Clock.Elapsed.TotalSeconds;
+                double eta = done > 0 ? elapsed / done * (total - done) : double.NaN;
+                Console.WriteLine($"{stage}: {done}/{total} ({100.0 * done / Math.Max(1, total):F0} %), {elapsed:F0} s elapsed, ETA {eta:F0} s{Format(values)}");
+            });
+        }
+    }
+
+    static string Format(IReadOnlyDictionary<string, double>? values) =>
+        values is null ? "" : "  " + string.Join("  ", values.Where(kv => kv.Key.StartsWith("loss")).Select(kv => $"{kv.Key} {kv.Value.ToString("G3", CultureInfo.InvariantCulture)}"));
+}

@@ -1,0 +1,189 @@
+using Dmd.Diffusion;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Distillation;
+
+/// <summary>What a DMD run saves beside its checkpoints.</summary>
+public sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs);
+
+/// <summary>
+/// Distribution Matching Distillation (Yin et al. 2024, Algorithm 1; DESIGN.md section 3), generic over the
+/// network and the shape of the data. Three networks with the teacher's architecture: the frozen real
+/// denoiser (the teacher), the fake denoiser and the generator, both initialised from the teacher.
+/// Each <see cref="TrainStep"/> updates the generator once, then the fake denoiser
+/// <see cref="DmdConfig.FakeUpdatesPerStep"/> times on the same generated batch.
+/// All randomness flows from one generator, saved with the checkpoint, so a resumed run continues bit for bit.
+/// </summary>
+public sealed class DmdTrainer : IDisposable
+{
+    public DmdConfig Config { get; }
+    public NetworkSpec Spec { get; }
+    public EdmPrecond Real { get; }
+    public EdmPrecond Fake { get; }
+    public OneStepGenerator Generator { get; }
+    public int Step { get; private set; }
+
+    private readonly RegressionPairs? pairs;
+    private readonly IDenoiser realGuided;
+    private readonly optim.Optimizer optG, optF;
+    private readonly Tensor grid;
+    private readonly Generator rng;
+    private readonly Device device;
+    private readonly long[] sampleShape;
+
+    public DmdTrainer(EdmPrecond teacher, NetworkSpec spec, DmdConfig config, RegressionPairs? pairs, Device? device = null)
+    {
+        if (config.Mode != DmdMode.DmOnly && pairs is null)
+            throw new DmdInputException($"mode {config.Mode} needs regression pairs (make them with `dmd pairs`)");
+        if (config.MinStep < 0 || config.MaxStep >= config.GridLevels || config.MinStep > config.MaxStep)
+            throw new DmdInputException($"noise-level index range [{config.MinStep}, {config.MaxStep}] must lie inside [0, {config.GridLevels - 1}]");
+        if (pairs is not null && !pairs.Z.shape.Skip(1).SequenceEqual(spec.SampleShape.Select(s => (long)s)))
+            throw new DmdInputException($"regression pairs have samples of shape [{string.Join(",", pairs.Z.shape.Skip(1))}] but the teacher makes [{string.Join(",", spec.SampleShape)}]; regenerate them with this teacher");
+        Config = config;
+        Spec = spec;
+        this.device = device ?? CPU;
+        this.pairs = pairs;
+        sampleShape = spec.SampleShape.Select(s => (long)s).ToArray();
+        rng = new Generator((ulong)config.Seed);
+        torch.manual_seed(config.Seed);
+
+        Real = teacher;
+        Real.to(this.device);
+        TrainingUtils.Freeze(Real);
+        realGuided = GuidedDenoiser.Wrap(Real, config.GuidanceReal);
+        Fake = spec.Build(); Fake.to(this.device);
+        TrainingUtils.CopyWeights(Real, Fake);
+        var genNet = spec.Build(); genNet.to(this.device);
+        TrainingUtils.CopyWeights(Real, genNet);
+        Generator = new OneStepGenerator(genNet, config.SigmaMax);
+
+        double lr = LearningRate;
+        optG = optim.AdamW(genNet.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
+        optF = optim.AdamW(Fake.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
+        grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax).to(this.device);
+    }
+
+    double LearningRate => Config.LearningRate * (Config.Mode == DmdMode.DmOnly ? Config.DmOnlyLrScale : 1.0);
+
+    /// <summary>One DMD iteration: a generator update, then the fake denoiser update(s). Returns the losses.</summary>
+    public Dictionary<string, double> TrainStep()
+    {
+        using var scope = NewDisposeScope();
+        var losses = new Dictionary<string, double>();
+        double lr = TrainingUtils.WarmupLr(LearningRate, Step, Config.WarmupSteps);
+        TrainingUtils.SetLearningRate(optG, lr);
+        TrainingUtils.SetLearningRate(optF, lr);
+        Generator.Net.train();
+        Fake.train();
+
+        // ---- generator update: loss_G = loss_dm + lambda_reg loss_reg (paper Eq. 9) ----
+        var z = Rng.Normal(new long[] { Config.BatchSize }.Concat(sampleShape).ToArray(), rng, device);
+        var y = Rng.OneHotLabels(Spec.LabelDim, Config.BatchSize, rng, device);
+        var x = Generator.Generate(z, y);
+        var lossG = zeros(1, device: device).squeeze();
+        if (Config.Mode != DmdMode.RegressionOnly)
+        {
+            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, Config.MaxStep + 1, Config.BatchSize, rng, device));
+            var lossDm = DmdLoss.DistributionMatching(x, realGuided, Fake, sigma, y, rng);
+            lossG = lossG + lossDm;
+            losses["loss_dm"] = lossDm.item<float>();
+        }
+        if (Config.Mode != DmdMode.DmOnly)
+        {
+            var idx = Rng.Integers(0, pairs!.Count, Config.RegressionBatchSize, rng);
+            var zr = pairs.Z.index_select(0, idx).to(device);
+            var yr = pairs.Y?.index_select(0, idx).to(device);
+            var xr = pairs.X.index_select(0, idx).to(device);
+            var lossReg = DmdLoss.RegressionL2(Generator.Generate(zr, yr), xr);
+            lossG = lossG + (Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0) * lossReg;
+            losses["loss_reg"] = lossReg.item<float>();
+        }
+        optG.zero_grad();
+        lossG.backward();
+        losses["grad_norm_g"] = TrainingUtils.ClipGradNorm(Generator.Net, Config.GradClip);
+        optG.step();
+
+        // ---- fake denoiser update(s) on the same generated batch, full noise range, no CFG ----
+        if (Config.Mode != DmdMode.RegressionOnly)
+        {
+            var xFake = x.detach();
+            for (int k = 0; k < Config.FakeUpdatesPerStep; k++)
+            {
+                var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, Config.BatchSize, rng, device));
+                var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, Spec.SigmaData, rng);
+                optF.zero_grad();
+                lossFake.backward();
+                TrainingUtils.ClipGradNorm(Fake, Config.GradClip);
+                optF.step();
+                losses["loss_fake"] = lossFake.item<float>();
+            }
+        }
+        losses["lr"] = lr;
+        Step++;
+        return losses;
+    }
+
+    /// <summary>
+    /// Trains to <see cref="DmdConfig.Steps"/>, resuming from <paramref name="outDir"/> if it holds a checkpoint;
+    /// writes losses.csv, config.json, checkpoints, and generator.safetensors at the end.
+    /// </summary>
+    public void Run(string outDir, string teacherPath, string? pairsPath,
+                    Action<int, int, IReadOnlyDictionary<string, double>>? onStep = null, int? stopAfter = null)
+    {
+        Directory.CreateDirectory(outDir);
+        bool resumed = TryResume(outDir);
+        var logPath = Path.Combine(outDir, "losses.csv");
+        if (resumed) CsvLog.TruncateAfter(logPath, Step);
+        var log = new CsvLog(logPath, append: resumed);
+        Checkpoint.SaveJson(new DmdRunInfo(Spec, Config, teacherPath, pairsPath), Path.Combine(outDir, "config.json"));
+        int end = Math.Min(Config.Steps, stopAfter ?? int.MaxValue);
+        while (Step < end)
+        {
+            var losses = TrainStep();
+            if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, losses);
+            onStep?.Invoke(Step, Config.Steps, losses);
+            if (Step % Config.CheckpointEvery == 0 || Step == end) SaveCheckpoint(outDir);
+        }
+        if (Step == Config.Steps) DenoiserFile.Save(Generator.Net, Spec, Path.Combine(outDir, "generator.safetensors"));
+    }
+
+    public void SaveCheckpoint(string outDir)
+    {
+        var dir = Path.Combine(outDir, "checkpoint");
+        Directory.CreateDirectory(dir);
+        Checkpoint.SaveModule(Generator.Net, Path.Combine(dir, "generator.safetensors"));
+        Checkpoint.SaveModule(Fake, Path.Combine(dir, "fake.safetensors"));
+        optG.SaveState(Path.Combine(dir, "optim_generator.pt"));
+        optF.SaveState(Path.Combine(dir, "optim_fake.pt"));
+        Checkpoint.SaveJson(new TrainState(Step, Checkpoint.GeneratorState(rng)), Path.Combine(dir, "state.json"));
+    }
+
+    public bool TryResume(string outDir)
+    {
+        var dir = Path.Combine(outDir, "checkpoint");
+        var statePath = Path.Combine(dir, "state.json");
+        if (!File.Exists(statePath)) return false;
+        var saved = Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(outDir, "config.json"));
+        if (saved.Config.Mode != Config.Mode || !saved.Spec.SampleShape.SequenceEqual(Spec.SampleShape))
+            throw new DmdInputException($"{outDir} holds a different run (mode {saved.Config.Mode}); use another --out folder or delete it");
+        Checkpoint.LoadModule(Generator.Net, Path.Combine(dir, "generator.safetensors"));
+        Checkpoint.LoadModule(Fake, Path.Combine(dir, "fake.safetensors"));
+        optG.LoadState(Path.Combine(dir, "optim_generator.pt"));
+        optF.LoadState(Path.Combine(dir, "optim_fake.pt"));
+        var st = Checkpoint.LoadJson<TrainState>(statePath);
+        Step = st.Step;
+        Checkpoint.RestoreGenerator(rng, st.Rng);
+        return true;
+    }
+
+    public void Dispose()
+    {
+        optG.Dispose();
+        optF.Dispose();
+        rng.Dispose();
+    }
+}

@@ -1,0 +1,151 @@
+using Dmd.Data;
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.IO;
+using Dmd.Metrics;
+using Dmd.Networks;
+using Dmd.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Experiments;
+
+/// <summary>Settings of the whole 2-D experiment (teacher, pairs, the three distillations, evaluation).</summary>
+public sealed record Toy2dConfig
+{
+    public string Data { get; init; } = "ring8";       // built-in name or csv:PATH
+    public int TrainPoints { get; init; } = 50_000;    // training set size (built-in data)
+    public int EvalSamples { get; init; } = 5000;      // samples per model for the metrics
+    public bool Conditional { get; init; } = false;    // class-conditional teacher (labels = mode index)
+    public int PairCount { get; init; } = 10_000;      // regression pairs
+    public int PairSteps { get; init; } = 18;          // Heun steps for the pairs (35 NFE)
+    public int EvalSteps { get; init; } = 18;          // Heun steps for the teacher row (35 NFE)
+    public bool Ablations { get; init; } = true;       // also run regression-only and DM-only
+    public int Width { get; init; } = 256;
+    public int Depth { get; init; } = 4;
+    public TeacherConfig Teacher { get; init; } = new();
+    public DmdConfig Dmd { get; init; } = new();
+}
+
+/// <summary>One row of the results table.</summary>
+public sealed record ModelResult(string Model, int Nfe, double EnergyDistance, double Precision, double Recall,
+                                 int? ModesCovered, int? Modes, double? HighQuality, double SamplesPerSecond);
+
+/// <summary>The outcome of a 2-D experiment.</summary>
+public sealed record Toy2dResults(string Data, double DataVsHeldOut, List<ModelResult> Rows, double StudentTeacherRatio, double StudentOneStepTeacherRatio);
+
+/// <summary>
+/// The whole 2-D experiment: train a teacher, make regression pairs, distil (full DMD and the paper's ablations),
+/// then measure every model against held-out data and draw them side by side. Each stage resumes from its
+/// folder under <c>outDir</c> if interrupted.
+/// </summary>
+public sealed class Toy2dExperiment
+{
+    public Toy2dConfig Config { get; }
+    /// <summary>Progress of a stage: (stage name, done, total, losses or null).</summary>
+    public Action<string, int, int, IReadOnlyDictionary<string, double>?>? OnProgress { get; set; }
+    public Action<string>? OnMessage { get; set; }
+
+    public Toy2dExperiment(Toy2dConfig config) => Config = config;
+
+    public Toy2dResults Run(string outDir)
+    {
+        Directory.CreateDirectory(outDir);
+        Checkpoint.SaveJson(Config, Path.Combine(outDir, "experiment.json"));
+        var train = PointDistributions.Load(Config.Data, Config.TrainPoints, seed: 1);
+        if (!Config.Conditional) train = train.WithoutLabels();
+        var heldOut = Config.Data.StartsWith("csv:", StringComparison.OrdinalIgnoreCase)
+            ? SplitHeldOut(ref train) : PointDistributions.Sample(Config.Data, Config.EvalSamples, seed: 2);
+        if (!Config.Conditional) heldOut = heldOut.WithoutLabels();
+
+        // 1. teacher
+        var spec = new NetworkSpec("mlp", train.Shape, train.NumClasses, Math.Round(train.Std, 4), Config.Width, Config.Depth);
+        var teacherDir = Path.Combine(outDir, "teacher");
+        var teacherPath = Path.Combine(teacherDir, "teacher.safetensors");
+        if (!File.Exists(teacherPath))
+        {
+            using var tt = new TeacherTrainer(spec, Config.Teacher, train);
+            tt.Run(teacherDir, Config.Data, (s, n, l) => OnProgress?.Invoke("teacher", s, n, l));
+        }
+        var (teacher, _) = DenoiserFile.Load(teacherPath);
+
+        // 2. regression pairs
+        var pairsPath = Path.Combine(outDir, "pairs", "pairs.safetensors");
+        if (!File.Exists(pairsPath))
+            RegressionPairs.Generate(teacher, spec.SampleShape, Config.PairCount, Config.PairSteps, seed: 3,
+                                     onBatch: (d, n) => OnProgress?.Invoke("pairs", d, n, null)).Save(pairsPath);
+        var pairs = RegressionPairs.Load(pairsPath);
+
+        // 3. distillation: full DMD and ablations, same budget
+        var modes = Config.Ablations ? new[] { DmdMode.Full, DmdMode.RegressionOnly, DmdMode.DmOnly } : new[] { DmdMode.Full };
+        var generators = new Dictionary<DmdMode, OneStepGenerator>();
+        foreach (var mode in modes)
+        {
+            var dir = Path.Combine(outDir, "dmd-" + ModeSlug(mode));
+            var genPath = Path.Combine(dir, "generator.safetensors");
+            if (!File.Exists(genPath))
+            {
+                var (t, _) = DenoiserFile.Load(teacherPath);
+                using var trainer = new DmdTrainer(t, spec, Config.Dmd with { Mode = mode }, pairs);
+                trainer.Run(dir, teacherPath, pairsPath, (s, n, l) => OnProgress?.Invoke("dmd " + ModeSlug(mode), s, n, l));
+            }
+            generators[mode] = new OneStepGenerator(DenoiserFile.Load(genPath).Net, Config.Dmd.SigmaMax);
+        }
+
+        // 4. evaluation
+        OnMessage?.Invoke("evaluating");
+        var rows = new List<ModelResult>();
+        var panels = new List<(string, Tensor)> { ("data (held out)", heldOut.Points) };
+        using var g = new Generator(12345);
+        var z = Rng.Normal(new long[] { Config.EvalSamples }.Concat(spec.SampleShape.Select(s => (long)s)).ToArray(), g);
+        var y = Rng.OneHotLabels(spec.LabelDim, Config.EvalSamples, g);
+
+        void Add(string name, Func<(Tensor, int)> sample)
+        {
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            var (x, nfe) = sample();
+            double sps = Config.EvalSamples / sw.Elapsed.TotalSeconds;
+            rows.Add(Evaluate(name, x, nfe, heldOut, sps));
+            panels.Add(($"{name}", x));
+        }
+        Add($"teacher (Heun, {2 * Config.EvalSteps - 1} NFE)", () => { var r = Samplers.Heun(teacher, z, y, Config.EvalSteps); return (r.Samples, r.Nfe); });
+        var teacherOneStep = new OneStepGenerator(teacher, Config.Dmd.SigmaMax);
+        Add("teacher (1 step)", () => { using var _ = no_grad(); return (teacherOneStep.Generate(z, y), 1); });
+        foreach (var (mode, gen) in generators)
+            Add(ModeTitle(mode), () => { using var _ = no_grad(); return (gen.Generate(z, y), 1); });
+
+        double Ed(string prefix) => rows.First(r => r.Model.StartsWith(prefix)).EnergyDistance;
+        double edData = EnergyDistance.Compute(train.Points.narrow(0, 0, Math.Min(train.Count, Config.EvalSamples)), heldOut.Points);
+        var results = new Toy2dResults(Config.Data, edData, rows,
+            Ed(ModeTitle(DmdMode.Full)) / Ed("teacher (Heun"), Ed(ModeTitle(DmdMode.Full)) / Ed("teacher (1 step)"));
+        Checkpoint.SaveJson(results, Path.Combine(outDir, "results.json"));
+        Plots.ScatterPanels(Path.Combine(outDir, "samples.png"), panels, heldOut.Points);
+        var curves = modes.Select(m => ("dmd-" + ModeSlug(m), Path.Combine(outDir, "dmd-" + ModeSlug(m), "losses.csv"))).ToList();
+        Plots.LossCurves(Path.Combine(outDir, "losses.png"), curves.Prepend(("teacher", Path.Combine(teacherDir, "losses.csv"))).ToList());
+        return results;
+    }
+
+    public static ModelResult Evaluate(string name, Tensor x, int nfe, PointSet heldOut, double samplesPerSecond)
+    {
+        double ed = EnergyDistance.Compute(x, heldOut.Points);
+        var pr = PrecisionRecall.Compute(heldOut.Points, x);
+        var mc = heldOut.Modes is null ? null : ModeCoverage.Compute(x, heldOut.Modes.Centers, heldOut.Modes.Std);
+        return new ModelResult(name, nfe, ed, pr.Precision, pr.Recall, mc?.ModesCovered, mc?.Modes, mc?.HighQualityFraction, samplesPerSecond);
+    }
+
+    static PointSet SplitHeldOut(ref PointSet data)
+    {
+        var all = data;
+        // user data: a fixed 20 % (at most 10k points) is held out for the metrics
+        long n = all.Count, hold = Math.Min(10_000, n / 5);
+        using var g = new Generator(7);
+        var perm = randperm(n, generator: g);
+        var ho = perm.narrow(0, 0, hold); var tr = perm.narrow(0, hold, n - hold);
+        PointSet Take(Tensor idx) => new(all.Points.index_select(0, idx), all.ClassIndex?.index_select(0, idx), all.NumClasses, all.Modes);
+        data = Take(tr);
+        return Take(ho);
+    }
+
+    public static string ModeSlug(DmdMode m) => m switch { DmdMode.Full => "full", DmdMode.RegressionOnly => "regression-only", _ => "dm-only" };
+    public static string ModeTitle(DmdMode m) => m switch { DmdMode.Full => "DMD (1 NFE)", DmdMode.RegressionOnly => "regression only (1 NFE)", _ => "DM only (1 NFE)" };
+}
