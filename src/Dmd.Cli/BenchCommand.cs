@@ -28,6 +28,7 @@ internal static class BenchCommand
         foreach (var o in new Option[] { run, batch, steps, repeats, iters }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            Threads.Apply(r, smallModel: true);
             var dir = r.GetValue(run)!;
             var teacherPath = Path.Combine(dir, "teacher", "teacher.safetensors");
             var (teacher, spec) = DenoiserFile.Load(teacherPath);

@@ -50,6 +50,7 @@ internal static class Toy2dCommand
         var opts = new ConfigOptions<Toy2dConfig>(cmd);
         cmd.SetAction(r =>
         {
+            Threads.Apply(r, smallModel: true);
             var start = r.GetValue(cfgFile) is string f ? Checkpoint.LoadJson<Toy2dConfig>(f) : r.GetValue(quick) ? Toy2dPresets.Quick : new Toy2dConfig();
             var cfg = opts.Bind(r, start);
             var outDir = r.GetValue(outOpt)!;
@@ -96,6 +97,7 @@ internal static class TeacherCommand
         var opts = new ConfigOptions<TeacherConfig>(cmd);
         cmd.SetAction(r =>
         {
+            Threads.Apply(r, smallModel: true);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var set = PointDistributions.Load(r.GetValue(data)!, r.GetValue(points), seed: 1);
             if (!r.GetValue(cond)) set = set.WithoutLabels();
@@ -127,6 +129,7 @@ internal static class PairsCommand
         foreach (var o in new Option[] { teacher, count, steps, guidance, seed, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            Threads.Apply(r, smallModel: true);
             var (net, spec) = DenoiserFile.Load(r.GetValue(teacher)!);
             RegressionPairs? pairs = null;
             ProgressView.Run(report => pairs = RegressionPairs.Generate(net, spec.SampleShape, r.GetValue(count), r.GetValue(steps), r.GetValue(guidance), r.GetValue(seed),
@@ -153,6 +156,7 @@ internal static class DistillCommand
         var opts = new ConfigOptions<DmdConfig>(cmd);
         cmd.SetAction(r =>
         {
+            Threads.Apply(r, smallModel: true);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var teacherPath = r.GetValue(teacher)!;
             var (net, spec) = DenoiserFile.Load(teacherPath);
@@ -185,6 +189,7 @@ internal static class SampleCommand
         foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            Threads.Apply(r, smallModel: true);
             var path = r.GetValue(model)!;
             bool isGen = Path.GetFileName(path).StartsWith("generator") || (Directory.Exists(path) && File.Exists(Path.Combine(path, "generator.safetensors")));
             var (net, spec) = DenoiserFile.Load(path, isGen ? "generator.safetensors" : "teacher.safetensors");

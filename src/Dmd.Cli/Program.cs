@@ -4,6 +4,7 @@ using Dmd.IO;
 using Spectre.Console;
 
 var root = new RootCommand("Distribution Matching Distillation: turn a diffusion teacher into a one-step generator.");
+root.Options.Add(Threads.Option);
 root.Subcommands.Add(Toy2dCommand.Build());
 root.Subcommands.Add(TeacherCommand.Build());
 root.Subcommands.Add(PairsCommand.Build());
