@@ -1,0 +1,87 @@
+using Dmd.Diffusion;
+using static TorchSharp.torch;
+
+namespace Dmd.Networks;
+
+/// <summary>
+/// What the two EDM U-Nets (<see cref="SongUNet"/>, <see cref="DhariwalUNet"/>) have in common:
+/// image in, image out, optional augmentation labels, and access to the bottleneck features.
+/// </summary>
+/// <remarks>
+/// The <em>bottleneck</em> is the output of the encoder's last block (e.g. <c>enc.8x8_block3</c> of
+/// DDPM++ or <c>enc.8x8_block2</c> of ADM), i.e. the input of the first decoder block
+/// <c>dec.{r}x{r}_in0</c>: shape (B, <see cref="BottleneckChannels"/>, r, r) with
+/// r = <see cref="BottleneckResolution"/>. This is the tensor DMD2's GAN classifier head reads
+/// (its <c>return_bottleneck</c> returns right after the encoder).
+/// </remarks>
+public abstract class EdmUNet : EdmBackbone
+{
+    protected EdmUNet(string name, int imgResolution, int inChannels, int outChannels, int labelDim, int augmentDim,
+        int bottleneckChannels, int bottleneckResolution) : base(name)
+    {
+        ImgResolution = imgResolution;
+        InChannels = inChannels;
+        OutChannels = outChannels;
+        LabelDim = labelDim;
+        AugmentDim = augmentDim;
+        BottleneckChannels = bottleneckChannels;
+        BottleneckResolution = bottleneckResolution;
+    }
+
+    /// <summary>Side of the square input and output images.</summary>
+    public int ImgResolution { get; }
+
+    /// <summary>Channels of the input image.</summary>
+    public int InChannels { get; }
+
+    /// <summary>Channels of the output image.</summary>
+    public int OutChannels { get; }
+
+    /// <inheritdoc/>
+    public override int LabelDim { get; }
+
+    /// <summary>Width of the augmentation labels (EDM's augment pipe: 9; 0 = none).</summary>
+    public int AugmentDim { get; }
+
+    /// <summary>Channels of the bottleneck features.</summary>
+    public int BottleneckChannels { get; }
+
+    /// <summary>Side of the bottleneck feature map.</summary>
+    public int BottleneckResolution { get; }
+
+    /// <summary>F(x, c_noise, labels) without augmentation labels.</summary>
+    public override Tensor forward(Tensor x, Tensor cNoise, Tensor? labels) => forward(x, cNoise, labels, null);
+
+    /// <summary>
+    /// F(x, c_noise, labels, augment_labels).
+    /// </summary>
+    /// <param name="x">Input images (B, InChannels, R, R), already scaled by c_in.</param>
+    /// <param name="cNoise">Noise condition (B,).</param>
+    /// <param name="labels">One-hot class labels (B, LabelDim); null = all-zero rows. Ignored if unconditional.</param>
+    /// <param name="augmentLabels">Augmentation labels (B, AugmentDim); null = zeros (no augmentation).</param>
+    public Tensor forward(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels)
+    {
+        using var scope = NewDisposeScope();
+        var (output, _) = Run(x, cNoise, labels, augmentLabels, decode: true);
+        return output!.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The network output together with the bottleneck features (see the class remarks).</summary>
+    public (Tensor Output, Tensor Bottleneck) ForwardWithBottleneck(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels = null)
+    {
+        using var scope = NewDisposeScope();
+        var (output, bottleneck) = Run(x, cNoise, labels, augmentLabels, decode: true);
+        return (output!.MoveToOuterDisposeScope(), bottleneck.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>The bottleneck features only: runs the mapping network and the encoder, skips the decoder.</summary>
+    public Tensor Bottleneck(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels = null)
+    {
+        using var scope = NewDisposeScope();
+        var (_, bottleneck) = Run(x, cNoise, labels, augmentLabels, decode: false);
+        return bottleneck.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Mapping network and encoder, then the decoder where <paramref name="decode"/> is set.</summary>
+    private protected abstract (Tensor? Output, Tensor Bottleneck) Run(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels, bool decode);
+}
