@@ -36,6 +36,7 @@ public sealed record DmdConfig
     public double SigmaMax { get; init; } = 80.0;        // generator input noise level
     public double GuidanceReal { get; init; } = 1.0;     // CFG scale of the real score (1 = none)
     public int FakeUpdatesPerStep { get; init; } = 1;    // DMD: 1; DMD2 uses 5
+    public double FakeLrScale { get; init; } = 1.0;      // fake-denoiser lr / generator lr (paper: 1)
     public long Seed { get; init; } = 0;
     public int CheckpointEvery { get; init; } = 500;
     public int LogEvery { get; init; } = 20;

@@ -76,7 +76,7 @@ public sealed class DmdTrainer : IDisposable
         var losses = new Dictionary<string, double>();
         double lr = TrainingUtils.WarmupLr(LearningRate, Step, Config.WarmupSteps);
         TrainingUtils.SetLearningRate(optG, lr);
-        TrainingUtils.SetLearningRate(optF, lr);
+        TrainingUtils.SetLearningRate(optF, lr * Config.FakeLrScale);
         Generator.Net.train();
         Fake.train();
 

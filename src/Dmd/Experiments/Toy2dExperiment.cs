@@ -24,7 +24,9 @@ public sealed record Toy2dConfig
     public int Width { get; init; } = 256;
     public int Depth { get; init; } = 4;
     public TeacherConfig Teacher { get; init; } = new();
-    public DmdConfig Dmd { get; init; } = new();
+    // two time-scale updates (DMD2): with one fake update per generator step the fake denoiser lags on 2-D data
+    // and the student collapses inside each mode (energy distance 0.0135 vs 0.0027 with 5, same teacher)
+    public DmdConfig Dmd { get; init; } = new() { FakeUpdatesPerStep = 5 };
 }
 
 /// <summary>One row of the results table.</summary>
