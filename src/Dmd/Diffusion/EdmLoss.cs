@@ -13,8 +13,11 @@ public static class EdmLoss
     public const double PMean = -1.2, PStd = 1.2;
 
     /// <summary>lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1/sigma^2 + 1/sd^2.</summary>
-    public static Tensor Weight(Tensor sigma, double sigmaData) =>
-        (sigma.square() + sigmaData * sigmaData) / (sigma * sigmaData).square();
+    public static Tensor Weight(Tensor sigma, double sigmaData)
+    {
+        var sd = DenoiserExtensions.Const(sigmaData, sigma);
+        return (sigma.square() + sd.square()) / (sigma * sd).square();
+    }
 
     /// <summary>Denoising loss at given noise levels (used by the teacher and by DMD's fake denoiser).</summary>
     public static Tensor AtSigma(IDenoiser net, Tensor x0, Tensor sigma, Tensor? labels, double sigmaData, Generator? generator = null)
@@ -30,7 +33,7 @@ public static class EdmLoss
                                  double pMean = PMean, double pStd = PStd)
     {
         var rnd = Rng.Normal(new long[] { x0.shape[0] }, generator, x0.device);
-        var sigma = (rnd * pStd + pMean).exp();
+        var sigma = (rnd * DenoiserExtensions.Const(pStd, rnd) + DenoiserExtensions.Const(pMean, rnd)).exp();
         return AtSigma(net, x0, sigma, labels, sigmaData, generator);
     }
 }

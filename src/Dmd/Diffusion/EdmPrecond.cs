@@ -48,12 +48,13 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
         var xf = x.to(ScalarType.Float32);
         var s = sigma.to(ScalarType.Float32);
         if (s.dim() == 0) s = s.expand(x.shape[0]);
-        double sd = SigmaData, sd2 = sd * sd;
+        var sd = DenoiserExtensions.Const(SigmaData, xf);
         var sb = DenoiserExtensions.Broadcast(s, xf);
-        var cSkip = sd2 / (sb.square() + sd2);
-        var cOut = sb * sd / (sb.square() + sd2).sqrt();
-        var cIn = 1.0 / (sb.square() + sd2).sqrt();
-        var cNoise = s.log() / 4.0;
+        var v = sb.square() + sd.square();                 // sigma^2 + sd^2
+        var cSkip = sd.square() / v;
+        var cOut = sb * sd / v.sqrt();
+        var cIn = v.rsqrt();
+        var cNoise = s.log() / DenoiserExtensions.Const(4, s);
         var f = model.forward(cIn * xf, cNoise, labels);
         return (cSkip * xf + cOut * f).MoveToOuterDisposeScope();
     }

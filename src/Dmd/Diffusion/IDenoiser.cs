@@ -41,7 +41,15 @@ public static class DenoiserExtensions
         return sigma.reshape(shape);
     }
 
+    /// <summary>
+    /// A constant as a 0-dim tensor of <paramref name="like"/>'s dtype and device. Hot paths use it instead of
+    /// C# doubles: TorchSharp 0.107 turns a double operand into a Scalar that only a finalizer frees, and the
+    /// finalizer can free it while the native op still reads it ("Unknown scalar type" under GC pressure).
+    /// A tensor is owned by the current dispose scope, so it stays alive for the whole call.
+    /// </summary>
+    public static Tensor Const(double value, Tensor like) => torch.tensor(value, dtype: like.dtype, device: like.device);
+
     /// <summary>A per-sample sigma tensor of shape (B) filled with one value.</summary>
     public static Tensor Full(double sigma, Tensor like) =>
-        torch.full(new long[] { like.shape[0] }, sigma, dtype: like.dtype, device: like.device);
+        Const(sigma, like).expand(like.shape[0]).contiguous();
 }

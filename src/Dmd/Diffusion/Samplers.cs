@@ -30,7 +30,7 @@ public static class Samplers
         int nfe = 0;
         using var scope = NewDisposeScope();
         using var _ = no_grad();
-        var xNext = z.to(ScalarType.Float64) * t[0];
+        var xNext = z.to(ScalarType.Float64) * C(t[0], z.to(ScalarType.Float64));
         for (int i = 0; i < steps; i++)
         {
             double tCur = t[i], tNext = t[i + 1];
@@ -39,18 +39,18 @@ public static class Samplers
             double gamma = churn.SChurn > 0 && tCur >= churn.SMin && tCur <= churn.SMax ? Math.Min(churn.SChurn / steps, Math.Sqrt(2) - 1) : 0;
             double tHat = tCur + gamma * tCur;
             var xHat = gamma > 0
-                ? xCur + Math.Sqrt(tHat * tHat - tCur * tCur) * churn.SNoise * Rng.NormalLike(xCur, generator)
+                ? xCur + C(Math.Sqrt(tHat * tHat - tCur * tCur) * churn.SNoise, xCur) * Rng.NormalLike(xCur, generator)
                 : xCur;
             // Euler step.
             var denoised = Eval(net, xHat, tHat, labels); nfe++;
-            var dCur = (xHat - denoised) / tHat;
-            xNext = xHat + (tNext - tHat) * dCur;
+            var dCur = (xHat - denoised) / C(tHat, xHat);
+            xNext = xHat + C(tNext - tHat, xHat) * dCur;
             // Second-order (trapezoid) correction, except on the last step.
             if (i < steps - 1)
             {
                 denoised = Eval(net, xNext, tNext, labels); nfe++;
-                var dPrime = (xNext - denoised) / tNext;
-                xNext = xHat + (tNext - tHat) * (0.5 * dCur + 0.5 * dPrime);
+                var dPrime = (xNext - denoised) / C(tNext, xNext);
+                xNext = xHat + C(tNext - tHat, xHat) * (dCur + dPrime) / C(2, xHat);
             }
         }
         return new SampleResult(xNext.to(ScalarType.Float32).MoveToOuterDisposeScope(), nfe);
@@ -65,11 +65,12 @@ public static class Samplers
         var t = KarrasSchedule.Sigmas(steps, sigmaMin, sigmaMax, rho);
         using var scope = NewDisposeScope();
         using var _ = no_grad();
-        var x = z.to(ScalarType.Float64) * t[0];
+        var x = z.to(ScalarType.Float64);
+        x = x * C(t[0], x);
         for (int i = 0; i < steps; i++)
         {
-            var d = (x - Eval(net, x, t[i], labels)) / t[i];
-            x = x + (t[i + 1] - t[i]) * d;
+            var d = (x - Eval(net, x, t[i], labels)) / C(t[i], x);
+            x = x + C(t[i + 1] - t[i], x) * d;
         }
         return new SampleResult(x.to(ScalarType.Float32).MoveToOuterDisposeScope(), steps);
     }
@@ -83,10 +84,12 @@ public static class Samplers
             _ => throw new ArgumentException($"unknown sampler '{sampler}': use heun or euler"),
         };
 
+    static Tensor C(double v, Tensor like) => DenoiserExtensions.Const(v, like);
+
     static Tensor Eval(IDenoiser net, Tensor x, double sigma, Tensor? labels)
     {
         var x32 = x.to(ScalarType.Float32);
-        var s = torch.full(new long[] { x.shape[0] }, sigma, dtype: ScalarType.Float32, device: x.device);
+        var s = DenoiserExtensions.Full(sigma, x32);
         return net.Denoise(x32, s, labels).to(ScalarType.Float64);
     }
 }
@@ -119,7 +122,7 @@ public sealed class GuidedDenoiser : IDenoiser
         var both = inner.Denoise(cat(new[] { x, x }), cat(new[] { s, s }), cat(new[] { zeros_like(labels), labels }));
         var uncond = both[..(int)b];
         var cond = both[(int)b..];
-        return (uncond + Scale * (cond - uncond)).MoveToOuterDisposeScope();
+        return (uncond + DenoiserExtensions.Const(Scale, uncond) * (cond - uncond)).MoveToOuterDisposeScope();
     }
 
     /// <summary>Wraps a denoiser with guidance when it is conditional and the scale is not 1.</summary>

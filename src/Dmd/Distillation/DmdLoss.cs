@@ -45,7 +45,7 @@ public static class DmdLoss
             var pFake = fake.Denoise(xt, sigma, labels);
             grad = DmGradient(xd, pReal, pFake);
         }
-        return 0.5 * nn.functional.mse_loss(x, (x - grad).detach());
+        return nn.functional.mse_loss(x, (x - grad).detach()) / DenoiserExtensions.Const(2, x);
     }
 
     /// <summary>

@@ -99,7 +99,7 @@ public sealed class DmdTrainer : IDisposable
             var yr = pairs.Y?.index_select(0, idx).to(device);
             var xr = pairs.X.index_select(0, idx).to(device);
             var lossReg = DmdLoss.RegressionL2(Generator.Generate(zr, yr), xr);
-            lossG = lossG + (Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0) * lossReg;
+            lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
             losses["loss_reg"] = lossReg.item<float>();
         }
         optG.zero_grad();

@@ -22,5 +22,5 @@ public sealed class OneStepGenerator
 
     /// <summary>Maps standard normal noise <paramref name="z"/> (and labels) to samples in one network evaluation.</summary>
     public Tensor Generate(Tensor z, Tensor? labels = null) =>
-        Net.Denoise(z * SigmaMax, DenoiserExtensions.Full(SigmaMax, z), labels);
+        Net.Denoise(z * DenoiserExtensions.Const(SigmaMax, z), DenoiserExtensions.Full(SigmaMax, z), labels);
 }

@@ -69,7 +69,8 @@ public sealed class TeacherTrainer : IDisposable
         {
             y = y.to(device);
             // label dropout: an all-zero label row is the unconditional model
-            var keep = (Rng.Uniform(new long[] { y.shape[0], 1 }, rng, device) >= Config.LabelDropout).to(ScalarType.Float32);
+            var u = Rng.Uniform(new long[] { y.shape[0], 1 }, rng, device);
+            var keep = (u >= DenoiserExtensions.Const(Config.LabelDropout, u)).to(ScalarType.Float32);
             y = y * keep;
         }
         TrainingUtils.SetLearningRate(opt, TrainingUtils.WarmupLr(Config.LearningRate, Step, Config.LrRampupSteps));

@@ -30,11 +30,12 @@ public static class TrainingUtils
     public static void UpdateEma(nn.Module ema, nn.Module net, double beta)
     {
         using var _ = no_grad();
+        using var weight = torch.tensor(1 - beta); // a tensor, not an implicit Scalar (see DenoiserExtensions.Const)
         var src = net.state_dict();
         foreach (var (k, e) in ema.state_dict())
         {
             var p = src[k];
-            if (e.is_floating_point()) e.lerp_(p, 1 - beta);
+            if (e.is_floating_point()) e.lerp_(p, weight.to(e.dtype));
             else e.copy_(p);
         }
     }
