@@ -144,7 +144,7 @@ public sealed class DmdTrainer : IDisposable
         while (Step < end)
         {
             var losses = TrainStep();
-            if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, losses);
+            if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, new Dictionary<string, double>(losses) { ["rss_mb"] = TrainingUtils.RssMb() });
             onStep?.Invoke(Step, Config.Steps, losses);
             if (Step % Config.CheckpointEvery == 0 || Step == end) SaveCheckpoint(outDir);
         }

@@ -64,7 +64,8 @@ public sealed class Toy2dExperiment
         var spec = new NetworkSpec("mlp", train.Shape, train.NumClasses, Math.Round(train.Std, 4), Config.Width, Config.Depth);
         var teacherDir = Path.Combine(outDir, "teacher");
         var teacherPath = Path.Combine(teacherDir, "teacher.safetensors");
-        if (!File.Exists(teacherPath))
+        if (File.Exists(teacherPath)) OnMessage?.Invoke($"reusing the teacher in {teacherDir} (delete it to retrain)");
+        else
         {
             using var tt = new TeacherTrainer(spec, Config.Teacher, train);
             tt.Run(teacherDir, Config.Data, (s, n, l) => OnProgress?.Invoke("teacher", s, n, l));
@@ -73,7 +74,8 @@ public sealed class Toy2dExperiment
 
         // 2. regression pairs
         var pairsPath = Path.Combine(outDir, "pairs", "pairs.safetensors");
-        if (!File.Exists(pairsPath))
+        if (File.Exists(pairsPath)) OnMessage?.Invoke($"reusing the regression pairs in {pairsPath}");
+        else
             RegressionPairs.Generate(teacher, spec.SampleShape, Config.PairCount, Config.PairSteps, seed: 3,
                                      onBatch: (d, n) => OnProgress?.Invoke("pairs", d, n, null)).Save(pairsPath);
         var pairs = RegressionPairs.Load(pairsPath);
@@ -85,7 +87,8 @@ public sealed class Toy2dExperiment
         {
             var dir = Path.Combine(outDir, "dmd-" + ModeSlug(mode));
             var genPath = Path.Combine(dir, "generator.safetensors");
-            if (!File.Exists(genPath))
+            if (File.Exists(genPath)) OnMessage?.Invoke($"reusing the finished generator in {dir}");
+            else
             {
                 var (t, _) = DenoiserFile.Load(teacherPath);
                 using var trainer = new DmdTrainer(t, spec, Config.Dmd with { Mode = mode }, pairs);

@@ -97,7 +97,7 @@ public sealed class TeacherTrainer : IDisposable
             double loss = TrainStep();
             avg = double.IsNaN(avg) ? loss : 0.95 * avg + 0.05 * loss;
             var values = new Dictionary<string, double> { ["loss"] = avg };
-            if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, values);
+            if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, new Dictionary<string, double>(values) { ["rss_mb"] = TrainingUtils.RssMb() });
             onStep?.Invoke(Step, Config.Steps, values);
             if (Step % Config.CheckpointEvery == 0 || Step == Config.Steps) SaveCheckpoint(outDir);
         }

@@ -56,6 +56,13 @@ public static class TrainingUtils
     }
 
     public static long ParameterCount(nn.Module m) => m.parameters().Sum(p => p.numel());
+
+    /// <summary>Resident memory of this process in MB (logged beside the losses, to catch leaks).</summary>
+    public static double RssMb()
+    {
+        using var p = System.Diagnostics.Process.GetCurrentProcess();
+        return p.WorkingSet64 / 1048576.0;
+    }
 }
 
 /// <summary>Appends one CSV row per logged step: the losses of a run, for plots and for people.</summary>
