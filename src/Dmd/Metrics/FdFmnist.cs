@@ -105,7 +105,10 @@ public sealed class FdFmnist : IDisposable
         using var _ = no_grad();
         var parts = new List<Tensor>();
         for (long i = 0; i < images.shape[0]; i += batch)
-            parts.Add(f(images.narrow(0, i, Math.Min(batch, images.shape[0] - i)).detach().cpu()));
+        {
+            using var step = NewDisposeScope(); // frees each batch's activations before the next
+            parts.Add(f(images.narrow(0, i, Math.Min(batch, images.shape[0] - i)).detach().cpu()).MoveToOuterDisposeScope());
+        }
         return cat(parts, 0).MoveToOuterDisposeScope();
     }
 
