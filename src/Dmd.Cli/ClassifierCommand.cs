@@ -25,7 +25,10 @@ internal static class ClassifierCommand
     public static Command Build()
     {
         var cmd = new Command("train-classifier", "Train the Fashion-MNIST classifier behind FD-FMNIST (train split only) and save it with the test split's feature statistics.");
-        var data = new Option<string?>("--data-folder") { Description = $"folder with the Fashion-MNIST IDX files (default {FashionMnist.DebianFolder})" };
+        var data = new Option<string>("--data")
+        {
+            Description = $"fashion-mnist (the files in {FashionMnist.DebianFolder}) or fashion-mnist:FOLDER", DefaultValueFactory = _ => "fashion-mnist",
+        };
         var outOpt = Common.Out(FdFmnist.RelativeFolder);
         var cfgFile = Common.ConfigFile();
         foreach (var o in new Option[] { data, outOpt, cfgFile }) cmd.Options.Add(o);
@@ -34,7 +37,7 @@ internal static class ClassifierCommand
         {
             Threads.Apply(r, smallModel: false);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
-            var folder = r.GetValue(data);
+            var folder = DataFolder(r.GetValue(data)!);
             var outDir = r.GetValue(outOpt)!;
             var train = FashionMnist.Load(test: false, folder, padTo32: true);
             var test = FashionMnist.Load(test: true, folder, padTo32: true);
@@ -66,4 +69,10 @@ internal static class ClassifierCommand
         });
         return cmd;
     }
+
+    /// <summary>"fashion-mnist" (the Debian folder, null) or "fashion-mnist:FOLDER".</summary>
+    static string? DataFolder(string spec) =>
+        spec == "fashion-mnist" ? null
+        : spec.StartsWith("fashion-mnist:") && spec.Length > "fashion-mnist:".Length ? spec["fashion-mnist:".Length..]
+        : throw new DmdInputException($"--data {spec}: the classifier trains on Fashion-MNIST only; give fashion-mnist or fashion-mnist:FOLDER");
 }

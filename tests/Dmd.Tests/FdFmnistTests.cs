@@ -74,6 +74,16 @@ public class FdFmnistTests
     }
 
     [Fact]
+    public void TrainClassifierCommandNamesAMissingDataFolderAndTheFix()
+    {
+        var (code, output) = CliTests.Run("train-classifier", "--data", "fashion-mnist:/no/such/folder", "--out", TestUtil.TempDir());
+        Assert.Equal(2, code);
+        Assert.Contains("Fashion-MNIST not found: /no/such/folder does not exist", output);
+        Assert.Contains("--data fashion-mnist:FOLDER", output);
+        Assert.DoesNotContain("   at ", output);
+    }
+
+    [Fact]
     public void RealTestImagesAreCloseToTheShippedStatisticsAndNoiseIsFar()
     {
         if (!FashionMnist.IsAvailable())
