@@ -1,0 +1,78 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Dmd.Data;
+using Dmd.IO;
+using Dmd.Metrics;
+using Dmd.Training;
+using Spectre.Console;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Cli;
+
+/// <summary>What `dmd train-classifier` did, saved beside the weights as training.json.</summary>
+public sealed record ClassifierRunInfo(FmnistClassifierConfig Config, long Parameters, int FeatureDim, double TestAccuracy,
+                                       double[] TestAccuracyPerClass, double TrainSeconds, int Threads, string Machine,
+                                       int StatsImages, string DataFolder);
+
+/// <summary>
+/// `dmd train-classifier`: trains the Fashion-MNIST feature network of FD-FMNIST on the training split, reports its
+/// test accuracy, and writes the weights with the test split's feature statistics (the shipped models/fmnist-classifier).
+/// </summary>
+internal static class ClassifierCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("train-classifier", "Train the Fashion-MNIST classifier behind FD-FMNIST (train split only) and save it with the test split's feature statistics.");
+        var data = new Option<string>("--data")
+        {
+            Description = $"fashion-mnist (the files in {FashionMnist.DebianFolder}) or fashion-mnist:FOLDER", DefaultValueFactory = _ => "fashion-mnist",
+        };
+        var outOpt = Common.Out(FdFmnist.RelativeFolder);
+        var cfgFile = Common.ConfigFile();
+        foreach (var o in new Option[] { data, outOpt, cfgFile }) cmd.Options.Add(o);
+        var opts = new ConfigOptions<FmnistClassifierConfig>(cmd);
+        cmd.SetAction(r =>
+        {
+            Threads.Apply(r, smallModel: false);
+            var cfg = Common.LoadConfig(r, cfgFile, opts);
+            var folder = DataFolder(r.GetValue(data)!);
+            var outDir = r.GetValue(outOpt)!;
+            var train = FashionMnist.Load(test: false, folder, padTo32: true);
+            var test = FashionMnist.Load(test: true, folder, padTo32: true);
+            Console.WriteLine($"classifier: {FmnistClassifier.ParameterCount:N0} parameters; {train.Count:N0} training images, " +
+                              $"{cfg.Epochs} epochs of batch {cfg.BatchSize}, {torch.get_num_threads()} thread(s)");
+
+            var sw = Stopwatch.StartNew();
+            var net = FmnistClassifierTrainer.Train(train, cfg, (epoch, step, steps, loss) =>
+                Console.WriteLine($"epoch {epoch + 1}/{cfg.Epochs} step {step}/{steps} loss {loss:F4} [{sw.Elapsed:hh\\:mm\\:ss}]"));
+            double seconds = sw.Elapsed.TotalSeconds;
+            if (TrainingUtils.ParameterCount(net) != FmnistClassifier.ParameterCount)
+                throw new InvalidOperationException("FmnistClassifier.ParameterCount is out of date");
+
+            var acc = FmnistClassifierTrainer.Evaluate(net, test);
+            Console.WriteLine($"test accuracy: {acc}");
+            Checkpoint.SaveModule(net, Path.Combine(outDir, FdFmnist.WeightsFile));
+
+            var (mu, sigma) = FdFmnist.ReferenceStatistics(net, test);
+            FrechetDistance.SaveStatistics(Path.Combine(outDir, FdFmnist.StatsFile), mu, sigma);
+
+            var info = new ClassifierRunInfo(cfg, FmnistClassifier.ParameterCount, FmnistClassifier.FeatureDim, acc.Overall, acc.PerClass,
+                                             Math.Round(seconds, 1), torch.get_num_threads(),
+                                             $"{Environment.ProcessorCount} cores, {RuntimeInformation.OSDescription}", (int)test.Count,
+                                             folder ?? FashionMnist.DebianFolder);
+            Checkpoint.SaveJson(info, Path.Combine(outDir, "training.json"));
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, FdFmnist.WeightsFile))}, {FdFmnist.StatsFile} and training.json " +
+                                   $"(training took {seconds / 60:F1} min)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>"fashion-mnist" (the Debian folder, null) or "fashion-mnist:FOLDER".</summary>
+    static string? DataFolder(string spec) =>
+        spec == "fashion-mnist" ? null
+        : spec.StartsWith("fashion-mnist:") && spec.Length > "fashion-mnist:".Length ? spec["fashion-mnist:".Length..]
+        : throw new DmdInputException($"--data {spec}: the classifier trains on Fashion-MNIST only; give fashion-mnist or fashion-mnist:FOLDER");
+}
