@@ -209,7 +209,7 @@ internal static class SampleCommand
             int? classIndex = r.GetValue(cls);
             if (classIndex is int ci && spec.LabelDim > 0 && (ci < 0 || ci >= spec.LabelDim))
                 throw new DmdInputException($"--class {ci} is out of range: the model has {spec.LabelDim} classes (0..{spec.LabelDim - 1})");
-            if (spec.IsImage) return SampleImages(r, net, spec, which, r.GetValue(n) ?? 100, r.GetValue(steps), r.GetValue(guidance), classIndex,
+            if (spec.IsImage) return SampleImages(net, spec, which, r.GetValue(n) ?? 100, r.GetValue(steps), r.GetValue(guidance), classIndex,
                                                   r.GetValue(seed), r.GetValue(each), r.GetValue(batch), r.GetValue(scale), r.GetValue(outOpt)!);
 
             using var g = new torch.Generator((ulong)r.GetValue(seed));
@@ -238,7 +238,7 @@ internal static class SampleCommand
     /// Images: per-image seeds; for a conditional model without --class, the count is rounded up to whole rows
     /// and the grid has one row per class; otherwise a square-ish grid.
     /// </summary>
-    static int SampleImages(ParseResult r, EdmPrecond net, NetworkSpec spec, string which, int count, int steps, double guidance,
+    static int SampleImages(EdmPrecond net, NetworkSpec spec, string which, int count, int steps, double guidance,
                             int? classIndex, long seed, bool each, int batch, int scale, string outPath)
     {
         if (count < 1 || batch < 1 || scale < 1) throw new DmdInputException("--n, --batch and --scale must be positive");

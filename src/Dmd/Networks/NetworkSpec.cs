@@ -1,5 +1,6 @@
 using Dmd.Diffusion;
 using Dmd.IO;
+using System.Text.Json.Serialization;
 
 namespace Dmd.Networks;
 
@@ -37,10 +38,10 @@ public sealed record NetworkSpec(
     int AugmentDim = 0,
     int ChannelsPerHead = 64)
 {
-    public int[] SampleShape => Shape ?? new[] { 2 };
+    [JsonIgnore] public int[] SampleShape => Shape ?? new[] { 2 };
 
     /// <summary>True for the image kinds (the U-Nets), whose samples are (C, H, W).</summary>
-    public bool IsImage => Kind is "ddpmpp" or "adm";
+    [JsonIgnore] public bool IsImage => Kind is "ddpmpp" or "adm";
 
     /// <summary>Builds the preconditioned denoiser this spec describes (freshly initialised).</summary>
     public EdmPrecond Build() => new(BuildBackbone(), SigmaData);
