@@ -103,7 +103,10 @@ internal static class TeacherCommand
         {
             Threads.Apply(r, smallModel: true);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
-            var set = PointDistributions.Load(r.GetValue(data)!, r.GetValue(points), seed: 1);
+            var dataName = r.GetValue(data)!;
+            if (dataName.StartsWith("fashion-mnist") || dataName.StartsWith("folder:"))
+                throw new DmdInputException($"--data {dataName} is image data: train it with `dmd train-image-teacher --data {dataName}`");
+            var set = PointDistributions.Load(dataName, r.GetValue(points), seed: 1);
             if (!r.GetValue(cond)) set = set.WithoutLabels();
             var spec = new NetworkSpec("mlp", set.Shape, set.NumClasses, Math.Round(set.Std, 4), r.GetValue(width), r.GetValue(depth));
             using var trainer = new TeacherTrainer(spec, cfg, set);
@@ -181,31 +184,40 @@ internal static class SampleCommand
 {
     public static Command Build()
     {
-        var cmd = new Command("sample", "Draw samples from a teacher (multi-step) or a DMD generator (one step); writes CSV and a scatter plot.");
+        var cmd = new Command("sample", "Draw samples from a teacher (multi-step) or a DMD generator (one step); writes CSV and a scatter plot " +
+                                        "for point data, a PNG grid (one row per class) and optionally one PNG per image for images.");
         var model = new Option<string>("--model") { Description = "a teacher.safetensors or generator.safetensors (or its run folder)", Required = true };
-        var n = new Option<int>("--n") { DefaultValueFactory = _ => 2000 };
+        var n = new Option<int?>("--n") { Description = "number of samples (default 2000 points; 100 images, i.e. 10 per class for 10 classes)" };
         var sampler = new Option<string>("--sampler") { Description = "onestep, heun or euler (default: onestep for generator files, heun otherwise)" };
         var steps = new Option<int>("--steps") { Description = "sampler steps (heun: 2N-1 NFE)", DefaultValueFactory = _ => 18 };
-        var guidance = new Option<double>("--guidance") { DefaultValueFactory = _ => 1.0 };
-        var cls = new Option<int?>("--class") { Description = "class index for a conditional model (default: random)" };
-        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
-        var outOpt = new Option<string>("--out", "-o") { DefaultValueFactory = _ => "runs/samples.csv" };
-        foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, outOpt }) cmd.Options.Add(o);
+        var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
+        var cls = new Option<int?>("--class") { Description = "class index for a conditional model (default: random for points, one row per class for images)" };
+        var seed = new Option<long>("--seed") { Description = "random seed (images: image i uses seed + i, as EDM's --seeds)", DefaultValueFactory = _ => 0 };
+        var each = new Option<bool>("--each") { Description = "images: also write one PNG per image into a folder named after --out" };
+        var batch = new Option<int>("--batch") { Description = "images sampled per batch", DefaultValueFactory = _ => 256 };
+        var scale = new Option<int>("--scale") { Description = "images: enlarge the grid's tiles this many times", DefaultValueFactory = _ => 1 };
+        var outOpt = new Option<string>("--out", "-o") { Description = "output file (.csv for points, .png for images)", DefaultValueFactory = _ => "runs/samples.csv" };
+        foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
-            Threads.Apply(r, smallModel: true);
             var path = r.GetValue(model)!;
             bool isGen = Path.GetFileName(path).StartsWith("generator") || (Directory.Exists(path) && File.Exists(Path.Combine(path, "generator.safetensors")));
             var (net, spec) = DenoiserFile.Load(path, isGen ? "generator.safetensors" : "teacher.safetensors");
+            Threads.Apply(r, smallModel: !spec.IsImage);
             var which = r.GetValue(sampler) ?? (isGen ? "onestep" : "heun");
+            if (which is not ("onestep" or "heun" or "euler")) throw new DmdInputException($"--sampler '{which}': use onestep, heun or euler");
+            int? classIndex = r.GetValue(cls);
+            if (classIndex is int ci && spec.LabelDim > 0 && (ci < 0 || ci >= spec.LabelDim))
+                throw new DmdInputException($"--class {ci} is out of range: the model has {spec.LabelDim} classes (0..{spec.LabelDim - 1})");
+            if (spec.IsImage) return SampleImages(net, spec, which, r.GetValue(n) ?? 100, r.GetValue(steps), r.GetValue(guidance), classIndex,
+                                                  r.GetValue(seed), r.GetValue(each), r.GetValue(batch), r.GetValue(scale), r.GetValue(outOpt)!);
+
             using var g = new torch.Generator((ulong)r.GetValue(seed));
-            int count = r.GetValue(n);
+            int count = r.GetValue(n) ?? 2000;
             var z = Rng.Normal(new long[] { count }.Concat(spec.SampleShape.Select(s => (long)s)).ToArray(), g);
             Tensor? y = null;
             if (spec.LabelDim > 0)
-                y = r.GetValue(cls) is int c
-                    ? (c < 0 || c >= spec.LabelDim ? throw new DmdInputException($"--class {c} is out of range: the model has {spec.LabelDim} classes (0..{spec.LabelDim - 1})") : Rng.OneHot(torch.full(count, c, ScalarType.Int64), spec.LabelDim))
-                    : Rng.OneHotLabels(spec.LabelDim, count, g);
+                y = classIndex is int c ? Rng.OneHot(torch.full(count, c, ScalarType.Int64), spec.LabelDim) : Rng.OneHotLabels(spec.LabelDim, count, g);
             var d = GuidedDenoiser.Wrap(net, r.GetValue(guidance));
             var sw = Stopwatch.StartNew();
             Tensor x; int nfe;
@@ -220,5 +232,55 @@ internal static class SampleCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>
+    /// Images: per-image seeds; for a conditional model without --class, the count is rounded up to whole rows
+    /// and the grid has one row per class; otherwise a square-ish grid.
+    /// </summary>
+    static int SampleImages(EdmPrecond net, NetworkSpec spec, string which, int count, int steps, double guidance,
+                            int? classIndex, long seed, bool each, int batch, int scale, string outPath)
+    {
+        if (count < 1 || batch < 1 || scale < 1) throw new DmdInputException("--n, --batch and --scale must be positive");
+        if (!outPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) outPath = Path.ChangeExtension(outPath, ".png");
+        bool rows = spec.LabelDim > 0 && classIndex is null;
+        int perClass = rows ? (count + spec.LabelDim - 1) / spec.LabelDim : 0;
+        if (rows) count = perClass * spec.LabelDim;
+        var z = ImageSampling.SeededNoise(spec.SampleShape, seed, count);
+        Tensor? y = spec.LabelDim == 0 ? null
+            : rows ? ImageSampling.ClassMajorLabels(spec.LabelDim, perClass)
+            : Rng.OneHot(torch.full(count, classIndex!.Value, ScalarType.Int64), spec.LabelDim);
+        var sw = Stopwatch.StartNew();
+        SampleResult res = null!;
+        ProgressView.Run(report =>
+        {
+            if (which == "onestep")
+            {
+                var gen = new OneStepGenerator(net);
+                var parts = new List<Tensor>();
+                using var _ = torch.no_grad();
+                for (int i = 0; i < count; i += batch)
+                {
+                    int j = Math.Min(count, i + batch);
+                    parts.Add(gen.Generate(z[i..j], y?[i..j]));
+                    report("sample", j, count, null);
+                }
+                res = new SampleResult(torch.cat(parts), 1);
+            }
+            else res = ImageSampling.Generate(net, z, y, which, steps, guidance, batch, (d, t) => report("sample", d, t, null));
+        });
+        double secs = sw.Elapsed.TotalSeconds;
+        int columns = rows ? perClass : (int)Math.Ceiling(Math.Sqrt(count));
+        ImageGrid.Save(outPath, res.Samples, columns, scale, rowLabels: rows ? Enumerable.Range(0, spec.LabelDim).Select(c => c.ToString()).ToArray() : null);
+        string also = "";
+        if (each)
+        {
+            var folder = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(outPath))!, Path.GetFileNameWithoutExtension(outPath));
+            ImageGrid.SaveEach(folder, res.Samples, first: (int)seed); // named by seed, as EDM
+            also = $" and {count} PNGs in {folder}";
+        }
+        AnsiConsole.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
+            $"{count} images, {which}, {res.Nfe} NFE{(guidance != 1 && which != "onestep" ? $", guidance {guidance}" : "")}, {count / secs:F1} images/s ({torch.get_num_threads()} threads); wrote {outPath}{also}")));
+        return 0;
     }
 }

@@ -7,6 +7,7 @@ var root = new RootCommand("Distribution Matching Distillation: turn a diffusion
 root.Options.Add(Threads.Option);
 root.Subcommands.Add(Toy2dCommand.Build());
 root.Subcommands.Add(TeacherCommand.Build());
+root.Subcommands.Add(ImageTeacherCommand.Build());
 root.Subcommands.Add(PairsCommand.Build());
 root.Subcommands.Add(DistillCommand.Build());
 root.Subcommands.Add(SampleCommand.Build());

@@ -1,0 +1,130 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Dmd.Data;
+using Dmd.Diffusion;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Training;
+using Spectre.Console;
+using TorchSharp;
+
+namespace Dmd.Cli;
+
+/// <summary>`dmd train-image-teacher`: EDM teacher training of a U-Net on images, with sample grids as it goes.</summary>
+internal static class ImageTeacherCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("train-image-teacher",
+            "Train a U-Net diffusion teacher (EDM loss) on Fashion-MNIST or a folder of images; writes a sample grid " +
+            "every --grid-every steps and resumes if --out holds a checkpoint.");
+        var data = new Option<string>("--data") { Description = "fashion-mnist (Debian's dataset-fashion-mnist), fashion-mnist:FOLDER, or folder:PATH (one sub-folder per class, or images only)", DefaultValueFactory = _ => "fashion-mnist" };
+        var resolution = new Option<int?>("--resolution") { Description = "image side for folder:PATH (default 32; Fashion-MNIST is padded to 32)" };
+        var channels = new Option<int>("--channels") { Description = "1 (greyscale) or 3 (RGB) for folder:PATH", DefaultValueFactory = _ => 3 };
+        var limit = new Option<int?>("--train-images") { Description = "use only the first N training images (quick runs)" };
+        var uncond = new Option<bool>("--unconditional") { Description = "ignore class labels" };
+        var xflip = new Option<bool>("--xflip") { Description = "random left-right flips (EDM's --xflip)" };
+        var arch = new Option<string>("--arch") { Description = "ddpmpp (EDM's SongUNet) or adm (EDM's DhariwalUNet)", DefaultValueFactory = _ => "ddpmpp" };
+        var modelChannels = new Option<int>("--model-channels") { Description = "base channel count (EDM's model_channels)", DefaultValueFactory = _ => 32 };
+        var channelMult = new Option<string?>("--channel-mult") { Description = "channel multiplier per resolution, e.g. 1,2,2 (default: 1,2,2; 1,2 below 16 pixels)" };
+        var numBlocks = new Option<int>("--num-blocks") { Description = "residual blocks per resolution", DefaultValueFactory = _ => 2 };
+        var attn = new Option<string?>("--attn-resolutions") { Description = "resolutions with self-attention, e.g. 8 (default: resolution/4; 'none' for none)" };
+        var dropout = new Option<double>("--dropout") { DefaultValueFactory = _ => 0.10 };
+        var gridEvery = new Option<int>("--grid-every") { Description = "write samples-STEP.png every N steps (0 = only at the end)", DefaultValueFactory = _ => 1000 };
+        var gridSteps = new Option<int>("--grid-steps") { Description = "Heun steps of the grids (2N-1 NFE)", DefaultValueFactory = _ => 10 };
+        var gridPerClass = new Option<int>("--grid-per-class") { Description = "images per class (row) in the grids", DefaultValueFactory = _ => 10 };
+        var gridGuidance = new Option<double>("--grid-guidance") { Description = "CFG scale of the grids", DefaultValueFactory = _ => 1.0 };
+        var outOpt = Common.Out("runs/fashion-mnist-teacher");
+        var cfgFile = Common.ConfigFile();
+        foreach (var o in new Option[] { data, resolution, channels, limit, uncond, xflip, arch, modelChannels, channelMult, numBlocks, attn, dropout,
+                                         gridEvery, gridSteps, gridPerClass, gridGuidance, outOpt, cfgFile })
+            cmd.Options.Add(o);
+        var opts = new ConfigOptions<TeacherConfig>(cmd, defaults: TeacherConfig.Images);
+        cmd.SetAction(r =>
+        {
+            Threads.Apply(r, smallModel: false);
+            var cfg = opts.Bind(r, r.GetValue(cfgFile) is string f ? Checkpoint.LoadJson<TeacherConfig>(f) : TeacherConfig.Images);
+            var dataName = r.GetValue(data)!;
+            var set = LoadImages(dataName, r.GetValue(resolution), r.GetValue(channels), r.GetValue(xflip));
+            if (r.GetValue(limit) is int k) set = First(set, k);
+            if (r.GetValue(uncond)) set = set.WithoutLabels();
+            int res = set.Shape[1];
+            var kind = r.GetValue(arch)!;
+            if (kind is not ("ddpmpp" or "adm")) throw new DmdInputException($"--arch '{kind}' is not a U-Net: use ddpmpp or adm");
+            var spec = NetworkSpec.SmallImage(kind, set.Shape[0], res, set.NumClasses, r.GetValue(modelChannels), r.GetValue(numBlocks), r.GetValue(dropout));
+            if (r.GetValue(channelMult) is string cm) spec = spec with { ChannelMult = IntList("--channel-mult", cm) };
+            if (r.GetValue(attn) is string at) spec = spec with { AttnResolutions = at == "none" ? Array.Empty<int>() : IntList("--attn-resolutions", at) };
+
+            using var trainer = new TeacherTrainer(spec, cfg, set);
+            var outDir = r.GetValue(outOpt)!;
+            AnsiConsole.MarkupLine(Markup.Escape($"teacher: {spec}; {TrainingUtils.ParameterCount(trainer.Net):N0} parameters; " +
+                $"{set.Count:N0} images [{string.Join("x", set.Shape)}], {set.NumClasses} classes; batch {cfg.BatchSize}, {torch.get_num_threads()} threads"));
+
+            int every = r.GetValue(gridEvery), perClass = r.GetValue(gridPerClass), steps = r.GetValue(gridSteps);
+            double guidance = r.GetValue(gridGuidance);
+            void Grid(int step) => ImageSampling.SaveClassGrid(Path.Combine(outDir, $"samples-{step:D6}.png"), trainer.Ema, spec.SampleShape,
+                perClass, "heun", steps, guidance, firstSeed: 0, classNames: set.ClassNames, scale: 2);
+
+            // images per second of training alone: the clock stops while grids are drawn
+            var train = new Stopwatch();
+            int firstStep = -1, lastStep = 0;
+            ProgressView.Run(report =>
+            {
+                train.Start();
+                trainer.Run(outDir, dataName, (s, n, l) =>
+                {
+                    if (firstStep < 0) firstStep = s - 1;
+                    lastStep = s;
+                    report("teacher", s, n, l);
+                    if ((every > 0 && s % every == 0) || s == n)
+                    {
+                        train.Stop();
+                        Grid(s);
+                        train.Start();
+                    }
+                });
+                train.Stop();
+            });
+            Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
+            int done = lastStep - Math.Max(firstStep, 0);
+            if (done > 0)
+            {
+                double secs = train.Elapsed.TotalSeconds;
+                AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
+                    $"trained {done} steps in {secs:F0} s: {secs / done:F3} s/step, [bold]{done * (double)cfg.BatchSize / secs:F1} images/s[/] (batch {cfg.BatchSize}, {torch.get_num_threads()} threads, grids not counted)"));
+            }
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "teacher.safetensors"))}, samples-*.png and losses.png");
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>The image sources of <c>--data</c>.</summary>
+    internal static ImageDataset LoadImages(string data, int? resolution, int channels, bool xflip)
+    {
+        if (data == "fashion-mnist" || data.StartsWith("fashion-mnist:"))
+        {
+            if (resolution is int rr && rr != 32)
+                throw new DmdInputException($"--resolution {rr}: Fashion-MNIST is trained at 32x32 (28x28 padded); leave --resolution out");
+            return FashionMnist.Load(test: false, folder: data == "fashion-mnist" ? null : data["fashion-mnist:".Length..], padTo32: true, randomFlip: xflip);
+        }
+        if (data.StartsWith("folder:"))
+            return ImageDataset.FromFolder(data["folder:".Length..], resolution ?? 32, channels, xflip);
+        throw new DmdInputException($"--data '{data}' is not an image source: use fashion-mnist, fashion-mnist:FOLDER or folder:PATH " +
+                                    "(for 2-D points use `dmd train-teacher`)");
+    }
+
+    static ImageDataset First(ImageDataset set, int n)
+    {
+        if (n < 1) throw new DmdInputException($"--train-images {n}: give a positive number of images");
+        long m = Math.Min(n, set.Count);
+        return new ImageDataset(set.Images[..(int)m], set.ClassIndex?[..(int)m], set.NumClasses, set.ClassNames, set.RandomFlip);
+    }
+
+    internal static int[] IntList(string option, string text)
+    {
+        try { return text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray(); }
+        catch (FormatException) { throw new DmdInputException($"{option}: '{text}' is not a comma-separated list of integers (e.g. 1,2,2)"); }
+    }
+}
