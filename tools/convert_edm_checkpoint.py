@@ -1,0 +1,94 @@
+"""Convert an EDM training snapshot (.pkl, NVlabs/edm) into the safetensors + JSON pair that Dmd loads.
+
+    python tools/convert_edm_checkpoint.py --edm PATH/TO/edm edm-cifar10-32x32-cond-vp.pkl cifar10-cond.safetensors
+
+EDM's .pkl files embed Python classes, so unpickling needs EDM's own code: --edm points at a checkout of
+NVlabs/edm (its dnnlib and torch_utils packages). Run it once with your own PyTorch; the C# side never needs Python.
+
+Writes:
+  OUT.safetensors  the EMA network's state dict, EDM's parameter names unchanged ("model.enc.32x32_conv.weight", ...),
+                   the network's constructor arguments as metadata ("edm_init_kwargs");
+  OUT.json         the NetworkSpec Dmd rebuilds the architecture from (kind ddpmpp = SongUNet with positional
+                   embedding, kind adm = DhariwalUNet).
+Load it in C# with Dmd.IO.DenoiserFile.Load("OUT.safetensors"): missing, unexpected or mis-shaped tensors are
+reported by name.
+"""
+import argparse
+import json
+import pickle
+import struct
+import sys
+
+DTYPES = {"torch.float32": "F32", "torch.float64": "F64", "torch.float16": "F16", "torch.int64": "I64"}
+
+
+def save_safetensors(tensors, path, metadata):
+    """Minimal safetensors writer (8-byte header length, JSON header, raw little-endian data)."""
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name, t in tensors.items():
+        data = t.contiguous().numpy().tobytes() if hasattr(t, "numpy") else bytes(t)
+        header[name] = {"dtype": DTYPES[str(t.dtype)], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+
+
+def network_spec(precond_kwargs, model_kwargs, model_type):
+    """Maps EDM's constructor arguments onto Dmd's NetworkSpec fields."""
+    c, res = precond_kwargs["img_channels"], precond_kwargs["img_resolution"]
+    spec = {
+        "Shape": [c, res, res],
+        "LabelDim": precond_kwargs.get("label_dim", 0),
+        "SigmaData": precond_kwargs.get("sigma_data", 0.5),
+        "AugmentDim": model_kwargs.get("augment_dim", 0),
+        "Dropout": model_kwargs.get("dropout", 0.10),
+    }
+    if model_type == "SongUNet":
+        if model_kwargs.get("embedding_type", "positional") != "positional" or model_kwargs.get("encoder_type", "standard") != "standard":
+            sys.exit("this snapshot is NCSN++ (Fourier embedding, residual encoder); Dmd's NetworkSpec builds DDPM++ and ADM only")
+        spec.update(Kind="ddpmpp", ModelChannels=model_kwargs.get("model_channels", 128),
+                    ChannelMult=model_kwargs.get("channel_mult", [1, 2, 2, 2]), NumBlocks=model_kwargs.get("num_blocks", 4),
+                    AttnResolutions=model_kwargs.get("attn_resolutions", [16]))
+    elif model_type == "DhariwalUNet":
+        spec.update(Kind="adm", ModelChannels=model_kwargs.get("model_channels", 192),
+                    ChannelMult=model_kwargs.get("channel_mult", [1, 2, 3, 4]), NumBlocks=model_kwargs.get("num_blocks", 3),
+                    AttnResolutions=model_kwargs.get("attn_resolutions", [32, 16, 8]))
+    else:
+        sys.exit(f"unsupported EDM network {model_type}")
+    return spec
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--edm", required=True, help="checkout of github.com/NVlabs/edm (for dnnlib, torch_utils)")
+    ap.add_argument("pkl")
+    ap.add_argument("out", help="output .safetensors path (a .json spec is written beside it)")
+    a = ap.parse_args()
+    sys.path.insert(0, a.edm)
+    with open(a.pkl, "rb") as f:
+        data = pickle.load(f)
+    net = data["ema"] if isinstance(data, dict) else data
+    if type(net).__name__ != "EDMPrecond":
+        sys.exit(f"expected EDM's EDMPrecond network, found {type(net).__name__} (VP/VE snapshots: retrain or convert with EDMPrecond)")
+    precond_kwargs = dict(net.init_kwargs)
+    model_type = precond_kwargs.pop("model_type", type(net.model).__name__)
+    model_kwargs = {k: v for k, v in net.model.init_kwargs.items()}
+    tensors = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in net.state_dict().items()}
+    spec = network_spec(precond_kwargs, model_kwargs, model_type)
+    meta = {"format": "pt", "source": a.pkl, "edm_model_type": model_type,
+            "edm_init_kwargs": json.dumps({"precond": precond_kwargs, "model": model_kwargs}, default=str)}
+    save_safetensors(tensors, a.out, meta)
+    spec_path = a.out[: -len(".safetensors")] + ".json" if a.out.endswith(".safetensors") else a.out + ".json"
+    with open(spec_path, "w") as f:
+        json.dump(spec, f, indent=2)
+    print(f"wrote {len(tensors)} tensors to {a.out} and the network spec to {spec_path}")
+
+
+if __name__ == "__main__":
+    main()
