@@ -12,6 +12,7 @@ root.Subcommands.Add(PairsCommand.Build());
 root.Subcommands.Add(DistillCommand.Build());
 root.Subcommands.Add(SampleCommand.Build());
 root.Subcommands.Add(BenchCommand.Build());
+root.Subcommands.Add(EvalCommand.Build());
 root.Subcommands.Add(ClassifierCommand.Build());
 
 try

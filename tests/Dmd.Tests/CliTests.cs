@@ -52,3 +52,47 @@ public class CliTests
             Assert.Contains(o, output);
     }
 }
+
+public class EvalAndBenchCliTests
+{
+    static string TinyModel(string dir, string name)
+    {
+        var spec = new Dmd.Networks.NetworkSpec("mlp", new[] { 2 }, 0, 1.0, 16, 1);
+        var path = Path.Combine(dir, name);
+        Dmd.IO.DenoiserFile.Save(spec.Build(), spec, path);
+        return path;
+    }
+
+    [Fact]
+    public void EvalWritesTheMetricsOfAModelAsJson()
+    {
+        var dir = TestUtil.TempDir();
+        var teacher = TinyModel(dir, "teacher.safetensors");
+        var outPath = Path.Combine(dir, "eval.json");
+        var (code, output) = CliTests.Run("eval", "--model", teacher, "--n", "300", "--steps", "3", "--data", "ring8", "--out", outPath);
+        Assert.True(code == 0, output);
+        var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(outPath)).RootElement;
+        Assert.Equal(5, json.GetProperty("Nfe").GetInt32());
+        Assert.Equal("heun", json.GetProperty("Sampler").GetString());
+        var m = json.GetProperty("Metrics");
+        Assert.True(m.GetProperty("energy_distance").GetDouble() > 0.1); // an untrained net is far from the ring
+        Assert.InRange(m.GetProperty("recall").GetDouble(), 0, 1);
+    }
+
+    [Fact]
+    public void BenchComparesTwoModelsAndReportsTheirRatio()
+    {
+        var dir = TestUtil.TempDir();
+        var teacher = TinyModel(dir, "teacher.safetensors");
+        var gen = TinyModel(dir, "generator.safetensors");
+        var outPath = Path.Combine(dir, "bench.json");
+        var (code, output) = CliTests.Run("bench", "--model", teacher, "--model", gen, "--batch", "256", "--repeats", "3", "--steps", "4", "--out", outPath);
+        Assert.True(code == 0, output);
+        var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(outPath)).RootElement;
+        var models = json.GetProperty("Models");
+        Assert.Equal(7, models[0].GetProperty("Nfe").GetInt32());
+        Assert.Equal(1, models[1].GetProperty("Nfe").GetInt32());
+        Assert.True(json.GetProperty("SpeedUp").GetDouble() > 1.5, output); // 7 NFE vs 1 NFE of the same network
+        Assert.Contains("speed ratio", output);
+    }
+}
