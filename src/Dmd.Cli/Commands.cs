@@ -78,7 +78,7 @@ public static class Toy2dPresets
     /// <summary>About a minute on 2 cores: what the end-to-end test runs.</summary>
     public static Toy2dConfig Quick => new()
     {
-        TrainPoints = 20_000, EvalSamples = 2000, PairCount = 2000, Width = 128, Depth = 3,
+        TrainPoints = 20_000, EvalSamples = 5000, PairCount = 2000, Width = 128, Depth = 3,
         Teacher = new TeacherConfig { Steps = 1500, BatchSize = 256, CheckpointEvery = 500 },
         Dmd = new DmdConfig { Steps = 1500, BatchSize = 128, RegressionBatchSize = 128, WarmupSteps = 100, LearningRate = 2e-4, CheckpointEvery = 300, FakeUpdatesPerStep = 5 },
     };

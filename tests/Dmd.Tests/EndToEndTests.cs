@@ -17,8 +17,8 @@ public class EndToEndTests
         var student = res.Rows.Single(r => r.Model.StartsWith("DMD"));
         Assert.Equal(35, teacher.Nfe);
         Assert.Equal(1, student.Nfe);
-        // issue target 2.5x; this budget reaches 3.2x (2.4x with 2500 steps, over the 2-minute test budget)
-        Assert.True(student.EnergyDistance <= 4.0 * teacher.EnergyDistance,
+        // measured here: 0.0092 vs 0.0047 (1.95x)
+        Assert.True(student.EnergyDistance <= 2.5 * teacher.EnergyDistance,
             $"student ED {student.EnergyDistance:F4} vs teacher (35 NFE) {teacher.EnergyDistance:F4}");
         Assert.True(student.EnergyDistance < 0.05 * oneStep.EnergyDistance,
             $"student ED {student.EnergyDistance:F4} vs teacher 1 step {oneStep.EnergyDistance:F4}");
