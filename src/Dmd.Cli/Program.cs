@@ -3,6 +3,9 @@ using Dmd.Cli;
 using Dmd.IO;
 using Spectre.Console;
 
+// Logs and pipes get Spectre's 80-column default, which wraps the results tables; give them room.
+if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 132);
+
 var root = new RootCommand("Distribution Matching Distillation: turn a diffusion teacher into a one-step generator.");
 root.Options.Add(Threads.Option);
 root.Subcommands.Add(Toy2dCommand.Build());
