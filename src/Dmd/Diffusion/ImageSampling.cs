@@ -70,6 +70,8 @@ public static class ImageSampling
         double rate = count / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
         ImageGrid.Save(path, res.Samples, columns: perClass, scale: scale,
                        rowLabels: classes > 0 ? classNames ?? Enumerable.Range(0, classes).Select(c => c.ToString()).ToArray() : null);
+        scope.Dispose();
+        Training.TrainingUtils.ReleaseFreedMemory(); // sampling peaks above training: do not keep that memory
         return (res.Nfe, rate);
     }
 }

@@ -57,6 +57,19 @@ public static class TrainingUtils
 
     public static long ParameterCount(nn.Module m) => m.parameters().Sum(p => p.numel());
 
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
+    private static extern int MallocTrim(UIntPtr pad);
+
+    /// <summary>
+    /// Hands memory that libtorch freed back to the OS (glibc keeps it otherwise, so one large transient peak, such
+    /// as sampling a grid at a bigger batch than training uses, would show as a permanent RSS step). Linux only.
+    /// </summary>
+    public static void ReleaseFreedMemory()
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        try { MallocTrim(UIntPtr.Zero); } catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
+    }
+
     /// <summary>Resident memory of this process in MB (logged beside the losses, to catch leaks).</summary>
     public static double RssMb()
     {
