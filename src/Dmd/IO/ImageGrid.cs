@@ -105,9 +105,5 @@ public static class ImageGrid
         data.SaveTo(fs);
     }
 
-    static readonly Lazy<SKTypeface> Font = new(() =>
-    {
-        using var s = typeof(ImageGrid).Assembly.GetManifestResourceStream("Dmd.Assets.DejaVuSans.ttf")!;
-        return SKTypeface.FromStream(s);
-    });
+    static Lazy<SKTypeface> Font => Plots.Font;
 }

@@ -7,7 +7,8 @@ namespace Dmd.IO;
 /// <summary>PNG figures drawn with SkiaSharp: scatter panels for point sets, loss curves for runs.</summary>
 public static class Plots
 {
-    static readonly Lazy<SKTypeface> Font = new(() =>
+    /// <summary>The embedded DejaVu Sans, shared by every figure that writes text (plots, image grids).</summary>
+    internal static readonly Lazy<SKTypeface> Font = new(() =>
     {
         using var s = typeof(Plots).Assembly.GetManifestResourceStream("Dmd.Assets.DejaVuSans.ttf")!;
         return SKTypeface.FromStream(s);
