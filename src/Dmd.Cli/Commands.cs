@@ -200,16 +200,13 @@ internal static class SampleCommand
         foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
-            var path = r.GetValue(model)!;
-            bool isGen = Path.GetFileName(path).StartsWith("generator") || (Directory.Exists(path) && File.Exists(Path.Combine(path, "generator.safetensors")));
-            var (net, spec) = DenoiserFile.Load(path, isGen ? "generator.safetensors" : "teacher.safetensors");
+            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance));
+            var (spec, which) = (m.Spec, m.Sampler);
             Threads.Apply(r, smallModel: !spec.IsImage);
-            var which = r.GetValue(sampler) ?? (isGen ? "onestep" : "heun");
-            if (which is not ("onestep" or "heun" or "euler")) throw new DmdInputException($"--sampler '{which}': use onestep, heun or euler");
             int? classIndex = r.GetValue(cls);
             if (classIndex is int ci && spec.LabelDim > 0 && (ci < 0 || ci >= spec.LabelDim))
                 throw new DmdInputException($"--class {ci} is out of range: the model has {spec.LabelDim} classes (0..{spec.LabelDim - 1})");
-            if (spec.IsImage) return SampleImages(net, spec, which, r.GetValue(n) ?? 100, r.GetValue(steps), r.GetValue(guidance), classIndex,
+            if (spec.IsImage) return SampleImages(m, r.GetValue(n) ?? 100, classIndex,
                                                   r.GetValue(seed), r.GetValue(each), r.GetValue(batch), r.GetValue(scale), r.GetValue(outOpt)!);
 
             using var g = new torch.Generator((ulong)r.GetValue(seed));
@@ -218,12 +215,8 @@ internal static class SampleCommand
             Tensor? y = null;
             if (spec.LabelDim > 0)
                 y = classIndex is int c ? Rng.OneHot(torch.full(count, c, ScalarType.Int64), spec.LabelDim) : Rng.OneHotLabels(spec.LabelDim, count, g);
-            var d = GuidedDenoiser.Wrap(net, r.GetValue(guidance));
-            var sw = Stopwatch.StartNew();
-            Tensor x; int nfe;
-            if (which == "onestep") { using var _ = torch.no_grad(); x = new OneStepGenerator(net).Generate(z, y); nfe = 1; }
-            else { var res = Samplers.Run(which, d, z, y, r.GetValue(steps)); x = res.Samples; nfe = res.Nfe; }
-            var secs = sw.Elapsed.TotalSeconds;
+            var (x, secs) = m.Draw(z, y, count);
+            int nfe = m.Nfe;
             var outPath = r.GetValue(outOpt)!;
             var flat = x.reshape(count, -1);
             PointSet.ToCsv(outPath, flat, y?.argmax(1));
@@ -238,9 +231,9 @@ internal static class SampleCommand
     /// Images: per-image seeds; for a conditional model without --class, the count is rounded up to whole rows
     /// and the grid has one row per class; otherwise a square-ish grid.
     /// </summary>
-    static int SampleImages(EdmPrecond net, NetworkSpec spec, string which, int count, int steps, double guidance,
-                            int? classIndex, long seed, bool each, int batch, int scale, string outPath)
+    static int SampleImages(ModelDraw m, int count, int? classIndex, long seed, bool each, int batch, int scale, string outPath)
     {
+        var (spec, which, guidance) = (m.Spec, m.Sampler, m.Guidance);
         if (count < 1 || batch < 1 || scale < 1) throw new DmdInputException("--n, --batch and --scale must be positive");
         if (!outPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) outPath = Path.ChangeExtension(outPath, ".png");
         bool rows = spec.LabelDim > 0 && classIndex is null;
@@ -250,26 +243,9 @@ internal static class SampleCommand
         Tensor? y = spec.LabelDim == 0 ? null
             : rows ? ImageSampling.ClassMajorLabels(spec.LabelDim, perClass)
             : Rng.OneHot(torch.full(count, classIndex!.Value, ScalarType.Int64), spec.LabelDim);
-        var sw = Stopwatch.StartNew();
-        SampleResult res = null!;
-        ProgressView.Run(report =>
-        {
-            if (which == "onestep")
-            {
-                var gen = new OneStepGenerator(net);
-                var parts = new List<Tensor>();
-                using var _ = torch.no_grad();
-                for (int i = 0; i < count; i += batch)
-                {
-                    int j = Math.Min(count, i + batch);
-                    parts.Add(gen.Generate(z[i..j], y?[i..j]));
-                    report("sample", j, count, null);
-                }
-                res = new SampleResult(torch.cat(parts), 1);
-            }
-            else res = ImageSampling.Generate(net, z, y, which, steps, guidance, batch, (d, t) => report("sample", d, t, null));
-        });
-        double secs = sw.Elapsed.TotalSeconds;
+        Tensor samples = null!; double secs = 0;
+        ProgressView.Run(report => (samples, secs) = m.Draw(z, y, batch, (d, t) => report("sample", d, t, null)));
+        var res = new SampleResult(samples, m.Nfe);
         int columns = rows ? perClass : (int)Math.Ceiling(Math.Sqrt(count));
         ImageGrid.Save(outPath, res.Samples, columns, scale, rowLabels: rows ? Enumerable.Range(0, spec.LabelDim).Select(c => c.ToString()).ToArray() : null);
         string also = "";
