@@ -126,23 +126,29 @@ internal static class PairsCommand
 {
     public static Command Build()
     {
-        var cmd = new Command("pairs", "Make regression pairs (z, y, x_ref = teacher Heun ODE output) for DMD.");
+        var cmd = new Command("pairs", "Make regression pairs (z, y, x_ref = teacher Heun ODE output) for DMD; written in shards, " +
+                                       "so running the same command again resumes a stopped run.");
         var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
         var count = new Option<int>("--count") { DefaultValueFactory = _ => 10_000 };
         var steps = new Option<int>("--steps") { Description = "Heun steps (18 = 35 NFE)", DefaultValueFactory = _ => 18 };
         var guidance = new Option<double>("--guidance") { Description = "CFG scale for a conditional teacher", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 3 };
-        var outOpt = new Option<string>("--out", "-o") { DefaultValueFactory = _ => "runs/pairs/pairs.safetensors" };
-        foreach (var o in new Option[] { teacher, count, steps, guidance, seed, outOpt }) cmd.Options.Add(o);
+        var batch = new Option<int?>("--batch") { Description = "pairs per shard (default 1024 for points, 64 for images)" };
+        var outOpt = new Option<string>("--out", "-o") { Description = "a folder of shards, or one .safetensors file (no resume)", DefaultValueFactory = _ => "runs/pairs" };
+        foreach (var o in new Option[] { teacher, count, steps, guidance, seed, batch, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
-            Threads.Apply(r, smallModel: true);
             var (net, spec) = DenoiserFile.Load(r.GetValue(teacher)!);
+            Threads.Apply(r, smallModel: !spec.IsImage);
+            var outPath = r.GetValue(outOpt)!;
+            bool file = outPath.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
+            int b = r.GetValue(batch) ?? (spec.IsImage ? 64 : 1024);
             RegressionPairs? pairs = null;
+            var sw = Stopwatch.StartNew();
             ProgressView.Run(report => pairs = RegressionPairs.Generate(net, spec.SampleShape, r.GetValue(count), r.GetValue(steps), r.GetValue(guidance), r.GetValue(seed),
-                                                                        onBatch: (d, n) => report("pairs", d, n, null)));
-            pairs!.Save(r.GetValue(outOpt)!);
-            AnsiConsole.MarkupLine($"wrote {pairs.Count:N0} pairs ({pairs.Info.Nfe} NFE each) to {r.GetValue(outOpt)}");
+                                                                        batchSize: b, onBatch: (d, n) => report("pairs", d, n, null), shardDir: file ? null : outPath));
+            if (file) pairs!.Save(outPath);
+            AnsiConsole.MarkupLine($"wrote {pairs!.Count:N0} pairs ({pairs.Info.Nfe} NFE each) to {outPath} in {sw.Elapsed.TotalSeconds:F0} s");
             return 0;
         });
         return cmd;
@@ -163,10 +169,10 @@ internal static class DistillCommand
         var opts = new ConfigOptions<DmdConfig>(cmd);
         cmd.SetAction(r =>
         {
-            Threads.Apply(r, smallModel: true);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var teacherPath = r.GetValue(teacher)!;
             var (net, spec) = DenoiserFile.Load(teacherPath);
+            Threads.Apply(r, smallModel: !spec.IsImage);
             var p = r.GetValue(pairs) is string pp ? RegressionPairs.Load(pp) : null;
             using var trainer = new DmdTrainer(net, spec, cfg, p);
             var outDir = r.GetValue(outOpt)!;

@@ -8,6 +8,7 @@ if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole
 
 var root = new RootCommand("Distribution Matching Distillation: turn a diffusion teacher into a one-step generator.");
 root.Options.Add(Threads.Option);
+root.Subcommands.Add(DemoCommand.Build());
 root.Subcommands.Add(Toy2dCommand.Build());
 root.Subcommands.Add(TeacherCommand.Build());
 root.Subcommands.Add(ImageTeacherCommand.Build());

@@ -37,6 +37,14 @@ public sealed record DmdConfig
     public double GuidanceReal { get; init; } = 1.0;     // CFG scale of the real score (1 = none)
     public int FakeUpdatesPerStep { get; init; } = 1;    // DMD: 1; DMD2 uses 5
     public double FakeLrScale { get; init; } = 1.0;      // fake-denoiser lr / generator lr (paper: 1)
+    /// <summary>
+    /// Distance of the regression loss: "l2", "lpips" (needs <see cref="LpipsWeights"/>; the paper's choice for
+    /// images) or "pseudo-huber"; "auto" = lpips when weights are given, else l2 (DESIGN.md: L2 for points and
+    /// whenever no LPIPS weights are available).
+    /// </summary>
+    public string RegressionLoss { get; init; } = "auto";
+    public string? LpipsWeights { get; init; }           // from tools/convert_lpips_weights.py
+    public int GridEvery { get; init; } = 250;           // images: teacher | student grid every N steps (0 = off)
     public long Seed { get; init; } = 0;
     public int CheckpointEvery { get; init; } = 500;
     public int LogEvery { get; init; } = 20;

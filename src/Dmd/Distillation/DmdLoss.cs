@@ -57,4 +57,16 @@ public static class DmdLoss
 
     /// <summary>Regression loss with L2 distance: mean squared error between G(z_ref) and the teacher's x_ref.</summary>
     public static Tensor RegressionL2(Tensor generated, Tensor target) => nn.functional.mse_loss(generated, target);
+
+    /// <summary>
+    /// Regression loss with the pseudo-Huber distance of Song and Dhariwal (2023, iCT):
+    /// mean over samples of sqrt(|a - b|^2 + c^2) - c, with c = 0.00054 sqrt(d) for d values per sample.
+    /// </summary>
+    public static Tensor RegressionPseudoHuber(Tensor generated, Tensor target)
+    {
+        long d = generated[0].numel();
+        var c = DenoiserExtensions.Const(0.00054 * Math.Sqrt(d), generated);
+        var sq = (generated - target).square().reshape(generated.shape[0], -1).sum(1);
+        return ((sq + c * c).sqrt() - c).mean();
+    }
 }

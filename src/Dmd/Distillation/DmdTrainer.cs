@@ -27,7 +27,11 @@ public sealed class DmdTrainer : IDisposable
     public OneStepGenerator Generator { get; }
     public int Step { get; private set; }
 
+    /// <summary>The regression distance in use ("l2", "lpips" or "pseudo-huber"; "auto" resolved).</summary>
+    public string RegressionLoss { get; }
+
     private readonly RegressionPairs? pairs;
+    private readonly Func<Tensor, Tensor, Tensor> regressionDistance;
     private readonly IDenoiser realGuided;
     private readonly optim.Optimizer optG, optF;
     private readonly Tensor grid;
@@ -44,7 +48,7 @@ public sealed class DmdTrainer : IDisposable
         if (pairs is not null && !pairs.Z.shape.Skip(1).SequenceEqual(spec.SampleShape.Select(s => (long)s)))
             throw new DmdInputException($"regression pairs have samples of shape [{string.Join(",", pairs.Z.shape.Skip(1))}] but the teacher makes [{string.Join(",", spec.SampleShape)}]; regenerate them with this teacher");
         Config = config;
-        Spec = spec;
+        Spec = spec with { Dropout = 0 }; // DESIGN.md: dropout off in all three networks
         this.device = device ?? CPU;
         this.pairs = pairs;
         sampleShape = spec.SampleShape.Select(s => (long)s).ToArray();
@@ -55,9 +59,9 @@ public sealed class DmdTrainer : IDisposable
         Real.to(this.device);
         TrainingUtils.Freeze(Real);
         realGuided = GuidedDenoiser.Wrap(Real, config.GuidanceReal);
-        Fake = spec.Build(); Fake.to(this.device);
+        Fake = Spec.Build(); Fake.to(this.device);
         TrainingUtils.CopyWeights(Real, Fake);
-        var genNet = spec.Build(); genNet.to(this.device);
+        var genNet = Spec.Build(); genNet.to(this.device);
         TrainingUtils.CopyWeights(Real, genNet);
         Generator = new OneStepGenerator(genNet, config.SigmaMax);
 
@@ -65,6 +69,27 @@ public sealed class DmdTrainer : IDisposable
         optG = optim.AdamW(genNet.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         optF = optim.AdamW(Fake.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax).to(this.device);
+        (RegressionLoss, regressionDistance) = ResolveRegressionLoss(config, this.device);
+    }
+
+    /// <summary>The regression distance of a config: "auto" is LPIPS when weights are given, else L2 (DESIGN.md).</summary>
+    static (string, Func<Tensor, Tensor, Tensor>) ResolveRegressionLoss(DmdConfig config, Device device)
+    {
+        var name = config.RegressionLoss.ToLowerInvariant();
+        if (name == "auto") name = config.LpipsWeights is null ? "l2" : "lpips";
+        switch (name)
+        {
+            case "l2": return (name, DmdLoss.RegressionL2);
+            case "pseudo-huber": return (name, DmdLoss.RegressionPseudoHuber);
+            case "lpips":
+                if (config.LpipsWeights is null)
+                    throw new DmdInputException("regression loss lpips needs LPIPS weights: convert them with tools/convert_lpips_weights.py and pass the file (--dmd-lpips-weights)");
+                var lpips = Metrics.Lpips.Load(config.LpipsWeights);
+                lpips.to(device);
+                return (name, (a, b) => lpips.forward(a, b).mean());
+            default:
+                throw new DmdInputException($"unknown regression loss '{config.RegressionLoss}': use auto, l2, lpips or pseudo-huber");
+        }
     }
 
     double LearningRate => Config.LearningRate * (Config.Mode == DmdMode.DmOnly ? Config.DmOnlyLrScale : 1.0);
@@ -98,7 +123,7 @@ public sealed class DmdTrainer : IDisposable
             var zr = pairs.Z.index_select(0, idx).to(device);
             var yr = pairs.Y?.index_select(0, idx).to(device);
             var xr = pairs.X.index_select(0, idx).to(device);
-            var lossReg = DmdLoss.RegressionL2(Generator.Generate(zr, yr), xr);
+            var lossReg = regressionDistance(Generator.Generate(zr, yr), xr);
             lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
             losses["loss_reg"] = lossReg.item<float>();
         }
@@ -128,11 +153,12 @@ public sealed class DmdTrainer : IDisposable
     }
 
     /// <summary>
-    /// Trains to <see cref="DmdConfig.Steps"/>, resuming from <paramref name="outDir"/> if it holds a checkpoint;
-    /// writes losses.csv, config.json, checkpoints, and generator.safetensors at the end.
+    /// Trains to <see cref="DmdConfig.Steps"/> (or until <paramref name="stop"/> says so), resuming from
+    /// <paramref name="outDir"/> if it holds a checkpoint; writes losses.csv, config.json, checkpoints, for images
+    /// teacher | student grids every <see cref="DmdConfig.GridEvery"/> steps, and generator.safetensors at the end.
     /// </summary>
     public void Run(string outDir, string teacherPath, string? pairsPath,
-                    Action<int, int, IReadOnlyDictionary<string, double>>? onStep = null, int? stopAfter = null)
+                    Action<int, int, IReadOnlyDictionary<string, double>>? onStep = null, int? stopAfter = null, Func<bool>? stop = null)
     {
         Directory.CreateDirectory(outDir);
         bool resumed = TryResume(outDir);
@@ -140,16 +166,27 @@ public sealed class DmdTrainer : IDisposable
         if (resumed) CsvLog.TruncateAfter(logPath, Step);
         var log = new CsvLog(logPath, append: resumed);
         Checkpoint.SaveJson(new DmdRunInfo(Spec, Config, teacherPath, pairsPath), Path.Combine(outDir, "config.json"));
+        using var grids = Spec.IsImage && Config.GridEvery > 0 ? new DistillationGrid(realGuided, Spec) : null;
         int end = Math.Min(Config.Steps, stopAfter ?? int.MaxValue);
-        while (Step < end)
+        if (grids is not null && !resumed) grids.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Generator);
+        while (Step < end && !(stop?.Invoke() ?? false))
         {
             var losses = TrainStep();
             if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, new Dictionary<string, double>(losses) { ["rss_mb"] = TrainingUtils.RssMb() });
             onStep?.Invoke(Step, Config.Steps, losses);
+            if (grids is not null && (Step % Config.GridEvery == 0 || Step == end)) grids.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Generator);
             if (Step % Config.CheckpointEvery == 0 || Step == end) SaveCheckpoint(outDir);
         }
-        if (Step == Config.Steps) DenoiserFile.Save(Generator.Net, Spec, Path.Combine(outDir, "generator.safetensors"));
+        if (Step < end) // stopped early: keep what was reached
+        {
+            SaveCheckpoint(outDir);
+            grids?.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Generator);
+        }
+        if (Step == Config.Steps || Step < end) SaveGenerator(Path.Combine(outDir, "generator.safetensors"));
     }
+
+    /// <summary>Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`.</summary>
+    public void SaveGenerator(string path) => DenoiserFile.Save(Generator.Net, Spec, path);
 
     public void SaveCheckpoint(string outDir)
     {

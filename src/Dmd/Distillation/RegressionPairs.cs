@@ -6,14 +6,19 @@ using static TorchSharp.torch;
 namespace Dmd.Distillation;
 
 /// <summary>How the teacher produced a set of regression pairs (stored beside them).</summary>
-public sealed record PairInfo(string Sampler, int Steps, int Nfe, double Guidance, long Seed, int Count);
+public sealed record PairInfo(string Sampler, int Steps, int Nfe, double Guidance, long Seed, int Count, int ShardSize = 0);
 
 /// <summary>
 /// The regression set of DMD: noise z_ref, labels y_ref (one-hot or none), and the teacher's deterministic
-/// ODE output x_ref = Heun(z_ref, y_ref). Stored as safetensors (z, x, y) with a JSON sidecar.
+/// ODE output x_ref = Heun(z_ref, y_ref). Stored either as one safetensors file (z, x, y) with a JSON sidecar,
+/// or as a folder of shards (<c>pairs.json</c> + <c>shard-NNNNN.safetensors</c>, one per batch) that a
+/// stopped run resumes: noise and labels come from one seeded generator in batch order, so a resumed run
+/// draws exactly the noise of the shards it skips and makes the same set as an uninterrupted one.
 /// </summary>
 public sealed class RegressionPairs
 {
+    public const string InfoFile = "pairs.json";
+
     public Tensor Z { get; }
     public Tensor X { get; }
     public Tensor? Y { get; }
@@ -28,43 +33,110 @@ public sealed class RegressionPairs
 
     /// <summary>
     /// Runs the teacher's deterministic Heun sampler from fresh noise, in batches, with progress reported
-    /// after each batch (done, total).
+    /// after each batch (done, total). With <paramref name="shardDir"/>, each batch is written as a shard
+    /// as soon as it is done, and shards already there (from a stopped run with the same settings) are
+    /// read instead of recomputed.
     /// </summary>
     public static RegressionPairs Generate(IDenoiser teacher, int[] shape, int count, int steps = 18, double guidance = 1.0,
-                                           long seed = 1, int batchSize = 1024, Action<int, int>? onBatch = null, Device? device = null)
+                                           long seed = 1, int batchSize = 1024, Action<int, int>? onBatch = null, Device? device = null,
+                                           string? shardDir = null)
     {
+        if (count < 1 || batchSize < 1) throw new DmdInputException($"pair count ({count}) and batch size ({batchSize}) must be positive");
         using var g = new Generator((ulong)seed);
         var net = GuidedDenoiser.Wrap(teacher, guidance);
+        var info = new PairInfo("heun", steps, 2 * steps - 1, guidance, seed, count, shardDir is null ? 0 : batchSize);
+        if (shardDir is not null) PrepareShardDir(shardDir, info);
         var zs = new List<Tensor>(); var xs = new List<Tensor>(); var ys = new List<Tensor>();
-        int nfe = 0;
-        for (int done = 0; done < count;)
+        for (int done = 0, shard = 0; done < count; shard++)
         {
             int b = Math.Min(batchSize, count - done);
             var z = Rng.Normal(new long[] { b }.Concat(shape.Select(s => (long)s)).ToArray(), g);
             var y = Rng.OneHotLabels(teacher.LabelDim, b, g);
-            var r = Samplers.Heun(net, z.to(device ?? CPU), y?.to(device ?? CPU), steps);
-            nfe = r.Nfe;
-            zs.Add(z); xs.Add(r.Samples.cpu()); if (y is not null) ys.Add(y);
+            var shardPath = shardDir is null ? null : ShardPath(shardDir, shard);
+            Tensor x;
+            if (shardPath is not null && File.Exists(shardPath))
+            {
+                var saved = Checkpoint.LoadTensors(shardPath, "z", "x");
+                if (!saved["z"].shape.SequenceEqual(z.shape) || !saved["z"].eq(z).all().item<bool>())
+                    throw new DmdInputException($"{shardPath} does not hold the noise this run draws; delete {shardDir} and make the pairs again");
+                x = saved["x"];
+            }
+            else
+            {
+                var (zd, yd) = (z.to(device ?? CPU), y?.to(device ?? CPU));
+                using (var scope = NewDisposeScope())
+                    x = Samplers.Heun(net, zd, yd, steps).Samples.cpu().MoveToOuterDisposeScope();
+                if (shardPath is not null) SaveTensors(shardPath, z, x, y);
+            }
+            zs.Add(z); xs.Add(x); if (y is not null) ys.Add(y);
             done += b;
             onBatch?.Invoke(done, count);
         }
-        return new RegressionPairs(cat(zs.ToArray()), cat(xs.ToArray()), ys.Count > 0 ? cat(ys.ToArray()) : null,
-                                   new PairInfo("heun", steps, nfe, guidance, seed, count));
+        return new RegressionPairs(cat(zs.ToArray()), cat(xs.ToArray()), ys.Count > 0 ? cat(ys.ToArray()) : null, info);
     }
 
+    static string ShardPath(string dir, int shard) => Path.Combine(dir, $"shard-{shard:D5}.safetensors");
+
+    static void PrepareShardDir(string dir, PairInfo info)
+    {
+        Directory.CreateDirectory(dir);
+        var infoPath = Path.Combine(dir, InfoFile);
+        if (File.Exists(infoPath))
+        {
+            var old = Checkpoint.LoadJson<PairInfo>(infoPath);
+            if (old != info)
+                throw new DmdInputException($"{dir} holds pairs made with other settings ({old}); use another --out folder or delete it");
+        }
+        else Checkpoint.SaveJson(info, infoPath);
+    }
+
+    static void SaveTensors(string path, Tensor z, Tensor x, Tensor? y)
+    {
+        var d = new Dictionary<string, Tensor> { ["z"] = z.contiguous(), ["x"] = x.contiguous() };
+        if (y is not null) d["y"] = y.contiguous();
+        Checkpoint.SaveTensors(d, path); // written to .tmp and renamed: a shard is either whole or absent
+    }
+
+    /// <summary>Saves as one file (path ends in .safetensors) or as a shard folder (any other path).</summary>
     public void Save(string path)
     {
-        var d = new Dictionary<string, Tensor> { ["z"] = Z.contiguous(), ["x"] = X.contiguous() };
-        if (Y is not null) d["y"] = Y.contiguous();
-        Checkpoint.SaveTensors(d, path);
+        if (!path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+        {
+            var info = Info with { ShardSize = (int)Count };
+            PrepareShardDir(path, info);
+            SaveTensors(ShardPath(path, 0), Z, X, Y);
+            return;
+        }
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        SaveTensors(path, Z, X, Y);
         Checkpoint.SaveJson(Info, Path.ChangeExtension(path, ".json"));
     }
 
+    /// <summary>Loads a pairs file or a complete shard folder.</summary>
     public static RegressionPairs Load(string path)
     {
+        if (Directory.Exists(path)) return LoadShards(path);
         if (!File.Exists(path)) throw new DmdInputException($"regression pairs not found: {path} (make them with `dmd pairs`)");
         var d = Checkpoint.LoadTensors(path, "z", "x");
         var info = Checkpoint.LoadJson<PairInfo>(Path.ChangeExtension(path, ".json"));
         return new RegressionPairs(d["z"], d["x"], d.GetValueOrDefault("y"), info);
+    }
+
+    static RegressionPairs LoadShards(string dir)
+    {
+        var infoPath = Path.Combine(dir, InfoFile);
+        if (!File.Exists(infoPath)) throw new DmdInputException($"{dir} has no {InfoFile}: it is not a pairs folder made by `dmd pairs`");
+        var info = Checkpoint.LoadJson<PairInfo>(infoPath);
+        int shards = (info.Count + info.ShardSize - 1) / Math.Max(1, info.ShardSize);
+        var parts = new List<Dictionary<string, Tensor>>();
+        for (int s = 0; s < shards; s++)
+        {
+            var p = ShardPath(dir, s);
+            if (!File.Exists(p))
+                throw new DmdInputException($"{dir} is incomplete ({s} of {shards} shards): run the same `dmd pairs` command again to finish it");
+            parts.Add(Checkpoint.LoadTensors(p, "z", "x"));
+        }
+        Tensor? y = parts[0].ContainsKey("y") ? cat(parts.Select(d => d["y"]).ToArray()) : null;
+        return new RegressionPairs(cat(parts.Select(d => d["z"]).ToArray()), cat(parts.Select(d => d["x"]).ToArray()), y, info);
     }
 }

@@ -1,0 +1,198 @@
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.Experiments;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Training;
+using SkiaSharp;
+using TorchSharp;
+using Xunit.Abstractions;
+using static TorchSharp.torch;
+
+namespace Dmd.Tests;
+
+/// <summary>DMD with U-Net teachers: pairs in shards, distillation, resume, grids, the one-step API and the demo.</summary>
+public class ImageDmdTests : IClassFixture<TinyImageTeacher>
+{
+    readonly TinyImageTeacher tiny;
+    readonly ITestOutputHelper log;
+    public ImageDmdTests(TinyImageTeacher tiny, ITestOutputHelper log) { this.tiny = tiny; this.log = log; }
+
+    string TeacherPath => Path.Combine(tiny.Dir, "teacher.safetensors");
+
+    static DmdConfig Small(DmdMode mode = DmdMode.Full) => new()
+    {
+        Mode = mode, Steps = 30, BatchSize = 8, RegressionBatchSize = 8, WarmupSteps = 5, LearningRate = 5e-4,
+        CheckpointEvery = 100, LogEvery = 1, GridEvery = 0,
+    };
+
+    RegressionPairs Pairs(int count = 32) => RegressionPairs.Generate(DenoiserFile.Load(TeacherPath).Net, tiny.Spec.SampleShape, count, steps: 4, seed: 2, batchSize: 16);
+
+    [Fact]
+    public void TinyUNetTeacherDistilsEndToEndAndItsGeneratorLossMoves()
+    {
+        var dir = TestUtil.TempDir();
+        var pairs = Pairs();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { GridEvery = 10 }, pairs))
+        {
+            Assert.Equal(0, t.Spec.Dropout); // DESIGN.md: dropout off in all three networks
+            t.Run(dir, TeacherPath, null);
+        }
+        log.WriteLine($"30 DMD steps on a tiny U-Net: {clock.Elapsed.TotalSeconds:F1} s");
+        var csv = CsvLog.Read(Path.Combine(dir, "losses.csv"));
+        var reg = csv["loss_reg"].Select(p => p.Value).ToList();
+        var dm = csv["loss_dm"].Select(p => p.Value).ToList();
+        Assert.Equal(30, reg.Count);
+        Assert.All(reg.Concat(dm).Concat(csv["loss_fake"].Select(p => p.Value)), v => Assert.True(double.IsFinite(v)));
+        double first = reg.Take(5).Average(), last = reg.TakeLast(5).Average();
+        log.WriteLine($"loss_reg first 5 {first:F4}, last 5 {last:F4}; loss_dm first {dm[0]:G3}, last {dm[^1]:G3}");
+        Assert.True(last < 0.9 * first, $"regression loss did not fall: {first:F4} -> {last:F4}");
+        Assert.True(dm.Skip(1).Any(v => v > 0), "the DM loss stayed at zero: the fake denoiser never moved away from the teacher");
+        // teacher | student grids: at the start, every 10 steps and at the end, one row per class
+        foreach (var s in new[] { 0, 10, 20, 30 }) Assert.True(File.Exists(Path.Combine(dir, $"samples-{s:D6}.png")), $"grid {s}");
+        using var bmp = SKBitmap.Decode(Path.Combine(dir, "samples-000030.png"));
+        Assert.Equal(2 * (2 * TinyImageTeacher.Resolution) + 1, bmp.Height); // 2 classes, tiles enlarged twice
+        // the generator file is a one-step model for `sample`/`eval`, with dropout off in its spec
+        var spec = Checkpoint.LoadJson<NetworkSpec>(Path.Combine(dir, "generator.json"));
+        Assert.Equal(tiny.Spec with { Dropout = 0 }, spec);
+    }
+
+    [Fact]
+    public void ResumingAnImageRunContinuesTheSameRunWithItsOptimiserState()
+    {
+        var pairs = Pairs();
+        var cfg = Small() with { Steps = 6 };
+        var dirA = TestUtil.TempDir(); var dirB = TestUtil.TempDir();
+        using (var a = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, pairs)) a.Run(dirA, TeacherPath, null);
+        using (var b = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, pairs)) b.Run(dirB, TeacherPath, null, stopAfter: 3);
+        var optAfter3 = File.ReadAllBytes(Path.Combine(dirB, "checkpoint", "optim_generator.pt"));
+        using (var c = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, pairs))
+        {
+            Assert.True(c.TryResume(dirB));
+            Assert.Equal(3, c.Step);
+            var resaved = Path.Combine(TestUtil.TempDir(), "o.pt");
+            c.SaveCheckpoint(Path.GetDirectoryName(resaved)!);
+            Assert.Equal(optAfter3, File.ReadAllBytes(Path.Combine(Path.GetDirectoryName(resaved)!, "checkpoint", "optim_generator.pt")));
+        }
+        using (var c = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, pairs)) c.Run(dirB, TeacherPath, null);
+        var ga = Checkpoint.LoadTensors(Path.Combine(dirA, "generator.safetensors"));
+        var gb = Checkpoint.LoadTensors(Path.Combine(dirB, "generator.safetensors"));
+        foreach (var k in ga.Keys) Assert.True(TestUtil.Same(ga[k], gb[k]), $"{k} differs after resume");
+        var fa = Checkpoint.LoadTensors(Path.Combine(dirA, "checkpoint", "fake.safetensors"));
+        var fb = Checkpoint.LoadTensors(Path.Combine(dirB, "checkpoint", "fake.safetensors"));
+        foreach (var k in fa.Keys) Assert.True(TestUtil.Same(fa[k], fb[k]), $"fake {k} differs after resume");
+    }
+
+    [Fact]
+    public void ImageDistillationUsesTheSameDmGradientCodeAsPoints()
+    {
+        // loss_dm's gradient w.r.t. x is DmGradient / numel for images (4-D) exactly as for points (2-D)
+        foreach (var shape in new[] { new long[] { 3, 2 }, new long[] { 3, 1, 4, 4 } })
+        {
+            var real = new GaussianDenoiser(zeros(shape[1..]), 0.5);
+            var fake = new GaussianDenoiser(full(shape[1..], 0.3), 0.7);
+            var x = randn(shape).requires_grad_(true);
+            var sigma = full(shape[0], 1.5);
+            using var g1 = new torch.Generator(7); using var g2 = new torch.Generator(7);
+            DmdLoss.DistributionMatching(x, real, fake, sigma, null, g1).backward();
+            var xt = x.detach() + DenoiserExtensions.Broadcast(sigma, x) * Rng.NormalLike(x.detach(), g2);
+            var expected = DmdLoss.DmGradient(x.detach(), real.Denoise(xt, sigma), fake.Denoise(xt, sigma)) / x.numel();
+            Assert.True(x.grad!.allclose(expected, rtol: 1e-5, atol: 1e-8), $"shape [{string.Join(",", shape)}]");
+        }
+    }
+
+    [Fact]
+    public void PairShardsResumeToTheSameSetAndIncompleteFoldersAreNamed()
+    {
+        var teacher = DenoiserFile.Load(TeacherPath).Net;
+        var dir = Path.Combine(TestUtil.TempDir(), "pairs");
+        var whole = RegressionPairs.Generate(teacher, tiny.Spec.SampleShape, 20, steps: 3, seed: 4, batchSize: 8, shardDir: dir);
+        Assert.Equal(3, Directory.GetFiles(dir, "shard-*.safetensors").Length); // 8 + 8 + 4
+        var kept = File.GetLastWriteTimeUtc(Path.Combine(dir, "shard-00000.safetensors"));
+        File.Delete(Path.Combine(dir, "shard-00001.safetensors"));
+        var e = Assert.Throws<DmdInputException>(() => RegressionPairs.Load(dir));
+        Assert.Contains("incomplete (1 of 3 shards)", e.Message);
+
+        int computed = 0;
+        var resumed = RegressionPairs.Generate(teacher, tiny.Spec.SampleShape, 20, steps: 3, seed: 4, batchSize: 8, shardDir: dir);
+        Assert.Equal(kept, File.GetLastWriteTimeUtc(Path.Combine(dir, "shard-00000.safetensors"))); // read, not recomputed
+        foreach (var p in new[] { resumed, RegressionPairs.Load(dir) })
+        {
+            Assert.True(TestUtil.Same(whole.Z, p.Z));
+            Assert.True(whole.X.allclose(p.X, rtol: 0, atol: 1e-6));
+            Assert.True(TestUtil.Same(whole.Y!, p.Y!));
+        }
+        Assert.Equal(new PairInfo("heun", 3, 5, 1.0, 4, 20, 8), RegressionPairs.Load(dir).Info);
+        _ = computed;
+        // other settings into the same folder are refused instead of mixing two sets
+        e = Assert.Throws<DmdInputException>(() => RegressionPairs.Generate(teacher, tiny.Spec.SampleShape, 20, steps: 4, seed: 4, batchSize: 8, shardDir: dir));
+        Assert.Contains("other settings", e.Message);
+    }
+
+    [Fact]
+    public void OneStepGeneratorLoadsAndSamplesInTwoLines()
+    {
+        var dir = TestUtil.TempDir();
+        using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small(DmdMode.DmOnly) with { Steps = 2 }, null)) t.Run(dir, TeacherPath, null);
+
+        var images = OneStepGenerator.Load(dir).Sample(new[] { 1, 0, 1 }, seed: 5);
+
+        Assert.Equal(new long[] { 3, 1, 16, 16 }, images.shape);
+        // image i comes from noise seed 5 + i and its class, exactly as the generator maps them
+        var g = OneStepGenerator.Load(Path.Combine(dir, "generator.safetensors"));
+        using (no_grad())
+        {
+            var again = g.Generate(ImageSampling.SeededNoise(tiny.Spec.SampleShape, 6, 1), Rng.OneHot(tensor(new long[] { 0 }), 2));
+            Assert.True(images[1].unsqueeze(0).allclose(again, rtol: 0, atol: 1e-6));
+        }
+        Assert.Throws<ArgumentException>(() => g.Sample(new[] { 2 }));
+        Assert.Throws<ArgumentException>(() => g.Sample());
+    }
+
+    [Fact]
+    public void RegressionDistancesAndTheLpipsFallback()
+    {
+        var a = randn(4, 1, 8, 8); var b = randn(4, 1, 8, 8);
+        double c = 0.00054 * Math.Sqrt(64);
+        var d2 = (a - b).square().reshape(4, -1).sum(1);
+        double expected = ((d2 + c * c).sqrt() - c).mean().item<float>();
+        Assert.Equal(expected, DmdLoss.RegressionPseudoHuber(a, b).item<float>(), 5);
+        Assert.Equal(0, DmdLoss.RegressionPseudoHuber(a, a).item<float>(), 6);
+
+        var pairs = Pairs(8);
+        using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small(), pairs)) Assert.Equal("l2", t.RegressionLoss); // auto, no weights
+        using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { RegressionLoss = "pseudo-huber" }, pairs)) Assert.Equal("pseudo-huber", t.RegressionLoss);
+        var e = Assert.Throws<DmdInputException>(() => new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { RegressionLoss = "lpips" }, pairs));
+        Assert.Contains("convert_lpips_weights.py", e.Message);
+        e = Assert.Throws<DmdInputException>(() => new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { RegressionLoss = "l1" }, pairs));
+        Assert.Contains("auto, l2, lpips or pseudo-huber", e.Message);
+    }
+
+    [Fact]
+    public void DemoWritesItsReportWithPicturesOnASmallBudget()
+    {
+        // an untrained Fashion-MNIST-shaped teacher: the demo's machinery, not its quality, is under test here
+        torch.manual_seed(3);
+        var spec = NetworkSpec.FashionMnistTeacher(modelChannels: 8, numBlocks: 1, dropout: 0);
+        var teacherDir = TestUtil.TempDir();
+        DenoiserFile.Save(spec.Build(), spec, Path.Combine(teacherDir, "teacher.safetensors"));
+        var outDir = TestUtil.TempDir();
+        var (code, output) = CliTests.Run("--threads", "1", "demo", "--teacher", teacherDir, "--budget-minutes", "0.4", "--pair-count", "20",
+            "--pair-steps", "2", "--pair-batch", "10", "--dmd-batch-size", "4", "--dmd-regression-batch-size", "4", "--dmd-grid-every", "3", "--out", outDir);
+        log.WriteLine(output);
+        Assert.Equal(0, code);
+        Assert.Contains("faster than the teacher", output);
+        var report = File.ReadAllText(Path.Combine(outDir, "report.md"));
+        foreach (var row in new[] { "| teacher (Heun 2 steps) | 3 |", "| teacher, 1 step | 1 |", "| DMD student | 1 |" }) Assert.Contains(row, report);
+        Assert.Contains("Speed-up of the student", report);
+        var pictures = System.Text.RegularExpressions.Regex.Matches(report, @"\]\(([^)]+\.png)\)").Select(m => m.Groups[1].Value).ToList();
+        Assert.True(pictures.Count >= 3, report); // start grid, end grid, losses
+        foreach (var p in pictures) Assert.True(File.Exists(Path.Combine(outDir, p)), p);
+        var res = Checkpoint.LoadJson<ImageDemoResults>(Path.Combine(outDir, "results.json"));
+        Assert.True(res.DmdSteps > 0, "no DMD step within the budget");
+        Assert.All(res.Rows, r => Assert.True(r.FdFmnist is double fd && double.IsFinite(fd)));
+        Assert.True(res.TotalSeconds < 0.4 * 60 + 30, $"the demo took {res.TotalSeconds:F0} s for a 24 s budget");
+        Assert.True(File.Exists(Path.Combine(outDir, "dmd", "generator.safetensors")));
+    }
+}
