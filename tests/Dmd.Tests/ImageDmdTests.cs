@@ -195,4 +195,33 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         Assert.True(res.TotalSeconds < 0.4 * 60 + 30, $"the demo took {res.TotalSeconds:F0} s for a 24 s budget");
         Assert.True(File.Exists(Path.Combine(outDir, "dmd", "generator.safetensors")));
     }
+
+    [Fact]
+    public void BenchTimesTeacherTrainingAndDistillationAndJudgesRssLogs()
+    {
+        var (code, output) = CliTests.Run("--threads", "1", "bench", "--model", tiny.Dir, "--batch", "4", "--repeats", "1", "--steps", "2",
+                                          "--train", "2", "--train-batch", "4", "--distill", "2", "--distill-batch", "2", "-o", Path.Combine(TestUtil.TempDir(), "b.json"));
+        log.WriteLine(output);
+        Assert.Equal(0, code);
+        Assert.Contains("teacher training:", output);
+        Assert.Contains("three networks resident", output);
+        Assert.Contains("peak RSS", output);
+
+        var dir = TestUtil.TempDir();
+        string Log(string name, Func<int, double> rss)
+        {
+            var path = Path.Combine(dir, name);
+            File.WriteAllLines(path, new[] { "step,loss,rss_mb" }.Concat(Enumerable.Range(1, 100).Select(i => $"{10 * i},0.5,{rss(i).ToString(System.Globalization.CultureInfo.InvariantCulture)}")));
+            return path;
+        }
+        (code, output) = CliTests.Run("bench", "--rss-log", Log("flat.csv", i => 1000 + (i % 7)));
+        Assert.Equal(0, code);
+        Assert.Contains("flat, under 5 %", output);
+        (code, output) = CliTests.Run("bench", "--rss-log", Log("leak.csv", i => 1000 + 2 * i));
+        Assert.Equal(1, code); // 1020 MB at 10 % -> 1200 MB at the end: +17 %
+        Assert.Contains("GROWS", output);
+        (code, output) = CliTests.Run("bench", "--rss-log", Log("leak2.csv", i => 1000 + 2 * i), "--rss-steps", "500:600");
+        Assert.Equal(2, code); // 11 rows in that window
+        Assert.Contains("need at least 20", output);
+    }
 }
