@@ -163,9 +163,10 @@ internal static class DistillCommand
         var cmd = new Command("distill", "Distil a teacher into a one-step generator with DMD; resumes if --out holds a checkpoint.");
         var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
         var pairs = new Option<string?>("--pairs") { Description = "regression pairs from `dmd pairs` (not needed with --mode DmOnly)" };
+        var minutes = new Option<double?>("--minutes") { Description = "stop after this many minutes (checkpoint and generator.safetensors written; run again to continue)" };
         var outOpt = Common.Out("runs/dmd");
         var cfgFile = Common.ConfigFile();
-        foreach (var o in new Option[] { teacher, pairs, outOpt, cfgFile }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { teacher, pairs, minutes, outOpt, cfgFile }) cmd.Options.Add(o);
         var opts = new ConfigOptions<DmdConfig>(cmd);
         cmd.SetAction(r =>
         {
@@ -176,7 +177,11 @@ internal static class DistillCommand
             var p = r.GetValue(pairs) is string pp ? RegressionPairs.Load(pp) : null;
             using var trainer = new DmdTrainer(net, spec, cfg, p);
             var outDir = r.GetValue(outOpt)!;
-            ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs), (s, n, l) => report($"dmd {cfg.Mode}", s, n, l)));
+            var clock = Stopwatch.StartNew();
+            double limit = (r.GetValue(minutes) ?? double.PositiveInfinity) * 60;
+            ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs), (s, n, l) => report($"dmd {cfg.Mode}", s, n, l),
+                                                   stop: () => clock.Elapsed.TotalSeconds > limit));
+            if (trainer.Step < cfg.Steps) AnsiConsole.MarkupLine($"stopped after {r.GetValue(minutes)} min at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
             Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
             AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "generator.safetensors")}");
             return 0;
