@@ -7,14 +7,15 @@ Needs PyTorch, plus either the safetensors package or numpy. Tensor names are ke
 (e.g. Conv2d_1a_3x3.conv.weight, Mixed_7c.branch_pool.bn.running_var, fc.weight [1008, 2048]);
 BatchNorm num_batches_tracked counters are added when the file lacks them.
 """
-import json
-import struct
+import os
 import sys
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_io import save_safetensors  # noqa: E402
+
 EXPECTED_ENTRIES = 566  # 94 conv + BatchNorm units x 6 tensors, fc.weight, fc.bias
-DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.int64: "I64"}
 
 
 def load_state_dict(path):
@@ -27,30 +28,6 @@ def load_state_dict(path):
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         sys.exit(f"{path} is not a state dict of tensors")
     return dict(sd)
-
-
-def save_safetensors(tensors, path):
-    try:
-        from safetensors.torch import save_file
-        save_file(tensors, path, metadata={"format": "pt"})
-        return
-    except ImportError:
-        pass
-    import numpy as np  # fallback writer: 8-byte header length, JSON header, raw little-endian data
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, t in tensors.items():
-        arr = t.numpy()
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def main():

@@ -14,11 +14,13 @@ Written names: features.{i}.weight / features.{i}.bias (torchvision's) and lin{k
 (the lpips package's); nothing else.
 """
 import argparse
-import json
-import struct
+import os
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_io import save_safetensors  # noqa: E402
 
 # (conv index in `features`, in channels, out channels, kernel) and the channels of the five LPIPS taps
 TRUNKS = {
@@ -28,7 +30,6 @@ TRUNKS = {
     "alex": ([(0, 3, 64, 11), (3, 64, 192, 5), (6, 192, 384, 3), (8, 384, 256, 3), (10, 256, 256, 3)],
              [64, 192, 384, 256, 256]),
 }
-DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.int64: "I64"}
 
 
 def expected_shapes(net):
@@ -78,30 +79,6 @@ def convert(net, trunk_sd, lin_sd):
             sys.exit(f"{name} has shape {list(src.shape)}, LPIPS-{net} needs {list(shapes[name])}: wrong --net?")
         tensors[name] = src.detach().float().contiguous()
     return tensors
-
-
-def save_safetensors(tensors, path):
-    try:
-        from safetensors.torch import save_file
-        save_file(tensors, path, metadata={"format": "pt"})
-        return
-    except ImportError:
-        pass
-    import numpy as np  # fallback writer: 8-byte header length, JSON header, raw little-endian data
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, t in tensors.items():
-        arr = t.numpy()
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def main(argv=None):
