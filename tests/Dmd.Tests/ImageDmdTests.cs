@@ -224,4 +224,26 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         Assert.Equal(2, code); // 11 rows in that window
         Assert.Contains("need at least 20", output);
     }
+
+    [Fact]
+    public void CliDistillStopsAfterItsMinutesWithAGeneratorAndContinuesTheRun()
+    {
+        var pairsDir = Path.Combine(TestUtil.TempDir(), "pairs");
+        var (code, output) = CliTests.Run("--threads", "1", "pairs", "--teacher", tiny.Dir, "--count", "16", "--steps", "2", "--batch", "8", "--out", pairsDir);
+        Assert.Equal(0, code);
+        Assert.Equal(2, Directory.GetFiles(pairsDir, "shard-*.safetensors").Length);
+        var outDir = TestUtil.TempDir();
+        string[] Args(string minutes) => new[] { "--threads", "1", "distill", "--teacher", tiny.Dir, "--pairs", pairsDir, "--out", outDir, "--steps", "1000",
+                                                 "--batch-size", "4", "--regression-batch-size", "4", "--grid-every", "0", "--minutes", minutes };
+        (code, output) = CliTests.Run(Args("0.0001"));
+        log.WriteLine(output);
+        Assert.Equal(0, code);
+        Assert.Contains("the same command continues the run", output);
+        Assert.True(File.Exists(Path.Combine(outDir, "generator.safetensors")));
+        int first = Checkpoint.LoadJson<TrainState>(Path.Combine(outDir, "checkpoint", "state.json")).Step;
+        Assert.InRange(first, 0, 999);
+        (code, output) = CliTests.Run(Args("0.02"));
+        Assert.Equal(0, code);
+        Assert.True(Checkpoint.LoadJson<TrainState>(Path.Combine(outDir, "checkpoint", "state.json")).Step > first);
+    }
 }
