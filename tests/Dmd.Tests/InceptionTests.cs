@@ -14,27 +14,10 @@ public class InceptionTests
 {
     static string DataPath(string name) => Path.Combine(AppContext.BaseDirectory, "TestData", name);
 
-    /// <summary>make_testdata.py's uniform(): splitmix64 of (fnv1a64(name) + k * golden), k = 1..n, top 53 bits.</summary>
-    static double[] Uniform(string name, long n)
-    {
-        ulong seed = 0xCBF29CE484222325;
-        foreach (char c in name) seed = (seed ^ c) * 0x100000001B3;
-        var u = new double[n];
-        for (long k = 0; k < n; k++)
-        {
-            ulong z = seed + (ulong)(k + 1) * 0x9E3779B97F4A7C15;
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
-            z ^= z >> 31;
-            u[k] = (z >> 11) * (1.0 / (1L << 53));
-        }
-        return u;
-    }
-
     /// <summary>make_testdata.py's fill(): He-scaled convolutions, BatchNorm near identity, small head.</summary>
     static float[] Fill(string name, long[] shape)
     {
-        var u = Uniform(name, shape.Aggregate(1L, (a, b) => a * b));
+        var u = TestUtil.Uniform(name, shape.Aggregate(1L, (a, b) => a * b));
         Func<double, double> f =
             name.EndsWith(".conv.weight") ? x => (2 * x - 1) * Math.Sqrt(6.0 / (shape[1] * shape[2] * shape[3]))
             : name.EndsWith(".bn.weight") ? x => 1.0 + 0.2 * (2 * x - 1)
@@ -61,7 +44,7 @@ public class InceptionTests
 
     /// <summary>make_testdata.py's input: float32(2u - 1) of the stream "input", shape (2, 3, 64, 64).</summary>
     static Tensor DeterministicInput() =>
-        tensor(Uniform("input", 2 * 3 * 64 * 64).Select(u => (float)(2.0 * u - 1.0)).ToArray(), new long[] { 2, 3, 64, 64 });
+        tensor(TestUtil.Uniform("input", 2 * 3 * 64 * 64).Select(u => (float)(2.0 * u - 1.0)).ToArray(), new long[] { 2, 3, 64, 64 });
 
     static Tensor Expected(string key) => Npz.Load(DataPath("inception_features.npz"), key)[key];
 

@@ -15,27 +15,10 @@ public class LpipsTests(ITestOutputHelper output)
 {
     static string DataPath(string name) => Path.Combine(AppContext.BaseDirectory, "TestData", "lpips", name);
 
-    /// <summary>make_testdata.py's uniform() (as in InceptionTests): splitmix64 of (fnv1a64(name) + k * golden), top 53 bits.</summary>
-    static double[] Uniform(string name, long n)
-    {
-        ulong seed = 0xCBF29CE484222325;
-        foreach (char c in name) seed = (seed ^ c) * 0x100000001B3;
-        var u = new double[n];
-        for (long k = 0; k < n; k++)
-        {
-            ulong z = seed + (ulong)(k + 1) * 0x9E3779B97F4A7C15;
-            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
-            z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
-            z ^= z >> 31;
-            u[k] = (z >> 11) * (1.0 / (1L << 53));
-        }
-        return u;
-    }
-
     /// <summary>make_lpips_fixture.py's fill(): He-uniform convolutions, small biases, non-negative lin weights.</summary>
     static float[] Fill(string name, long[] shape)
     {
-        var u = Uniform(name, shape.Aggregate(1L, (a, b) => a * b));
+        var u = TestUtil.Uniform(name, shape.Aggregate(1L, (a, b) => a * b));
         Func<double, double> f =
             name.StartsWith("features.") && name.EndsWith(".weight") ? x => (2 * x - 1) * Math.Sqrt(6.0 / (shape[1] * shape[2] * shape[3]))
             : name.StartsWith("features.") && name.EndsWith(".bias") ? x => 0.1 * (2 * x - 1)

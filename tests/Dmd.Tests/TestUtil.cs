@@ -28,6 +28,27 @@ internal static class TestUtil
     public static bool Same(Tensor a, Tensor b) =>
         a.shape.SequenceEqual(b.shape) && a.dtype == b.dtype && (a.numel() == 0 || (a == b).all().item<bool>());
 
+    /// <summary>
+    /// TestData/make_testdata.py's uniform(): deterministic values in [0, 1) that Python and C# both compute, so
+    /// fixtures can hold inputs and expected outputs but not large weights: splitmix64 of
+    /// (fnv1a64(name) + k * golden), k = 1..n, top 53 bits.
+    /// </summary>
+    public static double[] Uniform(string name, long n)
+    {
+        ulong seed = 0xCBF29CE484222325;
+        foreach (char c in name) seed = (seed ^ c) * 0x100000001B3;
+        var u = new double[n];
+        for (long k = 0; k < n; k++)
+        {
+            ulong z = seed + (ulong)(k + 1) * 0x9E3779B97F4A7C15;
+            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EB;
+            z ^= z >> 31;
+            u[k] = (z >> 11) * (1.0 / (1L << 53));
+        }
+        return u;
+    }
+
     public static string TempDir()
     {
         var d = Path.Combine(Path.GetTempPath(), "dmd-tests-" + Guid.NewGuid().ToString("N")[..8]);
