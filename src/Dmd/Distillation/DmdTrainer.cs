@@ -83,7 +83,7 @@ public sealed class DmdTrainer : IDisposable
             case "pseudo-huber": return (name, DmdLoss.RegressionPseudoHuber);
             case "lpips":
                 if (config.LpipsWeights is null)
-                    throw new DmdInputException("regression loss lpips needs LPIPS weights: convert them with tools/convert_lpips_weights.py and pass the file (--dmd-lpips-weights)");
+                    throw new DmdInputException("regression loss lpips needs LPIPS weights: convert them with tools/convert_lpips_weights.py and pass the file (--lpips-weights; in demo --dmd-lpips-weights)");
                 var lpips = Metrics.Lpips.Load(config.LpipsWeights);
                 lpips.to(device);
                 return (name, (a, b) => lpips.forward(a, b).mean());
