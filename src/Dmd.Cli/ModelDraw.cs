@@ -33,21 +33,7 @@ internal sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, 
     {
         var sw = Stopwatch.StartNew();
         Tensor x;
-        if (Sampler == "onestep")
-        {
-            var gen = new OneStepGenerator(Net);
-            var parts = new List<Tensor>();
-            using var _ = no_grad();
-            int n = (int)z.shape[0];
-            for (int i = 0; i < n; i += batch)
-            {
-                int j = Math.Min(n, i + batch);
-                using var scope = NewDisposeScope();
-                parts.Add(gen.Generate(z[i..j], y?[i..j]).MoveToOuterDisposeScope());
-                onBatch?.Invoke(j, n);
-            }
-            x = cat(parts);
-        }
+        if (Sampler == "onestep") x = new OneStepGenerator(Net).GenerateInBatches(z, y, batch, onBatch);
         else x = ImageSampling.Generate(Net, z, y, Sampler, Steps, Guidance, batch, onBatch).Samples;
         return (x, sw.Elapsed.TotalSeconds);
     }

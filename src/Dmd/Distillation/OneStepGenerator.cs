@@ -52,6 +52,25 @@ public sealed class OneStepGenerator
         return Generate(z, y);
     }
 
+    /// <summary>
+    /// <see cref="Generate"/> over many samples, <paramref name="batch"/> at a time, without gradients, each batch in
+    /// its own dispose scope; <paramref name="onBatch"/> gets (done, total) after each batch.
+    /// </summary>
+    public Tensor GenerateInBatches(Tensor z, Tensor? labels, int batch, Action<int, int>? onBatch = null)
+    {
+        var parts = new List<Tensor>();
+        using var _ = no_grad();
+        int n = (int)z.shape[0];
+        for (int i = 0; i < n; i += batch)
+        {
+            int j = Math.Min(n, i + batch);
+            using var scope = NewDisposeScope();
+            parts.Add(Generate(z[i..j], labels?[i..j]).MoveToOuterDisposeScope());
+            onBatch?.Invoke(j, n);
+        }
+        return parts.Count == 0 ? z.clone() : cat(parts);
+    }
+
     /// <summary>Maps standard normal noise <paramref name="z"/> (and labels) to samples in one network evaluation.</summary>
     public Tensor Generate(Tensor z, Tensor? labels = null) =>
         Net.Denoise(z * DenoiserExtensions.Const(SigmaMax, z), DenoiserExtensions.Full(SigmaMax, z), labels);

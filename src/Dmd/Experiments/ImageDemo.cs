@@ -119,15 +119,9 @@ public sealed class ImageDemo
     static Tensor Draw(OneStepGenerator g, Tensor z, Tensor? y, out double imagesPerSecond)
     {
         var sw = Stopwatch.StartNew();
-        var parts = new List<Tensor>();
-        using (no_grad())
-            for (int i = 0; i < z.shape[0]; i += 64)
-            {
-                int j = (int)Math.Min(z.shape[0], i + 64);
-                parts.Add(g.Generate(z[i..j], y?[i..j]));
-            }
+        var x = g.GenerateInBatches(z, y, batch: 64);
         imagesPerSecond = z.shape[0] / sw.Elapsed.TotalSeconds;
-        return cat(parts);
+        return x;
     }
 
     static ImageModelResult Measure(string name, int nfe, Tensor x, Tensor? y, FdFmnist? judge, double rate)
