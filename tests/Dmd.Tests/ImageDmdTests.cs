@@ -114,7 +114,6 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         var e = Assert.Throws<DmdInputException>(() => RegressionPairs.Load(dir));
         Assert.Contains("incomplete (1 of 3 shards)", e.Message);
 
-        int computed = 0;
         var resumed = RegressionPairs.Generate(teacher, tiny.Spec.SampleShape, 20, steps: 3, seed: 4, batchSize: 8, shardDir: dir);
         Assert.Equal(kept, File.GetLastWriteTimeUtc(Path.Combine(dir, "shard-00000.safetensors"))); // read, not recomputed
         foreach (var p in new[] { resumed, RegressionPairs.Load(dir) })
@@ -124,7 +123,6 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
             Assert.True(TestUtil.Same(whole.Y!, p.Y!));
         }
         Assert.Equal(new PairInfo("heun", 3, 5, 1.0, 4, 20, 8), RegressionPairs.Load(dir).Info);
-        _ = computed;
         // other settings into the same folder are refused instead of mixing two sets
         e = Assert.Throws<DmdInputException>(() => RegressionPairs.Generate(teacher, tiny.Spec.SampleShape, 20, steps: 4, seed: 4, batchSize: 8, shardDir: dir));
         Assert.Contains("other settings", e.Message);
