@@ -85,6 +85,66 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
     }
 
     [Fact]
+    public void GeneratorAverageFollowsItsFormulaIsSavedAndSurvivesResume()
+    {
+        var pairs = Pairs();
+        var cfg = Small() with { Steps = 6, EmaDecay = 0.5 };
+        var dirA = TestUtil.TempDir(); var dirB = TestUtil.TempDir();
+        using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, pairs))
+        {
+            // recompute the average by hand from the raw weights after every step: beta_n = min(0.5, (1 + n) / (10 + n))
+            var expected = t.Generator.Net.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+            for (int n = 0; n < cfg.Steps; n++)
+            {
+                t.TrainStep();
+                double beta = Math.Min(0.5, (1.0 + n) / (10.0 + n));
+                foreach (var (k, w) in t.Generator.Net.state_dict())
+                    expected[k] = w.is_floating_point() ? beta * expected[k] + (1 - beta) * w.detach() : w.detach().clone();
+            }
+            foreach (var (k, e) in t.Ema!.Net.state_dict())
+                Assert.True(e.allclose(expected[k], rtol: 1e-5, atol: 1e-7), $"average of {k} is off");
+            Assert.False(TestUtil.Same(t.Ema.Net.state_dict().First().Value, t.Generator.Net.state_dict().First().Value));
+            Assert.Same(t.Ema, t.Output);
+        }
+        // a run saves the average as its generator and resumes it bit for bit
+        using (var a = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, pairs)) a.Run(dirA, TeacherPath, null);
+        using (var b = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, pairs)) b.Run(dirB, TeacherPath, null, stopAfter: 3);
+        using (var c = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, pairs)) c.Run(dirB, TeacherPath, null);
+        var ga = Checkpoint.LoadTensors(Path.Combine(dirA, "generator.safetensors"));
+        var ema = Checkpoint.LoadTensors(Path.Combine(dirA, "checkpoint", "ema.safetensors"));
+        var raw = Checkpoint.LoadTensors(Path.Combine(dirA, "checkpoint", "generator.safetensors"));
+        var gb = Checkpoint.LoadTensors(Path.Combine(dirB, "generator.safetensors"));
+        foreach (var k in ga.Keys)
+        {
+            Assert.True(TestUtil.Same(ga[k], ema[k]), $"{k}: generator.safetensors is not the average");
+            Assert.True(TestUtil.Same(ga[k], gb[k]), $"{k} differs after resume");
+        }
+        Assert.Contains(ga.Keys, k => !TestUtil.Same(ga[k], raw[k]));
+        Assert.Throws<DmdInputException>(() => new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg with { EmaDecay = 1 }, pairs));
+    }
+
+    [Fact]
+    public void GeneratorCanStartFromAnEarlierStudentOfTheSameArchitectureOnly()
+    {
+        var pairs = Pairs();
+        var dir = TestUtil.TempDir();
+        using (var a = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small(DmdMode.RegressionOnly) with { Steps = 3 }, pairs)) a.Run(dir, TeacherPath, null);
+        var saved = Checkpoint.LoadTensors(Path.Combine(dir, "generator.safetensors"));
+        using (var b = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { InitGenerator = dir }, pairs))
+        {
+            foreach (var (k, w) in b.Generator.Net.state_dict()) Assert.True(TestUtil.Same(saved[k], w), $"{k} not taken from the earlier student");
+            // the fake denoiser still starts from the teacher (the paper)
+            var teacher = DenoiserFile.Load(TeacherPath).Net.state_dict();
+            foreach (var (k, w) in b.Fake.state_dict()) Assert.True(TestUtil.Same(teacher[k], w), $"fake {k} not the teacher's");
+        }
+        var other = Path.Combine(TestUtil.TempDir(), "other.safetensors");
+        var otherSpec = tiny.Spec with { ModelChannels = tiny.Spec.ModelChannels * 2 };
+        DenoiserFile.Save(otherSpec.Build(), otherSpec, other);
+        var e = Assert.Throws<DmdInputException>(() => new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { InitGenerator = other }, pairs));
+        Assert.Contains("another architecture", e.Message);
+    }
+
+    [Fact]
     public void ImageDistillationUsesTheSameDmGradientCodeAsPoints()
     {
         // loss_dm's gradient w.r.t. x is DmGradient / numel for images (4-D) exactly as for points (2-D)

@@ -44,6 +44,14 @@ public sealed record DmdConfig
     /// </summary>
     public string RegressionLoss { get; init; } = "auto";
     public string? LpipsWeights { get; init; }           // from tools/convert_lpips_weights.py
+    /// <summary>
+    /// Decay of an exponential moving average of the generator's weights (0 = off, the paper's setting). When on,
+    /// the average is what grids show and what generator.safetensors holds; the raw weights stay in checkpoint/.
+    /// Effective decay min(EmaDecay, (1 + n) / (10 + n)) after n averaged updates, so early averages are not stuck at the start.
+    /// </summary>
+    public double EmaDecay { get; init; } = 0;
+    /// <summary>Initialise the generator from this model (a generator.safetensors or a run folder) instead of the teacher.</summary>
+    public string? InitGenerator { get; init; }
     public int GridEvery { get; init; } = 250;           // images: teacher | student grid every N steps (0 = off)
     public long Seed { get; init; } = 0;
     public int CheckpointEvery { get; init; } = 500;

@@ -25,6 +25,10 @@ public sealed class DmdTrainer : IDisposable
     public EdmPrecond Real { get; }
     public EdmPrecond Fake { get; }
     public OneStepGenerator Generator { get; }
+    /// <summary>The moving average of the generator's weights when <see cref="DmdConfig.EmaDecay"/> &gt; 0, else null.</summary>
+    public OneStepGenerator? Ema { get; }
+    /// <summary>The generator a run shows and saves: the average when there is one, else the trained weights.</summary>
+    public OneStepGenerator Output => Ema ?? Generator;
     public int Step { get; private set; }
 
     /// <summary>The regression distance in use ("l2", "lpips" or "pseudo-huber"; "auto" resolved).</summary>
@@ -62,14 +66,33 @@ public sealed class DmdTrainer : IDisposable
         Fake = Spec.Build(); Fake.to(this.device);
         TrainingUtils.CopyWeights(Real, Fake);
         var genNet = Spec.Build(); genNet.to(this.device);
-        TrainingUtils.CopyWeights(Real, genNet);
+        TrainingUtils.CopyWeights(InitialGenerator(config, Real), genNet);
         Generator = new OneStepGenerator(genNet, config.SigmaMax);
+        if (config.EmaDecay < 0 || config.EmaDecay >= 1)
+            throw new DmdInputException($"EMA decay {config.EmaDecay} must lie in [0, 1) (0 = no average)");
+        if (config.EmaDecay > 0)
+        {
+            var emaNet = Spec.Build(); emaNet.to(this.device);
+            TrainingUtils.CopyWeights(genNet, emaNet);
+            TrainingUtils.Freeze(emaNet);
+            Ema = new OneStepGenerator(emaNet, config.SigmaMax);
+        }
 
         double lr = LearningRate;
         optG = optim.AdamW(genNet.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         optF = optim.AdamW(Fake.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax).to(this.device);
         (RegressionLoss, regressionDistance) = ResolveRegressionLoss(config, this.device);
+    }
+
+    /// <summary>The generator's starting weights: the teacher's (the paper), or a given model's of the same architecture.</summary>
+    EdmPrecond InitialGenerator(DmdConfig config, EdmPrecond teacher)
+    {
+        if (config.InitGenerator is null) return teacher;
+        var (net, spec) = DenoiserFile.Load(config.InitGenerator, "generator.safetensors");
+        if (spec with { Dropout = 0 } != Spec)
+            throw new DmdInputException($"--init-generator {config.InitGenerator} has another architecture than the teacher ({spec.Kind}, {spec.ModelChannels} channels); start from a generator distilled from this teacher");
+        return net;
     }
 
     /// <summary>The regression distance of a config: "auto" is LPIPS when weights are given, else L2 (DESIGN.md).</summary>
@@ -91,6 +114,9 @@ public sealed class DmdTrainer : IDisposable
                 throw new DmdInputException($"unknown regression loss '{config.RegressionLoss}': use auto, l2, lpips or pseudo-huber");
         }
     }
+
+    /// <summary>min(decay, (1 + n) / (10 + n)) after n updates: short averages early, the configured one later.</summary>
+    double EmaBeta(int n) => Math.Min(Config.EmaDecay, (1.0 + n) / (10.0 + n));
 
     double LearningRate => Config.LearningRate * (Config.Mode == DmdMode.DmOnly ? Config.DmOnlyLrScale : 1.0);
 
@@ -131,6 +157,7 @@ public sealed class DmdTrainer : IDisposable
         lossG.backward();
         losses["grad_norm_g"] = TrainingUtils.ClipGradNorm(Generator.Net, Config.GradClip);
         optG.step();
+        if (Ema is not null) TrainingUtils.UpdateEma(Ema.Net, Generator.Net, EmaBeta(Step));
 
         // ---- fake denoiser update(s) on the same generated batch, full noise range, no CFG ----
         if (Config.Mode != DmdMode.RegressionOnly)
@@ -168,25 +195,25 @@ public sealed class DmdTrainer : IDisposable
         Checkpoint.SaveJson(new DmdRunInfo(Spec, Config, teacherPath, pairsPath), Path.Combine(outDir, "config.json"));
         using var grids = Spec.IsImage && Config.GridEvery > 0 ? new DistillationGrid(realGuided, Spec) : null;
         int end = Math.Min(Config.Steps, stopAfter ?? int.MaxValue);
-        if (grids is not null && !resumed) grids.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Generator);
+        if (grids is not null && !resumed) grids.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Output);
         while (Step < end && !(stop?.Invoke() ?? false))
         {
             var losses = TrainStep();
             if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, new Dictionary<string, double>(losses) { ["rss_mb"] = TrainingUtils.RssMb() });
             onStep?.Invoke(Step, Config.Steps, losses);
-            if (grids is not null && (Step % Config.GridEvery == 0 || Step == end)) grids.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Generator);
+            if (grids is not null && (Step % Config.GridEvery == 0 || Step == end)) grids.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Output);
             if (Step % Config.CheckpointEvery == 0 || Step == end) SaveCheckpoint(outDir);
         }
         if (Step < end) // stopped early: keep what was reached
         {
             SaveCheckpoint(outDir);
-            grids?.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Generator);
+            grids?.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Output);
         }
         if (Step == Config.Steps || Step < end) SaveGenerator(Path.Combine(outDir, "generator.safetensors"));
     }
 
     /// <summary>Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`.</summary>
-    public void SaveGenerator(string path) => DenoiserFile.Save(Generator.Net, Spec, path);
+    public void SaveGenerator(string path) => DenoiserFile.Save(Output.Net, Spec, path);
 
     public void SaveCheckpoint(string outDir)
     {
@@ -194,6 +221,7 @@ public sealed class DmdTrainer : IDisposable
         Directory.CreateDirectory(dir);
         Checkpoint.SaveModule(Generator.Net, Path.Combine(dir, "generator.safetensors"));
         Checkpoint.SaveModule(Fake, Path.Combine(dir, "fake.safetensors"));
+        if (Ema is not null) Checkpoint.SaveModule(Ema.Net, Path.Combine(dir, "ema.safetensors"));
         optG.SaveState(Path.Combine(dir, "optim_generator.pt"));
         optF.SaveState(Path.Combine(dir, "optim_fake.pt"));
         Checkpoint.SaveJson(new TrainState(Step, Checkpoint.GeneratorState(rng)), Path.Combine(dir, "state.json"));
@@ -209,6 +237,10 @@ public sealed class DmdTrainer : IDisposable
             throw new DmdInputException($"{outDir} holds a different run (mode {saved.Config.Mode}); use another --out folder or delete it");
         Checkpoint.LoadModule(Generator.Net, Path.Combine(dir, "generator.safetensors"));
         Checkpoint.LoadModule(Fake, Path.Combine(dir, "fake.safetensors"));
+        var emaPath = Path.Combine(dir, "ema.safetensors");
+        if (Ema is not null) // a checkpoint without an average (EMA switched on at resume) starts it from the weights
+            if (File.Exists(emaPath)) Checkpoint.LoadModule(Ema.Net, emaPath);
+            else TrainingUtils.CopyWeights(Generator.Net, Ema.Net);
         optG.LoadState(Path.Combine(dir, "optim_generator.pt"));
         optF.LoadState(Path.Combine(dir, "optim_fake.pt"));
         var st = Checkpoint.LoadJson<TrainState>(statePath);

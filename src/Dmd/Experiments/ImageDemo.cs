@@ -94,7 +94,7 @@ public sealed class ImageDemo
         rows.Add(Measure(teacherName, pairs.Info.Nfe, pairs.X, y, judge, teacherRate));
         var initial = new OneStepGenerator(teacher);
         rows.Add(Measure("teacher, 1 step", 1, Draw(initial, z, y, out _), y, judge, double.NaN));
-        var student = Draw(trainer.Generator, z, y, out double studentRate);
+        var student = Draw(trainer.Output, z, y, out double studentRate);
         rows.Add(Measure("DMD student", 1, student, y, judge, studentRate));
         double speedUp = studentRate / teacherRate;
 
