@@ -32,16 +32,17 @@ internal sealed class ProgressView
         }
         else
         {
-            var clocks = new Dictionary<string, (Stopwatch Clock, int LastDecile)>();
+            // the rate counts only work done since the first report, so a resumed run's ETA is not fooled by what it skipped
+            var clocks = new Dictionary<string, (Stopwatch Clock, int FirstDone, int LastDecile)>();
             work((stage, done, total, values) =>
             {
-                if (!clocks.TryGetValue(stage, out var c)) clocks[stage] = c = (Stopwatch.StartNew(), -1);
+                if (!clocks.TryGetValue(stage, out var c)) clocks[stage] = c = (Stopwatch.StartNew(), done, -1);
                 int decile = total == 0 ? 10 : (int)(10L * done / total);
                 if (decile == c.LastDecile) return;
-                clocks[stage] = (c.Clock, decile);
+                clocks[stage] = (c.Clock, c.FirstDone, decile);
                 double elapsed = c.Clock.Elapsed.TotalSeconds;
-                double eta = done > 0 ? elapsed / done * (total - done) : double.NaN;
-                Console.WriteLine($"{stage}: {done}/{total} ({100.0 * done / Math.Max(1, total):F0} %), {elapsed:F0} s elapsed, ETA {eta:F0} s{Format(values)}");
+                double eta = done > c.FirstDone ? elapsed / (done - c.FirstDone) * (total - done) : double.NaN;
+                Console.WriteLine($"{stage}: {done}/{total} ({100.0 * done / Math.Max(1, total):F0} %), {elapsed:F0} s elapsed, ETA {(double.IsNaN(eta) ? "?" : eta.ToString("F0", CultureInfo.InvariantCulture) + " s")}{Format(values)}");
             });
         }
     }

@@ -36,6 +36,7 @@ public sealed class DmdTrainer : IDisposable
 
     private readonly RegressionPairs? pairs;
     private readonly Func<Tensor, Tensor, Tensor> regressionDistance;
+    private readonly IDisposable? regressionNet; // the LPIPS network when the regression loss is lpips
     private readonly IDenoiser realGuided;
     private readonly optim.Optimizer optG, optF;
     private readonly Tensor grid;
@@ -82,7 +83,7 @@ public sealed class DmdTrainer : IDisposable
         optG = optim.AdamW(genNet.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         optF = optim.AdamW(Fake.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax).to(this.device);
-        (RegressionLoss, regressionDistance) = ResolveRegressionLoss(config, this.device);
+        (RegressionLoss, regressionDistance, regressionNet) = ResolveRegressionLoss(config, this.device);
     }
 
     /// <summary>The generator's starting weights: the teacher's (the paper), or a given model's of the same architecture.</summary>
@@ -96,20 +97,20 @@ public sealed class DmdTrainer : IDisposable
     }
 
     /// <summary>The regression distance of a config: "auto" is LPIPS when weights are given, else L2 (DESIGN.md).</summary>
-    static (string, Func<Tensor, Tensor, Tensor>) ResolveRegressionLoss(DmdConfig config, Device device)
+    static (string, Func<Tensor, Tensor, Tensor>, IDisposable?) ResolveRegressionLoss(DmdConfig config, Device device)
     {
         var name = config.RegressionLoss.ToLowerInvariant();
         if (name == "auto") name = config.LpipsWeights is null ? "l2" : "lpips";
         switch (name)
         {
-            case "l2": return (name, DmdLoss.RegressionL2);
-            case "pseudo-huber": return (name, DmdLoss.RegressionPseudoHuber);
+            case "l2": return (name, DmdLoss.RegressionL2, null);
+            case "pseudo-huber": return (name, DmdLoss.RegressionPseudoHuber, null);
             case "lpips":
                 if (config.LpipsWeights is null)
                     throw new DmdInputException("regression loss lpips needs LPIPS weights: convert them with tools/convert_lpips_weights.py and pass the file (--lpips-weights; in demo --dmd-lpips-weights)");
                 var lpips = Metrics.Lpips.Load(config.LpipsWeights);
                 lpips.to(device);
-                return (name, (a, b) => lpips.forward(a, b).mean());
+                return (name, (a, b) => lpips.forward(a, b).mean(), lpips);
             default:
                 throw new DmdInputException($"unknown regression loss '{config.RegressionLoss}': use auto, l2, lpips or pseudo-huber");
         }
@@ -254,5 +255,6 @@ public sealed class DmdTrainer : IDisposable
         optG.Dispose();
         optF.Dispose();
         rng.Dispose();
+        regressionNet?.Dispose();
     }
 }
