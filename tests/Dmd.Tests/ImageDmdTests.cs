@@ -137,6 +137,22 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
             var teacher = DenoiserFile.Load(TeacherPath).Net.state_dict();
             foreach (var (k, w) in b.Fake.state_dict()) Assert.True(TestUtil.Same(teacher[k], w), $"fake {k} not the teacher's");
         }
+        // a run started from it resumes without it; a fresh start without it is refused with the fix
+        var runDir = TestUtil.TempDir();
+        var moved = dir + "-moved";
+        using (var c = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { InitGenerator = dir, Steps = 4 }, pairs)) c.Run(runDir, TeacherPath, null, stopAfter: 2);
+        Directory.Move(dir, moved);
+        using (var c = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { InitGenerator = dir, Steps = 4 }, pairs))
+        {
+            c.Run(runDir, TeacherPath, null);
+            Assert.Equal(4, c.Step);
+        }
+        using (var c = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { InitGenerator = dir, Steps = 4 }, pairs))
+        {
+            var missing = Assert.Throws<DmdInputException>(() => c.Run(TestUtil.TempDir(), TeacherPath, null));
+            Assert.Contains("not found", missing.Message);
+            Assert.Throws<DmdInputException>(() => c.TrainStep());
+        }
         var other = Path.Combine(TestUtil.TempDir(), "other.safetensors");
         var otherSpec = tiny.Spec with { ModelChannels = tiny.Spec.ModelChannels * 2 };
         DenoiserFile.Save(otherSpec.Build(), otherSpec, other);

@@ -43,6 +43,7 @@ public sealed class DmdTrainer : IDisposable
     private readonly Generator rng;
     private readonly Device device;
     private readonly long[] sampleShape;
+    private readonly bool initPending; // InitGenerator named but absent: fine for a resume, an error for a fresh start
 
     public DmdTrainer(EdmPrecond teacher, NetworkSpec spec, DmdConfig config, RegressionPairs? pairs, Device? device = null)
     {
@@ -67,10 +68,13 @@ public sealed class DmdTrainer : IDisposable
         Fake = Spec.Build(); Fake.to(this.device);
         TrainingUtils.CopyWeights(Real, Fake);
         var genNet = Spec.Build(); genNet.to(this.device);
-        TrainingUtils.CopyWeights(InitialGenerator(config, Real), genNet);
+        TrainingUtils.CopyWeights(Real, genNet);
         Generator = new OneStepGenerator(genNet, config.SigmaMax);
         if (config.EmaDecay < 0 || config.EmaDecay >= 1)
             throw new DmdInputException($"EMA decay {config.EmaDecay} must lie in [0, 1) (0 = no average)");
+        // a resumed run takes its weights from the checkpoint, so the starting model need not be there any more
+        initPending = config.InitGenerator is not null && !File.Exists(config.InitGenerator) && !Directory.Exists(config.InitGenerator);
+        if (config.InitGenerator is not null && !initPending) TrainingUtils.CopyWeights(InitialGenerator(config.InitGenerator), genNet);
         if (config.EmaDecay > 0)
         {
             var emaNet = Spec.Build(); emaNet.to(this.device);
@@ -87,13 +91,19 @@ public sealed class DmdTrainer : IDisposable
     }
 
     /// <summary>The generator's starting weights: the teacher's (the paper), or a given model's of the same architecture.</summary>
-    EdmPrecond InitialGenerator(DmdConfig config, EdmPrecond teacher)
+    EdmPrecond InitialGenerator(string path)
     {
-        if (config.InitGenerator is null) return teacher;
-        var (net, spec) = DenoiserFile.Load(config.InitGenerator, "generator.safetensors");
+        var (net, spec) = DenoiserFile.Load(path, "generator.safetensors");
         if (spec with { Dropout = 0 } != Spec)
-            throw new DmdInputException($"--init-generator {config.InitGenerator} has another architecture than the teacher ({spec.Kind}, {spec.ModelChannels} channels); start from a generator distilled from this teacher");
+            throw new DmdInputException($"--init-generator {path} has another architecture than the teacher ({spec.Kind}, {spec.ModelChannels} channels); start from a generator distilled from this teacher");
         return net;
+    }
+
+    /// <summary>A fresh run cannot start without the model <see cref="DmdConfig.InitGenerator"/> names.</summary>
+    void CheckInitialGenerator()
+    {
+        if (initPending && Step == 0)
+            throw new DmdInputException($"--init-generator {Config.InitGenerator} not found: make that student first (see the recipe that names it) or leave the option out to start from the teacher");
     }
 
     /// <summary>The regression distance of a config: "auto" is LPIPS when weights are given, else L2 (DESIGN.md).</summary>
@@ -124,6 +134,7 @@ public sealed class DmdTrainer : IDisposable
     /// <summary>One DMD iteration: a generator update, then the fake denoiser update(s). Returns the losses.</summary>
     public Dictionary<string, double> TrainStep()
     {
+        CheckInitialGenerator();
         using var scope = NewDisposeScope();
         var losses = new Dictionary<string, double>();
         double lr = TrainingUtils.WarmupLr(LearningRate, Step, Config.WarmupSteps);
@@ -190,6 +201,7 @@ public sealed class DmdTrainer : IDisposable
     {
         Directory.CreateDirectory(outDir);
         bool resumed = TryResume(outDir);
+        CheckInitialGenerator();
         var logPath = Path.Combine(outDir, "losses.csv");
         if (resumed) CsvLog.TruncateAfter(logPath, Step);
         var log = new CsvLog(logPath, append: resumed);
