@@ -179,9 +179,11 @@ internal static class DistillCommand
             var outDir = r.GetValue(outOpt)!;
             var clock = Stopwatch.StartNew();
             double limit = (r.GetValue(minutes) ?? double.PositiveInfinity) * 60;
+            using var signal = new StopSignal();
             ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs), (s, n, l) => report($"dmd {cfg.Mode}", s, n, l),
-                                                   stop: () => clock.Elapsed.TotalSeconds > limit));
-            if (trainer.Step < cfg.Steps) AnsiConsole.MarkupLine($"stopped after {r.GetValue(minutes)} min at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
+                                                   stop: () => signal.Requested || clock.Elapsed.TotalSeconds > limit));
+            if (trainer.Step < cfg.Steps)
+                AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
             Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
             AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "generator.safetensors")}");
             return 0;

@@ -316,8 +316,26 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         Assert.True(File.Exists(Path.Combine(outDir, "generator.safetensors")));
         int first = Checkpoint.LoadJson<TrainState>(Path.Combine(outDir, "checkpoint", "state.json")).Step;
         Assert.InRange(first, 0, 999);
-        (code, output) = CliTests.Run(Args("0.02"));
+        (code, output) = CliTests.Run(Args("0.1"));
         Assert.Equal(0, code);
         Assert.True(Checkpoint.LoadJson<TrainState>(Path.Combine(outDir, "checkpoint", "state.json")).Step > first);
+
+        // SIGTERM (as Ctrl-C) stops it cleanly too: checkpoint and generator saved, exit code 0
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Dmd.Cli.dll"));
+        foreach (var arg in Args("60").Concat(new[] { "--log-every", "1" })) psi.ArgumentList.Add(arg);
+        int before = Checkpoint.LoadJson<TrainState>(Path.Combine(outDir, "checkpoint", "state.json")).Step;
+        var csv = Path.Combine(outDir, "losses.csv");
+        int rows = File.ReadAllLines(csv).Length;
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync(); var outText = p.StandardOutput.ReadToEndAsync();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (File.ReadAllLines(csv).Length <= rows + 2 && clock.Elapsed.TotalSeconds < 60 && !p.HasExited) Thread.Sleep(100);
+        System.Diagnostics.Process.Start("kill", new[] { "-TERM", p.Id.ToString() })!.WaitForExit();
+        Assert.True(p.WaitForExit(60_000), "distill did not stop after SIGTERM");
+        log.WriteLine(outText.Result + err.Result);
+        Assert.Equal(0, p.ExitCode);
+        Assert.Contains("stopped on request", outText.Result);
+        Assert.True(Checkpoint.LoadJson<TrainState>(Path.Combine(outDir, "checkpoint", "state.json")).Step > before + 2);
     }
 }
