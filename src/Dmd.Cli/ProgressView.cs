@@ -48,5 +48,5 @@ internal sealed class ProgressView
     }
 
     static string Format(IReadOnlyDictionary<string, double>? values) =>
-        values is null ? "" : "  " + string.Join("  ", values.Where(kv => kv.Key.StartsWith("loss")).Select(kv => $"{kv.Key} {kv.Value.ToString("G3", CultureInfo.InvariantCulture)}"));
+        values is null ? "" : "  " + string.Join("  ", values.Where(kv => kv.Key == "step" || kv.Key.StartsWith("loss")).Select(kv => $"{kv.Key} {kv.Value.ToString(kv.Key == "step" ? "F0" : "G3", CultureInfo.InvariantCulture)}"));
 }

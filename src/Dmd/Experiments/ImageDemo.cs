@@ -79,7 +79,8 @@ public sealed class ImageDemo
                           $"(batch {cfg.BatchSize} + {cfg.RegressionBatchSize} pairs, regression loss {trainer.RegressionLoss})");
         var dmdClock = Stopwatch.StartNew();
         trainer.Run(dmdDir, Config.Teacher, Path.Combine(outDir, "pairs"),
-                    (s, n, l) => OnProgress?.Invoke($"dmd step {s}, seconds", (int)Math.Min(dmdClock.Elapsed.TotalSeconds, budget), (int)budget, l),
+                    (s, n, l) => OnProgress?.Invoke("dmd (seconds of its budget)", (int)Math.Min(dmdClock.Elapsed.TotalSeconds, budget), (int)budget,
+                                                    new Dictionary<string, double>(l) { ["step"] = s }),
                     stop: () => clock.Elapsed.TotalSeconds > budget - ReserveSeconds(budget));
         double dmdSeconds = dmdClock.Elapsed.TotalSeconds;
         Plots.LossCurves(Path.Combine(dmdDir, "losses.png"), new[] { ("DMD", Path.Combine(dmdDir, "losses.csv")) });
