@@ -74,7 +74,8 @@ public sealed class DmdTrainer : IDisposable
             throw new DmdInputException($"EMA decay {config.EmaDecay} must lie in [0, 1) (0 = no average)");
         // a resumed run takes its weights from the checkpoint, so the starting model need not be there any more
         initPending = config.InitGenerator is not null && !File.Exists(config.InitGenerator) && !Directory.Exists(config.InitGenerator);
-        if (config.InitGenerator is not null && !initPending) TrainingUtils.CopyWeights(InitialGenerator(config.InitGenerator), genNet);
+        if (config.InitGenerator is not null && !initPending)
+            using (var start = InitialGenerator(config.InitGenerator)) TrainingUtils.CopyWeights(start, genNet);
         if (config.EmaDecay > 0)
         {
             var emaNet = Spec.Build(); emaNet.to(this.device);
