@@ -41,7 +41,7 @@ internal sealed class ProgressView
                 if (decile == c.LastDecile) return;
                 clocks[stage] = (c.Clock, c.FirstDone, decile);
                 double elapsed = c.Clock.Elapsed.TotalSeconds;
-                double eta = done > c.FirstDone ? elapsed / (done - c.FirstDone) * (total - done) : double.NaN;
+                double eta = done >= total ? 0 : done > c.FirstDone ? elapsed / (done - c.FirstDone) * (total - done) : double.NaN;
                 Console.WriteLine($"{stage}: {done}/{total} ({100.0 * done / Math.Max(1, total):F0} %), {elapsed:F0} s elapsed, ETA {(double.IsNaN(eta) ? "?" : eta.ToString("F0", CultureInfo.InvariantCulture) + " s")}{Format(values)}");
             });
         }
