@@ -49,19 +49,20 @@ internal static class BenchCommand
         var run = new Option<string?>("--run") { Description = "folder of a `dmd toy2d` run: benches teacher/ (Heun) against dmd-full/ (1 step)" };
         var sampler = new Option<string?>("--sampler") { Description = "sampler for teachers: heun or euler (generators always one step)" };
         var steps = new Option<int>("--steps") { Description = "teacher steps (heun 18 = 35 NFE)", DefaultValueFactory = _ => 18 };
-        var batch = new Option<int>("--batch") { Description = "samples per batch", DefaultValueFactory = _ => 4096 };
-        var repeats = new Option<int>("--repeats") { DefaultValueFactory = _ => 5 };
+        var batch = new Option<int?>("--batch") { Description = "samples per batch (default 4096 for points, 64 for images)" };
+        var repeats = new Option<int>("--repeats") { Description = "timed batches per model, after one warm-up batch", DefaultValueFactory = _ => 5 };
         var iters = new Option<int>("--dmd-iterations") { Description = "with --run: timed DMD iterations (after 5 warm-up ones)", DefaultValueFactory = _ => 30 };
         var train = new Option<int>("--train") { Description = "with one teacher --model: also time this many teacher training steps (EDM loss, Adam; synthetic images of its shape) after 3 warm-up ones", DefaultValueFactory = _ => 0 };
         var trainBatch = new Option<int>("--train-batch") { Description = "batch of --train", DefaultValueFactory = _ => 64 };
         var distill = new Option<int>("--distill") { Description = "with one teacher --model: also time this many DMD iterations (three networks resident; batch --distill-batch + as many pairs) after 3 warm-up ones", DefaultValueFactory = _ => 0 };
-        var distillBatch = new Option<int>("--distill-batch") { DefaultValueFactory = _ => 16 };
+        var distillBatch = new Option<int>("--distill-batch") { Description = "generated images (and as many pairs) per DMD iteration of --distill", DefaultValueFactory = _ => 16 };
         var rssLog = new Option<string?>("--rss-log") { Description = "a run's losses.csv: report its RSS at 10 % and 100 % of the run (growth must stay under 5 %)" };
         var rssSteps = new Option<string?>("--rss-steps") { Description = "with --rss-log: the window FROM:TO in steps (e.g. one 30-minute stretch)" };
         var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file (default: bench.json in --run, else runs/bench.json)" };
         foreach (var o in new Option[] { models, run, sampler, steps, batch, repeats, iters, train, trainBatch, distill, distillBatch, rssLog, rssSteps, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            Common.RequirePositive(r, steps, batch, repeats, iters, trainBatch, distillBatch);
             if (r.GetValue(rssLog) is string logPath && (r.GetValue(models)?.Length ?? 0) == 0 && r.GetValue(run) is null)
             {
                 var trend = Trend(logPath, r.GetValue(rssSteps));
@@ -74,14 +75,16 @@ internal static class BenchCommand
                 ? new[] { Path.Combine(dir, "teacher", "teacher.safetensors"), Path.Combine(dir, "dmd-full", "generator.safetensors") }
                 : r.GetValue(models) ?? Array.Empty<string>();
             if (paths.Length is < 1 or > 2) throw new DmdInputException("give one or two --model paths, or --run RUN_FOLDER");
+            var outPath = r.GetValue(outOpt) ?? (dir is not null ? Path.Combine(dir, "bench.json") : "runs/bench.json");
+            Checkpoint.EnsureWritableFile(outPath, "--out");
             var draws = paths.Select(p => ModelDraw.Load(p, r.GetValue(sampler), r.GetValue(steps), 1.0)).ToList();
             Threads.Apply(r, smallModel: !draws[0].Spec.IsImage);
-            int b = r.GetValue(batch), n = r.GetValue(repeats);
-            if (b < 1 || n < 1) throw new DmdInputException("--batch and --repeats must be positive");
+            int b = r.GetValue(batch) ?? (draws[0].Spec.IsImage ? 64 : 4096), n = r.GetValue(repeats);
 
             var speeds = new List<ModelSpeed>();
             foreach (var m in draws)
             {
+                Console.WriteLine($"timing {m.Path}: {m.Sampler}, {m.Nfe} NFE, {n} batches of {b} after a warm-up one ({torch.get_num_threads()} threads)");
                 using var g = new torch.Generator(0);
                 var z = Rng.Normal(new long[] { b }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
                 var y = Rng.OneHotLabels(m.Spec.LabelDim, b, g);
@@ -154,7 +157,6 @@ internal static class BenchCommand
             if (trainRate is double tr) AnsiConsole.MarkupLine($"teacher training: {tr:F1} images/s (batch {tb})");
             if (rss is not null) AnsiConsole.MarkupLine(Markup.Escape(RssLine(rss)));
             AnsiConsole.MarkupLine($"peak RSS {res.PeakRssMb} MB, {res.Threads} thread(s)");
-            var outPath = r.GetValue(outOpt) ?? (dir is not null ? Path.Combine(dir, "bench.json") : "runs/bench.json");
             Checkpoint.SaveJson(res, outPath);
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
             return 0;

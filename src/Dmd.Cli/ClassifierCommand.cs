@@ -29,7 +29,7 @@ internal static class ClassifierCommand
         {
             Description = $"fashion-mnist (the files in {FashionMnist.DebianFolder}) or fashion-mnist:FOLDER", DefaultValueFactory = _ => "fashion-mnist",
         };
-        var outOpt = Common.Out(FdFmnist.RelativeFolder);
+        var outOpt = Common.Out("runs/fmnist-classifier"); // the shipped one (models/fmnist-classifier) is replaced only when named
         var cfgFile = Common.ConfigFile();
         foreach (var o in new Option[] { data, outOpt, cfgFile }) cmd.Options.Add(o);
         var opts = new ConfigOptions<FmnistClassifierConfig>(cmd);
@@ -39,6 +39,7 @@ internal static class ClassifierCommand
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var folder = DataFolder(r.GetValue(data)!);
             var outDir = r.GetValue(outOpt)!;
+            Checkpoint.EnsureWritableFolder(outDir, "--out");
             var train = FashionMnist.Load(test: false, folder, padTo32: true);
             var test = FashionMnist.Load(test: true, folder, padTo32: true);
             Console.WriteLine($"classifier: {FmnistClassifier.ParameterCount:N0} parameters; {train.Count:N0} training images, " +

@@ -17,12 +17,32 @@ namespace Dmd.Cli;
 internal static class Common
 {
     public static Option<string> Out(string def) => new("--out", "-o") { Description = "output folder", DefaultValueFactory = _ => def };
-    public static Option<string?> ConfigFile() => new("--config") { Description = "JSON file with the run's settings (command-line options override it)" };
+    public static Option<string?> ConfigFile() => new("--config") { Description = "JSON file with the run's settings, or a run's own config.json (command-line options override it)" };
+    public static Option<bool> AllowChanges() => new("--allow-changes") { Description = "continue the run in --out even though its settings differ from the saved ones" };
+
+    /// <summary>What a training command passes to its trainer: progress, status lines, a clean stop on Ctrl-C/SIGTERM.</summary>
+    public static RunOptions RunOptions(ParseResult r, Option<bool> allowChanges, Action<int, int, IReadOnlyDictionary<string, double>> onStep, Func<bool> stop) => new()
+    {
+        OnStep = onStep,
+        OnMessage = m => AnsiConsole.MarkupLine(Markup.Escape(m)),
+        Stop = stop,
+        AllowChanges = r.GetValue(allowChanges),
+    };
 
     public static T LoadConfig<T>(ParseResult r, Option<string?> file, ConfigOptions<T> opts) where T : class, new()
     {
         var path = r.GetValue(file);
-        return opts.Bind(r, path is null ? null : Checkpoint.LoadJson<T>(path));
+        return opts.Bind(r, path is null ? null : Checkpoint.LoadSettings<T>(path));
+    }
+
+    /// <summary>Whole-number options that must be at least 1 (counts, sizes, repeats): a one-line error otherwise.</summary>
+    public static void RequirePositive(ParseResult r, params Option[] options)
+    {
+        foreach (var o in options)
+        {
+            long? v = o switch { Option<int> i => r.GetValue(i), Option<int?> ni => r.GetValue(ni), Option<long> l => r.GetValue(l), _ => null };
+            if (v is long x && x < 1) throw new DmdInputException($"{o.Name} {x}: must be at least 1");
+        }
     }
 
     public static void ResultsTable(IEnumerable<ModelResult> rows)
@@ -51,9 +71,10 @@ internal static class Toy2dCommand
         cmd.SetAction(r =>
         {
             Threads.Apply(r, smallModel: true);
-            var start = r.GetValue(cfgFile) is string f ? Checkpoint.LoadJson<Toy2dConfig>(f) : r.GetValue(quick) ? Toy2dPresets.Quick : new Toy2dConfig();
+            var start = r.GetValue(cfgFile) is string f ? Checkpoint.LoadSettings<Toy2dConfig>(f) : r.GetValue(quick) ? Toy2dPresets.Quick : new Toy2dConfig();
             var cfg = opts.Bind(r, start);
             var outDir = r.GetValue(outOpt)!;
+            Checkpoint.EnsureWritableFolder(outDir, "--out");
             var exp = new Toy2dExperiment(cfg) { OnMessage = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]") };
             var sw = Stopwatch.StartNew();
             Toy2dResults? res = null;
@@ -93,15 +114,17 @@ internal static class TeacherCommand
         var data = new Option<string>("--data") { Description = $"{string.Join(", ", PointDistributions.Names)} or csv:PATH", DefaultValueFactory = _ => "ring8" };
         var points = new Option<int>("--train-points") { Description = "points drawn from a built-in distribution", DefaultValueFactory = _ => 50_000 };
         var cond = new Option<bool>("--conditional") { Description = "condition on class labels (mode index, or the CSV's label column)" };
-        var width = new Option<int>("--width") { DefaultValueFactory = _ => 256 };
-        var depth = new Option<int>("--depth") { DefaultValueFactory = _ => 4 };
+        var width = new Option<int>("--width") { Description = "hidden units per layer of the MLP denoiser", DefaultValueFactory = _ => 256 };
+        var depth = new Option<int>("--depth") { Description = "hidden layers of the MLP denoiser", DefaultValueFactory = _ => 4 };
         var outOpt = Common.Out("runs/teacher");
         var cfgFile = Common.ConfigFile();
-        foreach (var o in new Option[] { data, points, cond, width, depth, outOpt, cfgFile }) cmd.Options.Add(o);
+        var allow = Common.AllowChanges();
+        foreach (var o in new Option[] { data, points, cond, width, depth, outOpt, cfgFile, allow }) cmd.Options.Add(o);
         var opts = new ConfigOptions<TeacherConfig>(cmd);
         cmd.SetAction(r =>
         {
             Threads.Apply(r, smallModel: true);
+            Common.RequirePositive(r, points, width, depth);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var dataName = r.GetValue(data)!;
             if (dataName.StartsWith("fashion-mnist") || dataName.StartsWith("folder:"))
@@ -111,8 +134,16 @@ internal static class TeacherCommand
             var spec = new NetworkSpec("mlp", set.Shape, set.NumClasses, Math.Round(set.Std, 4), r.GetValue(width), r.GetValue(depth));
             using var trainer = new TeacherTrainer(spec, cfg, set);
             AnsiConsole.MarkupLine($"teacher: {TrainingUtils.ParameterCount(trainer.Net):N0} parameters, {set.Count:N0} points of dim {set.Dim}, {set.NumClasses} classes");
-            ProgressView.Run(report => trainer.Run(r.GetValue(outOpt)!, r.GetValue(data)!, (s, n, l) => report("teacher", s, n, l)));
             var outDir = r.GetValue(outOpt)!;
+            Checkpoint.EnsureWritableFolder(outDir, "--out");
+            using var signal = new StopSignal();
+            bool finished = true;
+            ProgressView.Run(report => finished = trainer.Run(outDir, dataName, Common.RunOptions(r, allow, (s, n, l) => report("teacher", s, n, l), () => signal.Requested)));
+            if (!finished)
+            {
+                AnsiConsole.MarkupLine($"stopped on request at step {trainer.Step} of {cfg.Steps} (checkpoint written); the same command continues the run");
+                return 0;
+            }
             Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
             AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "teacher.safetensors")}");
             return 0;
@@ -129,19 +160,21 @@ internal static class PairsCommand
         var cmd = new Command("pairs", "Make regression pairs (z, y, x_ref = teacher Heun ODE output) for DMD; written in shards, " +
                                        "so running the same command again resumes a stopped run.");
         var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
-        var count = new Option<int>("--count") { DefaultValueFactory = _ => 10_000 };
+        var count = new Option<int>("--count") { Description = "number of pairs", DefaultValueFactory = _ => 10_000 };
         var steps = new Option<int>("--steps") { Description = "Heun steps (18 = 35 NFE)", DefaultValueFactory = _ => 18 };
         var guidance = new Option<double>("--guidance") { Description = "CFG scale for a conditional teacher", DefaultValueFactory = _ => 1.0 };
-        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 3 };
+        var seed = new Option<long>("--seed") { Description = "seed of the stored noise (and labels)", DefaultValueFactory = _ => 3 };
         var batch = new Option<int?>("--batch") { Description = "pairs per shard (default 1024 for points, 64 for images)" };
         var outOpt = new Option<string>("--out", "-o") { Description = "a folder of shards, or one .safetensors file (no resume)", DefaultValueFactory = _ => "runs/pairs" };
         foreach (var o in new Option[] { teacher, count, steps, guidance, seed, batch, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            Common.RequirePositive(r, count, steps, batch);
             var (net, spec) = DenoiserFile.Load(r.GetValue(teacher)!);
             Threads.Apply(r, smallModel: !spec.IsImage);
             var outPath = r.GetValue(outOpt)!;
             bool file = outPath.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
+            if (file) Checkpoint.EnsureWritableFile(outPath, "--out"); else Checkpoint.EnsureWritableFolder(outPath, "--out");
             int b = r.GetValue(batch) ?? (spec.IsImage ? 64 : 1024);
             RegressionPairs? pairs = null;
             var sw = Stopwatch.StartNew();
@@ -166,7 +199,8 @@ internal static class DistillCommand
         var minutes = new Option<double?>("--minutes") { Description = "stop after this many minutes (checkpoint and generator.safetensors written; run again to continue)" };
         var outOpt = Common.Out("runs/dmd");
         var cfgFile = Common.ConfigFile();
-        foreach (var o in new Option[] { teacher, pairs, minutes, outOpt, cfgFile }) cmd.Options.Add(o);
+        var allow = Common.AllowChanges();
+        foreach (var o in new Option[] { teacher, pairs, minutes, outOpt, cfgFile, allow }) cmd.Options.Add(o);
         var opts = new ConfigOptions<DmdConfig>(cmd);
         cmd.SetAction(r =>
         {
@@ -177,11 +211,12 @@ internal static class DistillCommand
             var p = r.GetValue(pairs) is string pp ? RegressionPairs.Load(pp) : null;
             using var trainer = new DmdTrainer(net, spec, cfg, p);
             var outDir = r.GetValue(outOpt)!;
+            Checkpoint.EnsureWritableFolder(outDir, "--out");
             var clock = Stopwatch.StartNew();
             double limit = (r.GetValue(minutes) ?? double.PositiveInfinity) * 60;
             using var signal = new StopSignal();
-            ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs), (s, n, l) => report($"dmd {cfg.Mode}", s, n, l),
-                                                   stop: () => signal.Requested || clock.Elapsed.TotalSeconds > limit));
+            ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs),
+                Common.RunOptions(r, allow, (s, n, l) => report($"dmd {cfg.Mode}", s, n, l), () => signal.Requested || clock.Elapsed.TotalSeconds > limit)));
             if (trainer.Step < cfg.Steps)
                 AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
             Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
@@ -213,6 +248,7 @@ internal static class SampleCommand
         foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            Common.RequirePositive(r, n, steps, batch, scale);
             var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance));
             var (spec, which) = (m.Spec, m.Sampler);
             Threads.Apply(r, smallModel: !spec.IsImage);
@@ -231,6 +267,7 @@ internal static class SampleCommand
             var (x, secs) = m.Draw(z, y, count);
             int nfe = m.Nfe;
             var outPath = r.GetValue(outOpt)!;
+            Checkpoint.EnsureWritableFile(outPath, "--out");
             var flat = x.reshape(count, -1);
             PointSet.ToCsv(outPath, flat, y?.argmax(1));
             if (flat.shape[1] >= 2) Plots.ScatterPanels(Path.ChangeExtension(outPath, ".png"), new[] { ($"{which}, {nfe} NFE", flat) }, flat);
@@ -249,6 +286,7 @@ internal static class SampleCommand
         var (spec, which, guidance) = (m.Spec, m.Sampler, m.Guidance);
         if (count < 1 || batch < 1 || scale < 1) throw new DmdInputException("--n, --batch and --scale must be positive");
         if (!outPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) outPath = Path.ChangeExtension(outPath, ".png");
+        Checkpoint.EnsureWritableFile(outPath, "--out");
         bool rows = spec.LabelDim > 0 && classIndex is null;
         int perClass = rows ? (count + spec.LabelDim - 1) / spec.LabelDim : 0;
         if (rows) count = perClass * spec.LabelDim;

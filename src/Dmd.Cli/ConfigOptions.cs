@@ -35,9 +35,35 @@ internal sealed class ConfigOptions<T> where T : class, new()
             }
             string name = "--" + prefix + Kebab(p.Name);
             string shown = value switch { double d => d.ToString("G", CultureInfo.InvariantCulture), null => "none", _ => value.ToString()! };
-            string kind = t.IsEnum ? string.Join("|", Enum.GetNames(t)) : t.Name.ToLowerInvariant();
-            options.Add((name, chain.Append(p).ToArray(), new Option<string>(name) { Description = $"{kind}, default {shown}", HelpName = "value" }));
+            string kind = t.IsEnum ? string.Join("|", Enum.GetNames(t)) : t == typeof(bool) ? "flag" : t.Name.ToLowerInvariant();
+            string about = DocSummary(p) is string doc ? doc + "; " : "";
+            var option = new Option<string>(name) { Description = $"{about}{kind}, default {shown}", HelpName = "value" };
+            if (t == typeof(bool)) option.Arity = ArgumentArity.ZeroOrOne; // --flag alone means true, as the commands' own flags
+            options.Add((name, chain.Append(p).ToArray(), option));
         }
+    }
+
+    /// <summary>The XML doc summary of a setting (the library ships Dmd.xml beside Dmd.dll), flattened to one line.</summary>
+    static string? DocSummary(PropertyInfo p)
+    {
+        docs ??= LoadDocs();
+        return docs.TryGetValue($"P:{p.DeclaringType!.FullName}.{p.Name}", out var s) ? s : null;
+    }
+
+    static Dictionary<string, string>? docs;
+
+    static Dictionary<string, string> LoadDocs()
+    {
+        var path = Path.Combine(AppContext.BaseDirectory, "Dmd.xml");
+        if (!File.Exists(path)) return new();
+        try
+        {
+            return System.Xml.Linq.XDocument.Load(path).Descendants("member")
+                .Where(m => m.Attribute("name") is not null && m.Element("summary") is not null)
+                .ToDictionary(m => m.Attribute("name")!.Value,
+                              m => string.Join(" ", m.Element("summary")!.Value.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)).TrimEnd('.'));
+        }
+        catch (System.Xml.XmlException) { return new(); }
     }
 
     static string Kebab(string s) => string.Concat(s.Select((ch, i) => char.IsUpper(ch) && i > 0 ? "-" + char.ToLowerInvariant(ch) : char.ToLowerInvariant(ch).ToString()));
@@ -48,8 +74,9 @@ internal sealed class ConfigOptions<T> where T : class, new()
         var cfg = Clone(start ?? new T());
         foreach (var (name, chain, option) in options)
         {
-            var text = result.GetValue(option);
-            if (text is null) continue;
+            var given = result.GetResult(option);
+            if (given is null) continue;
+            var text = given.Tokens.Count == 0 ? "true" : given.Tokens[0].Value;
             object target = cfg;
             var parents = new List<(object Obj, PropertyInfo Prop)>();
             for (int i = 0; i < chain.Length - 1; i++)
@@ -71,11 +98,16 @@ internal sealed class ConfigOptions<T> where T : class, new()
             if (t.IsEnum) return Enum.Parse(t, text.Replace("-", ""), ignoreCase: true);
             if (t == typeof(bool)) return text is "1" or "true" or "yes" or "on" ? true : text is "0" or "false" or "no" or "off" ? false : throw new FormatException();
             if (t == typeof(string)) return text;
+            // numbers as written in code and JSON: no thousands separators (so "1,5" is an error, not 15), no NaN or infinity
+            if (t == typeof(double) && double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && double.IsFinite(d)) return d;
+            if (t == typeof(int) && int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var i)) return i;
+            if (t == typeof(long) && long.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var l)) return l;
+            if (t == typeof(double) || t == typeof(int) || t == typeof(long)) throw new FormatException();
             return Convert.ChangeType(text, t, CultureInfo.InvariantCulture);
         }
         catch (Exception e) when (e is FormatException or InvalidCastException or OverflowException or ArgumentException)
         {
-            var hint = t.IsEnum ? string.Join(", ", Enum.GetNames(t)) : t.Name;
+            var hint = t.IsEnum ? string.Join(", ", Enum.GetNames(t)) : t == typeof(double) ? "a finite number such as 0.5 or 1e-4" : t == typeof(int) || t == typeof(long) ? "a whole number" : t.Name;
             throw new DmdInputException($"{name}: '{text}' is not a valid value (expected {hint})");
         }
     }

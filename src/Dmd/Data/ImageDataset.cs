@@ -129,11 +129,29 @@ public sealed class ImageDataset : IDataSource
         return new ImageDataset(images, tensor(labels), classDirs.Count, classDirs.Select(c => c.Name).ToArray(), randomFlip);
     }
 
+    /// <summary>
+    /// Decodes a whole image; a file that ends early (SkiaSharp would return its first rows over blank ones) or cannot
+    /// be decoded is an error naming it.
+    /// </summary>
+    static SKBitmap DecodeWhole(string file)
+    {
+        string bad = $"{file}: cannot be decoded as an image (corrupt, empty, or not PNG/JPEG/BMP/WebP); remove or replace it";
+        using var codec = SKCodec.Create(file) ?? throw new DmdInputException(bad);
+        var info = new SKImageInfo(codec.Info.Width, codec.Info.Height, SKColorType.Rgba8888, SKAlphaType.Premul);
+        if (info.Width < 1 || info.Height < 1) throw new DmdInputException(bad);
+        var bmp = new SKBitmap(info);
+        var result = codec.GetPixels(info, bmp.GetPixels());
+        if (result == SKCodecResult.Success) return bmp;
+        bmp.Dispose();
+        throw new DmdInputException(result == SKCodecResult.IncompleteInput
+            ? $"{file}: the image data ends early (a truncated or partly copied file); remove or replace it"
+            : $"{bad} ({result})");
+    }
+
     /// <summary>Decodes one file, resizes and crops it to a square, and writes it planar (C, H, W) into dst.</summary>
     static void DecodeInto(string file, int res, int channels, Span<byte> dst)
     {
-        using var src = SKBitmap.Decode(file)
-            ?? throw new DmdInputException($"{file}: cannot be decoded as an image (corrupt, empty, or not PNG/JPEG/BMP/WebP); remove or replace it");
+        using var src = DecodeWhole(file);
         int side = Math.Min(src.Width, src.Height);
         var from = SKRect.Create((src.Width - side) / 2, (src.Height - side) / 2, side, side); // whole pixels
         using var dstBmp = new SKBitmap(new SKImageInfo(res, res, SKColorType.Rgba8888, SKAlphaType.Premul));

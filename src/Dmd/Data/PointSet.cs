@@ -90,6 +90,8 @@ public sealed class PointSet : IDataSource
             }
         }
         var pts = torch.tensor(data, new long[] { lines.Count, dim });
+        if (lines.Count < 2 || (pts - pts[0]).abs().max().item<float>() == 0)
+            throw new DmdInputException($"{path}: the points are all identical (zero spread), so there is no distribution to learn; give at least two different points");
         if (labels is null) return new PointSet(pts);
         int classes = (int)labels.Max() + 1;
         return new PointSet(pts, torch.tensor(labels), classes);

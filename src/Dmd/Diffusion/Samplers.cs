@@ -25,6 +25,7 @@ public static class Samplers
                                     double rho = KarrasSchedule.DefaultRho,
                                     Churn? churn = null, Generator? generator = null)
     {
+        Settings.AtLeast("steps", steps, 1);
         churn ??= new Churn();
         var t = KarrasSchedule.Sigmas(steps, sigmaMin, sigmaMax, rho);
         int nfe = 0;
@@ -62,6 +63,7 @@ public static class Samplers
                                      double sigmaMax = KarrasSchedule.DefaultSigmaMax,
                                      double rho = KarrasSchedule.DefaultRho)
     {
+        Settings.AtLeast("steps", steps, 1);
         var t = KarrasSchedule.Sigmas(steps, sigmaMin, sigmaMax, rho);
         using var scope = NewDisposeScope();
         using var _ = no_grad();

@@ -17,26 +17,45 @@ public enum DmdMode
 /// </summary>
 public sealed record DmdConfig
 {
+    /// <summary>generator loss: Full (DM + regression), RegressionOnly or DmOnly (the paper's ablations)</summary>
     public DmdMode Mode { get; init; } = DmdMode.Full;
-    public int Steps { get; init; } = 3000;              // generator updates
-    public int BatchSize { get; init; } = 256;           // DM batch
-    public int RegressionBatchSize { get; init; } = 256; // pairs per step
-    public double LearningRate { get; init; } = 1e-4;    // same for G and D_fake (paper: CIFAR-10 5e-5, ImageNet 2e-6)
-    public double DmOnlyLrScale { get; init; } = 1.0;    // the paper lowers the lr for the DM-only ablation
-    public int WarmupSteps { get; init; } = 500;         // linear warm-up (paper 500)
-    public double Beta1 { get; init; } = 0.9;            // AdamW
+    /// <summary>generator updates</summary>
+    public int Steps { get; init; } = 3000;
+    /// <summary>DM batch</summary>
+    public int BatchSize { get; init; } = 256;
+    /// <summary>pairs per step</summary>
+    public int RegressionBatchSize { get; init; } = 256;
+    /// <summary>same for G and D_fake (paper: CIFAR-10 5e-5, ImageNet 2e-6)</summary>
+    public double LearningRate { get; init; } = 1e-4;
+    /// <summary>the paper lowers the lr for the DM-only ablation</summary>
+    public double DmOnlyLrScale { get; init; } = 1.0;
+    /// <summary>linear warm-up (paper 500)</summary>
+    public int WarmupSteps { get; init; } = 500;
+    /// <summary>AdamW beta1 (both networks)</summary>
+    public double Beta1 { get; init; } = 0.9;
+    /// <summary>AdamW beta2 (both networks)</summary>
     public double Beta2 { get; init; } = 0.999;
+    /// <summary>AdamW decoupled weight decay</summary>
     public double WeightDecay { get; init; } = 0.01;
-    public double GradClip { get; init; } = 10.0;        // global norm, per network
-    public double LambdaReg { get; init; } = 0.25;       // weight of the regression loss
-    public int GridLevels { get; init; } = 1000;         // Karras grid for training noise levels
-    public int MinStep { get; init; } = 20;              // DM noise-level index range: 2 % ...
-    public int MaxStep { get; init; } = 980;             // ... to 98 % of the grid
+    /// <summary>global norm, per network</summary>
+    public double GradClip { get; init; } = 10.0;
+    /// <summary>weight of the regression loss</summary>
+    public double LambdaReg { get; init; } = 0.25;
+    /// <summary>Karras grid for training noise levels</summary>
+    public int GridLevels { get; init; } = 1000;
+    /// <summary>DM noise-level index range: 2 % ...</summary>
+    public int MinStep { get; init; } = 20;
+    /// <summary>... to 98 % of the grid</summary>
+    public int MaxStep { get; init; } = 980;
     public double SigmaMin { get; init; } = 0.002;
-    public double SigmaMax { get; init; } = 80.0;        // generator input noise level
-    public double GuidanceReal { get; init; } = 1.0;     // CFG scale of the real score (1 = none)
-    public int FakeUpdatesPerStep { get; init; } = 1;    // DMD: 1; DMD2 uses 5
-    public double FakeLrScale { get; init; } = 1.0;      // fake-denoiser lr / generator lr (paper: 1)
+    /// <summary>generator input noise level</summary>
+    public double SigmaMax { get; init; } = 80.0;
+    /// <summary>CFG scale of the real score (1 = none)</summary>
+    public double GuidanceReal { get; init; } = 1.0;
+    /// <summary>DMD: 1; DMD2 uses 5</summary>
+    public int FakeUpdatesPerStep { get; init; } = 1;
+    /// <summary>fake-denoiser lr / generator lr (paper: 1)</summary>
+    public double FakeLrScale { get; init; } = 1.0;
     /// <summary>
     /// Distance of the regression loss: "l2", "lpips" (needs <see cref="LpipsWeights"/>; the paper's choice for
     /// images) or "pseudo-huber"; "auto" = lpips when weights are given, else l2 (DESIGN.md: L2 for points and
@@ -52,8 +71,36 @@ public sealed record DmdConfig
     public double EmaDecay { get; init; } = 0;
     /// <summary>Initialise the generator from this model (a generator.safetensors or a run folder) instead of the teacher.</summary>
     public string? InitGenerator { get; init; }
-    public int GridEvery { get; init; } = 250;           // images: teacher | student grid every N steps (0 = off)
+    /// <summary>images: teacher | student grid every N steps (0 = off)</summary>
+    public int GridEvery { get; init; } = 250;
     public long Seed { get; init; } = 0;
     public int CheckpointEvery { get; init; } = 500;
     public int LogEvery { get; init; } = 20;
+
+    /// <summary>Rejects values no run can use, naming the setting (see <see cref="Settings"/>).</summary>
+    public void Validate()
+    {
+        Settings.RequireFinite(this);
+        Settings.AtLeast("steps", Steps, 1);
+        Settings.AtLeast("batch-size", BatchSize, 1);
+        Settings.AtLeast("regression-batch-size", RegressionBatchSize, 1);
+        Settings.Positive("learning-rate", LearningRate);
+        Settings.Positive("dm-only-lr-scale", DmOnlyLrScale);
+        Settings.AtLeast("warmup-steps", WarmupSteps, 0);
+        Settings.InRange("beta1", Beta1, 0, 1);
+        Settings.InRange("beta2", Beta2, 0, 1);
+        Settings.InRange("weight-decay", WeightDecay, 0, double.MaxValue);
+        Settings.InRange("grad-clip", GradClip, 0, double.MaxValue);
+        Settings.InRange("lambda-reg", LambdaReg, 0, double.MaxValue);
+        Settings.AtLeast("grid-levels", GridLevels, 2);
+        Settings.Positive("sigma-min", SigmaMin);
+        if (!(SigmaMax > SigmaMin)) throw new DmdInputException($"sigma-max {SigmaMax}: must be larger than sigma-min {SigmaMin}");
+        Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
+        Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
+        Settings.Positive("fake-lr-scale", FakeLrScale);
+        Settings.InRange("ema-decay", EmaDecay, 0, 1);
+        Settings.AtLeast("grid-every", GridEvery, 0);
+        Settings.AtLeast("checkpoint-every", CheckpointEvery, 1);
+        Settings.AtLeast("log-every", LogEvery, 1);
+    }
 }

@@ -18,7 +18,7 @@ public sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teach
 /// <see cref="DmdConfig.FakeUpdatesPerStep"/> times on the same generated batch.
 /// All randomness flows from one generator, saved with the checkpoint, so a resumed run continues bit for bit.
 /// </summary>
-public sealed class DmdTrainer : IDisposable
+public sealed class DmdTrainer : IResumableTrainer, IDisposable
 {
     public DmdConfig Config { get; }
     public NetworkSpec Spec { get; }
@@ -47,6 +47,7 @@ public sealed class DmdTrainer : IDisposable
 
     public DmdTrainer(EdmPrecond teacher, NetworkSpec spec, DmdConfig config, RegressionPairs? pairs, Device? device = null)
     {
+        config.Validate();
         if (config.Mode != DmdMode.DmOnly && pairs is null)
             throw new DmdInputException($"mode {config.Mode} needs regression pairs (make them with `dmd pairs`)");
         if (config.MinStep < 0 || config.MaxStep >= config.GridLevels || config.MinStep > config.MaxStep)
@@ -193,75 +194,63 @@ public sealed class DmdTrainer : IDisposable
     }
 
     /// <summary>
-    /// Trains to <see cref="DmdConfig.Steps"/> (or until <paramref name="stop"/> says so), resuming from
-    /// <paramref name="outDir"/> if it holds a checkpoint; writes losses.csv, config.json, checkpoints, for images
-    /// teacher | student grids every <see cref="DmdConfig.GridEvery"/> steps, and generator.safetensors at the end.
+    /// Trains to <see cref="DmdConfig.Steps"/> (or until <paramref name="options"/> stops it), resuming from
+    /// <paramref name="outDir"/> if it holds a checkpoint of the same run; writes losses.csv, config.json, checkpoints,
+    /// for images teacher | student grids every <see cref="DmdConfig.GridEvery"/> steps, and generator.safetensors at the
+    /// end or when stopped early. Returns false when the run was stopped before its last step.
     /// </summary>
-    public void Run(string outDir, string teacherPath, string? pairsPath,
-                    Action<int, int, IReadOnlyDictionary<string, double>>? onStep = null, int? stopAfter = null, Func<bool>? stop = null)
+    public bool Run(string outDir, string teacherPath, string? pairsPath, RunOptions? options = null)
     {
+        options ??= new RunOptions();
         Directory.CreateDirectory(outDir);
-        bool resumed = TryResume(outDir);
+        var info = new DmdRunInfo(Spec, Config, teacherPath, pairsPath);
+        TrainingLoop.CheckSameRun(outDir, info, options, MayChange, PathFields);
+        bool resumed = TrainingLoop.Resume(this, outDir, options);
         CheckInitialGenerator();
-        var logPath = Path.Combine(outDir, "losses.csv");
-        if (resumed) CsvLog.TruncateAfter(logPath, Step);
-        var log = new CsvLog(logPath, append: resumed);
-        Checkpoint.SaveJson(new DmdRunInfo(Spec, Config, teacherPath, pairsPath), Path.Combine(outDir, "config.json"));
+        Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
         using var grids = Spec.IsImage && Config.GridEvery > 0 ? new DistillationGrid(realGuided, Spec) : null;
-        int end = Math.Min(Config.Steps, stopAfter ?? int.MaxValue);
-        if (grids is not null && !resumed) grids.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Output);
-        while (Step < end && !(stop?.Invoke() ?? false))
-        {
-            var losses = TrainStep();
-            if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, new Dictionary<string, double>(losses) { ["rss_mb"] = TrainingUtils.RssMb() });
-            onStep?.Invoke(Step, Config.Steps, losses);
-            if (grids is not null && (Step % Config.GridEvery == 0 || Step == end)) grids.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Output);
-            if (Step % Config.CheckpointEvery == 0 || Step == end) SaveCheckpoint(outDir);
-        }
-        if (Step < end) // stopped early: keep what was reached
-        {
-            SaveCheckpoint(outDir);
-            grids?.Save(Path.Combine(outDir, $"samples-{Step:D6}.png"), Output);
-        }
-        if (Step == Config.Steps || Step < end) SaveGenerator(Path.Combine(outDir, "generator.safetensors"));
+        int end = Math.Min(Config.Steps, options.StopAfter ?? int.MaxValue);
+        string GridPath(int step) => Path.Combine(outDir, $"samples-{step:D6}.png");
+        if (grids is not null && !resumed) grids.Save(GridPath(Step), Output);
+        bool finished = TrainingLoop.Run(this, outDir, resumed, Config.Steps, Config.LogEvery, Config.CheckpointEvery, options,
+            afterStep: step => { if (grids is not null && (step % Config.GridEvery == 0 || step == end)) grids.Save(GridPath(step), Output); });
+        if (!finished) grids?.Save(GridPath(Step), Output); // stopped early: show what was reached
+        if (Step == Config.Steps || !finished) SaveGenerator(Path.Combine(outDir, "generator.safetensors"));
+        return finished;
     }
+
+    /// <summary>Settings a resumed run may change without --allow-changes: how long it runs and how often it reports.</summary>
+    static readonly string[] MayChange = { "Config.Steps", "Config.CheckpointEvery", "Config.LogEvery", "Config.GridEvery" };
+    static readonly string[] PathFields = { "Teacher", "Pairs", "Config.InitGenerator", "Config.LpipsWeights" };
 
     /// <summary>Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`.</summary>
     public void SaveGenerator(string path) => DenoiserFile.Save(Output.Net, Spec, path);
 
-    public void SaveCheckpoint(string outDir)
+    public void WriteCheckpoint(CheckpointWriter w)
     {
-        var dir = Path.Combine(outDir, "checkpoint");
-        Directory.CreateDirectory(dir);
-        Checkpoint.SaveModule(Generator.Net, Path.Combine(dir, "generator.safetensors"));
-        Checkpoint.SaveModule(Fake, Path.Combine(dir, "fake.safetensors"));
-        if (Ema is not null) Checkpoint.SaveModule(Ema.Net, Path.Combine(dir, "ema.safetensors"));
-        optG.SaveState(Path.Combine(dir, "optim_generator.pt"));
-        optF.SaveState(Path.Combine(dir, "optim_fake.pt"));
-        Checkpoint.SaveJson(new TrainState(Step, Checkpoint.GeneratorState(rng)), Path.Combine(dir, "state.json"));
+        w.Module("generator.safetensors", Generator.Net);
+        w.Module("fake.safetensors", Fake);
+        if (Ema is not null) w.Module("ema.safetensors", Ema.Net);
+        w.Optimizer("optim_generator.pt", optG);
+        w.Optimizer("optim_fake.pt", optF);
+        w.Json("state.json", new TrainState(Step, Checkpoint.GeneratorState(rng)));
     }
 
-    public bool TryResume(string outDir)
+    public void ReadCheckpoint(CheckpointReader r)
     {
-        var dir = Path.Combine(outDir, "checkpoint");
-        var statePath = Path.Combine(dir, "state.json");
-        if (!File.Exists(statePath)) return false;
-        var saved = Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(outDir, "config.json"));
-        if (saved.Config.Mode != Config.Mode || !saved.Spec.SampleShape.SequenceEqual(Spec.SampleShape))
-            throw new DmdInputException($"{outDir} holds a different run (mode {saved.Config.Mode}); use another --out folder or delete it");
-        Checkpoint.LoadModule(Generator.Net, Path.Combine(dir, "generator.safetensors"));
-        Checkpoint.LoadModule(Fake, Path.Combine(dir, "fake.safetensors"));
-        var emaPath = Path.Combine(dir, "ema.safetensors");
+        r.Module("generator.safetensors", Generator.Net);
+        r.Module("fake.safetensors", Fake);
         if (Ema is not null) // a checkpoint without an average (EMA switched on at resume) starts it from the weights
-            if (File.Exists(emaPath)) Checkpoint.LoadModule(Ema.Net, emaPath);
+            if (r.Has("ema.safetensors")) r.Module("ema.safetensors", Ema.Net);
             else TrainingUtils.CopyWeights(Generator.Net, Ema.Net);
-        optG.LoadState(Path.Combine(dir, "optim_generator.pt"));
-        optF.LoadState(Path.Combine(dir, "optim_fake.pt"));
-        var st = Checkpoint.LoadJson<TrainState>(statePath);
+        r.Optimizer("optim_generator.pt", optG);
+        r.Optimizer("optim_fake.pt", optF);
+        var st = r.Json<TrainState>("state.json");
         Step = st.Step;
         Checkpoint.RestoreGenerator(rng, st.Rng);
-        return true;
     }
+
+    public bool WeightsFinite() => TrainingUtils.AllFinite(Generator.Net) && TrainingUtils.AllFinite(Fake) && (Ema is null || TrainingUtils.AllFinite(Ema.Net));
 
     public void Dispose()
     {

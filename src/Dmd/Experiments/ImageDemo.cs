@@ -17,11 +17,15 @@ namespace Dmd.Experiments;
 public sealed record ImageDemoConfig
 {
     public string Teacher { get; init; } = "models/fashion-mnist-teacher";
-    public double BudgetMinutes { get; init; } = 10;      // the whole demo, pairs to report
-    public int PairCount { get; init; } = 640;            // regression pairs = the teacher's 35-NFE samples for the metrics
-    public int PairSteps { get; init; } = 18;             // Heun steps (35 NFE)
+    /// <summary>the whole demo, pairs to report</summary>
+    public double BudgetMinutes { get; init; } = 10;
+    /// <summary>regression pairs = the teacher's 35-NFE samples for the metrics</summary>
+    public int PairCount { get; init; } = 640;
+    /// <summary>Heun steps (35 NFE)</summary>
+    public int PairSteps { get; init; } = 18;
     public int PairBatch { get; init; } = 64;
-    public double Guidance { get; init; } = 1.0;          // CFG of the pairs and the real score: none, as the paper's ImageNet runs (with CFG the DM and regression targets differ; see the student's card)
+    /// <summary>CFG of the pairs and the real score: none, as the paper's ImageNet runs (with CFG the DM and regression targets differ; see the student's card)</summary>
+    public double Guidance { get; init; } = 1.0;
     public DmdConfig Dmd { get; init; } = new()
     {
         Steps = 1_000_000, BatchSize = 16, RegressionBatchSize = 16, WarmupSteps = 50, LearningRate = 5e-5, FakeUpdatesPerStep = 5,
@@ -78,10 +82,13 @@ public sealed class ImageDemo
         OnMessage?.Invoke($"pairs: {pairs.Count} in {pairSeconds:F0} s; distilling for {Math.Max(0, budget - ReserveSeconds(budget) - clock.Elapsed.TotalSeconds):F0} s " +
                           $"(batch {cfg.BatchSize} + {cfg.RegressionBatchSize} pairs, regression loss {trainer.RegressionLoss})");
         var dmdClock = Stopwatch.StartNew();
-        trainer.Run(dmdDir, Config.Teacher, Path.Combine(outDir, "pairs"),
-                    (s, n, l) => OnProgress?.Invoke("dmd (seconds of its budget)", (int)Math.Min(dmdClock.Elapsed.TotalSeconds, budget), (int)budget,
-                                                    new Dictionary<string, double>(l) { ["step"] = s }),
-                    stop: () => clock.Elapsed.TotalSeconds > budget - ReserveSeconds(budget));
+        trainer.Run(dmdDir, Config.Teacher, Path.Combine(outDir, "pairs"), new RunOptions
+        {
+            OnStep = (s, n, l) => OnProgress?.Invoke("dmd (seconds of its budget)", (int)Math.Min(dmdClock.Elapsed.TotalSeconds, budget), (int)budget,
+                                                     new Dictionary<string, double>(l) { ["step"] = s }),
+            OnMessage = OnMessage,
+            Stop = () => clock.Elapsed.TotalSeconds > budget - ReserveSeconds(budget),
+        });
         double dmdSeconds = dmdClock.Elapsed.TotalSeconds;
         Plots.LossCurves(Path.Combine(dmdDir, "losses.png"), new[] { ("DMD", Path.Combine(dmdDir, "losses.csv")) });
 

@@ -13,18 +13,26 @@ namespace Dmd.Experiments;
 /// <summary>Settings of the whole 2-D experiment (teacher, pairs, the three distillations, evaluation).</summary>
 public sealed record Toy2dConfig
 {
-    public string Data { get; init; } = "ring8";       // built-in name or csv:PATH
-    public int TrainPoints { get; init; } = 50_000;    // training set size (built-in data)
-    public int EvalSamples { get; init; } = 5000;      // samples per model for the metrics
-    public bool Conditional { get; init; } = false;    // class-conditional teacher (labels = mode index)
-    public int PairCount { get; init; } = 10_000;      // regression pairs
-    public int PairSteps { get; init; } = 18;          // Heun steps for the pairs (35 NFE)
-    public int EvalSteps { get; init; } = 18;          // Heun steps for the teacher row (35 NFE)
-    public bool Ablations { get; init; } = true;       // also run regression-only and DM-only
+    /// <summary>built-in name or csv:PATH</summary>
+    public string Data { get; init; } = "ring8";
+    /// <summary>training set size (built-in data)</summary>
+    public int TrainPoints { get; init; } = 50_000;
+    /// <summary>samples per model for the metrics</summary>
+    public int EvalSamples { get; init; } = 5000;
+    /// <summary>class-conditional teacher (labels = mode index)</summary>
+    public bool Conditional { get; init; } = false;
+    /// <summary>regression pairs</summary>
+    public int PairCount { get; init; } = 10_000;
+    /// <summary>Heun steps for the pairs (35 NFE)</summary>
+    public int PairSteps { get; init; } = 18;
+    /// <summary>Heun steps for the teacher row (35 NFE)</summary>
+    public int EvalSteps { get; init; } = 18;
+    /// <summary>also run regression-only and DM-only</summary>
+    public bool Ablations { get; init; } = true;
     public int Width { get; init; } = 256;
     public int Depth { get; init; } = 4;
+    /// <summary>two time-scale updates (DMD2): with one fake update per generator step the fake denoiser lags on 2-D data</summary>
     public TeacherConfig Teacher { get; init; } = new();
-    // two time-scale updates (DMD2): with one fake update per generator step the fake denoiser lags on 2-D data
     // and the student collapses inside each mode (energy distance 0.0135 vs 0.0027 with 5, same teacher)
     public DmdConfig Dmd { get; init; } = new() { FakeUpdatesPerStep = 5 };
 }
@@ -48,7 +56,19 @@ public sealed class Toy2dExperiment
     public Action<string, int, int, IReadOnlyDictionary<string, double>?>? OnProgress { get; set; }
     public Action<string>? OnMessage { get; set; }
 
-    public Toy2dExperiment(Toy2dConfig config) => Config = config;
+    public Toy2dExperiment(Toy2dConfig config)
+    {
+        Settings.AtLeast("train-points", config.TrainPoints, 10);
+        Settings.AtLeast("eval-samples", config.EvalSamples, 10);
+        Settings.AtLeast("pair-count", config.PairCount, 1);
+        Settings.AtLeast("pair-steps", config.PairSteps, 1);
+        Settings.AtLeast("eval-steps", config.EvalSteps, 1);
+        Settings.AtLeast("width", config.Width, 1);
+        Settings.AtLeast("depth", config.Depth, 1);
+        config.Teacher.Validate();
+        config.Dmd.Validate();
+        Config = config;
+    }
 
     public Toy2dResults Run(string outDir)
     {
@@ -68,7 +88,7 @@ public sealed class Toy2dExperiment
         else
         {
             using var tt = new TeacherTrainer(spec, Config.Teacher, train);
-            tt.Run(teacherDir, Config.Data, (s, n, l) => OnProgress?.Invoke("teacher", s, n, l));
+            tt.Run(teacherDir, Config.Data, new RunOptions { OnStep = (s, n, l) => OnProgress?.Invoke("teacher", s, n, l), OnMessage = OnMessage });
         }
         var (teacher, _) = DenoiserFile.Load(teacherPath);
 
@@ -92,7 +112,7 @@ public sealed class Toy2dExperiment
             {
                 var (t, _) = DenoiserFile.Load(teacherPath);
                 using var trainer = new DmdTrainer(t, spec, Config.Dmd with { Mode = mode }, pairs);
-                trainer.Run(dir, teacherPath, pairsPath, (s, n, l) => OnProgress?.Invoke("dmd " + ModeSlug(mode), s, n, l));
+                trainer.Run(dir, teacherPath, pairsPath, new RunOptions { OnStep = (s, n, l) => OnProgress?.Invoke("dmd " + ModeSlug(mode), s, n, l), OnMessage = OnMessage });
             }
             generators[mode] = new OneStepGenerator(DenoiserFile.Load(genPath).Net, Config.Dmd.SigmaMax);
         }

@@ -6,12 +6,6 @@ using static TorchSharp.torch;
 
 namespace Dmd.IO;
 
-/// <summary>Raised for bad user input (paths, files, shapes): the message says what is wrong and how to fix it.</summary>
-public sealed class DmdInputException : Exception
-{
-    public DmdInputException(string message, Exception? inner = null) : base(message, inner) { }
-}
-
 /// <summary>Safetensors weights and JSON configs: the on-disk formats of every run.</summary>
 public static class Checkpoint
 {
@@ -22,6 +16,35 @@ public static class Checkpoint
         Converters = { new JsonStringEnumConverter() },
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
+
+    /// <summary>
+    /// Checks before long work that a result file can be written where asked: its folder is created, a probe file is
+    /// written and removed. A folder named as the file, a file named as its folder, or a folder without write
+    /// permission is a one-line error naming <paramref name="option"/>, instead of work lost at the end.
+    /// </summary>
+    public static void EnsureWritableFile(string path, string option)
+    {
+        var full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new DmdInputException($"{option} {path} is a folder; name a file, e.g. {Path.Combine(path, "result.json")}");
+        EnsureWritableFolder(Path.GetDirectoryName(full)!, option);
+    }
+
+    /// <summary>The same check for an output folder (created if missing).</summary>
+    public static void EnsureWritableFolder(string folder, string option)
+    {
+        if (File.Exists(folder)) throw new DmdInputException($"{option} {folder} is a file, not a folder; name a folder");
+        try
+        {
+            Directory.CreateDirectory(folder);
+            var probe = Path.Combine(folder, $".dmd-write-test-{Environment.ProcessId}");
+            File.WriteAllText(probe, "");
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new DmdInputException($"{option}: cannot write to {folder} ({e.Message}); choose a folder you can write");
+        }
+    }
 
     /// <summary>Saves a module's state (parameters and buffers) as safetensors, atomically.</summary>
     public static void SaveModule(nn.Module module, string path)
@@ -72,6 +95,31 @@ public static class Checkpoint
         if (!File.Exists(path)) throw new DmdInputException($"file not found: {path}");
         try { return JsonSerializer.Deserialize<T>(File.ReadAllText(path), Json) ?? throw new JsonException("empty document"); }
         catch (JsonException e) { throw new DmdInputException($"{path} is not a valid {typeof(T).Name} JSON file: {e.Message}", e); }
+    }
+
+    /// <summary>Reading a user's settings file: a key the settings do not have is an error, not a silent default.</summary>
+    public static readonly JsonSerializerOptions StrictJson = new(Json) { UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow };
+
+    /// <summary>
+    /// A settings record from a JSON file the user names (<c>--config</c>): either the record itself or a run's own
+    /// <c>config.json</c>, whose settings sit under <c>"Config"</c>. Unknown keys are an error that names them.
+    /// </summary>
+    public static T LoadSettings<T>(string path)
+    {
+        if (!File.Exists(path)) throw new DmdInputException($"settings file not found: {path}");
+        try
+        {
+            var node = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path)) as System.Text.Json.Nodes.JsonObject
+                       ?? throw new JsonException("the file does not hold a JSON object");
+            bool ownProperty = typeof(T).GetProperty("Config") is not null;
+            if (!ownProperty && node["Config"] is System.Text.Json.Nodes.JsonObject nested) node = nested; // a run's config.json
+            return node.Deserialize<T>(StrictJson) ?? throw new JsonException("empty document");
+        }
+        catch (JsonException e)
+        {
+            var known = string.Join(", ", typeof(T).GetProperties().Where(p => p.CanWrite).Select(p => p.Name));
+            throw new DmdInputException($"{path} is not a valid {typeof(T).Name} settings file: {e.Message} (keys it may hold: {known})", e);
+        }
     }
 
     /// <summary>Saves named tensors as safetensors, atomically.</summary>

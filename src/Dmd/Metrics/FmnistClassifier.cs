@@ -69,7 +69,7 @@ public sealed class FmnistClassifier : nn.Module<Tensor, Tensor>
     static Tensor CheckInput(Tensor x)
     {
         if (x.dim() != 4 || x.shape[1] != 1 || !((x.shape[2] == 32 && x.shape[3] == 32) || (x.shape[2] == 28 && x.shape[3] == 28)))
-            throw new Dmd.IO.DmdInputException($"the Fashion-MNIST classifier takes greyscale images (N, 1, 32, 32) or (N, 1, 28, 28) in [-1, 1], " +
+            throw new DmdInputException($"the Fashion-MNIST classifier takes greyscale images (N, 1, 32, 32) or (N, 1, 28, 28) in [-1, 1], " +
                                                $"got [{string.Join(", ", x.shape)}]");
         if (x.dtype != ScalarType.Float32) x = x.to(ScalarType.Float32);
         return x.shape[2] == 28 ? F.pad(x, new long[] { 2, 2, 2, 2 }, value: -1) : x;
@@ -79,14 +79,21 @@ public sealed class FmnistClassifier : nn.Module<Tensor, Tensor>
 /// <summary>Settings of <see cref="FmnistClassifierTrainer"/>; the defaults produce the shipped classifier.</summary>
 public sealed record FmnistClassifierConfig
 {
-    public int Epochs { get; init; } = 10;               // passes over the 60000 training images
+    /// <summary>passes over the 60000 training images</summary>
+    public int Epochs { get; init; } = 10;
     public int BatchSize { get; init; } = 128;
-    public double LearningRate { get; init; } = 2e-3;    // Adam; cosine decay to 0 over the run
-    public double WeightDecay { get; init; } = 0;        // Adam's (L2) weight decay
-    public double Dropout { get; init; } = 0.1;          // before the last linear layer
-    public bool RandomFlip { get; init; } = true;        // mirror half the images left-right
-    public int MaxShift { get; init; } = 0;              // random translation by up to this many pixels (at most 2: the padding)
-    public ulong Seed { get; init; } = 0;                // initialisation, shuffling, augmentation and dropout
+    /// <summary>Adam; cosine decay to 0 over the run</summary>
+    public double LearningRate { get; init; } = 2e-3;
+    /// <summary>Adam's (L2) weight decay</summary>
+    public double WeightDecay { get; init; } = 0;
+    /// <summary>before the last linear layer</summary>
+    public double Dropout { get; init; } = 0.1;
+    /// <summary>mirror half the images left-right</summary>
+    public bool RandomFlip { get; init; } = true;
+    /// <summary>random translation by up to this many pixels (at most 2: the padding)</summary>
+    public int MaxShift { get; init; } = 0;
+    /// <summary>initialisation, shuffling, augmentation and dropout</summary>
+    public ulong Seed { get; init; } = 0;
 }
 
 /// <summary>Test accuracy of a classifier: overall and per class (index order of <see cref="FashionMnist.ClassNames"/>).</summary>
@@ -111,7 +118,7 @@ public static class FmnistClassifierTrainer
                                          Action<int, int, int, double>? progress = null)
     {
         if (train.ClassIndex is null || train.NumClasses != FmnistClassifier.NumClasses || !train.Shape.SequenceEqual(new[] { 1, 32, 32 }))
-            throw new Dmd.IO.DmdInputException($"the classifier trains on labelled (N, 1, 32, 32) images in 10 classes, got " +
+            throw new DmdInputException($"the classifier trains on labelled (N, 1, 32, 32) images in 10 classes, got " +
                                                $"[{string.Join(", ", train.Shape)}] with {train.NumClasses} classes");
         torch.manual_seed((long)cfg.Seed); // weight initialisation and dropout
         using var g = new Generator(cfg.Seed + 1);

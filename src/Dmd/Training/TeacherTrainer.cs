@@ -10,15 +10,34 @@ namespace Dmd.Training;
 /// <summary>Hyper-parameters of teacher training (EDM loss, Adam, EMA). Defaults: the 2-D recipe.</summary>
 public sealed record TeacherConfig
 {
-    public int Steps { get; init; } = 4000;             // optimiser steps
+    /// <summary>optimiser steps</summary>
+    public int Steps { get; init; } = 4000;
     public int BatchSize { get; init; } = 512;
-    public double LearningRate { get; init; } = 1e-3;   // Adam
-    public int LrRampupSteps { get; init; } = 200;      // linear ramp-up
-    public double EmaHalfLifeSteps { get; init; } = 200; // EMA half-life, in steps
-    public double LabelDropout { get; init; } = 0.1;    // drop labels so CFG works
+    /// <summary>Adam</summary>
+    public double LearningRate { get; init; } = 1e-3;
+    /// <summary>linear ramp-up</summary>
+    public int LrRampupSteps { get; init; } = 200;
+    /// <summary>EMA half-life, in steps</summary>
+    public double EmaHalfLifeSteps { get; init; } = 200;
+    /// <summary>drop labels so CFG works</summary>
+    public double LabelDropout { get; init; } = 0.1;
     public long Seed { get; init; } = 0;
     public int CheckpointEvery { get; init; } = 1000;
     public int LogEvery { get; init; } = 20;
+
+    /// <summary>Rejects values no run can use, naming the setting (see <see cref="Settings"/>).</summary>
+    public void Validate()
+    {
+        Settings.RequireFinite(this);
+        Settings.AtLeast("steps", Steps, 1);
+        Settings.AtLeast("batch-size", BatchSize, 1);
+        Settings.Positive("learning-rate", LearningRate);
+        Settings.AtLeast("lr-rampup-steps", LrRampupSteps, 0);
+        Settings.Positive("ema-half-life-steps", EmaHalfLifeSteps);
+        Settings.InRange("label-dropout", LabelDropout, 0, 1);
+        Settings.AtLeast("checkpoint-every", CheckpointEvery, 1);
+        Settings.AtLeast("log-every", LogEvery, 1);
+    }
 
     /// <summary>
     /// Defaults for small image teachers on CPU (e.g. Fashion-MNIST 32x32): EDM's Adam learning rate 1e-3 at a
@@ -39,7 +58,7 @@ public sealed record TeacherRunInfo(NetworkSpec Spec, TeacherConfig Config, stri
 /// Trains a denoiser with the EDM loss. Output directory: <c>teacher.safetensors</c> (+ .json spec; EMA
 /// weights, the teacher), <c>config.json</c>, <c>losses.csv</c>, and <c>checkpoint/</c> for resuming.
 /// </summary>
-public sealed class TeacherTrainer : IDisposable
+public sealed class TeacherTrainer : IResumableTrainer, IDisposable
 {
     public EdmPrecond Net { get; }
     public EdmPrecond Ema { get; }
@@ -54,6 +73,7 @@ public sealed class TeacherTrainer : IDisposable
 
     public TeacherTrainer(NetworkSpec spec, TeacherConfig config, IDataSource data, Device? device = null)
     {
+        config.Validate();
         Spec = spec;
         Config = config;
         this.data = data;
@@ -94,54 +114,55 @@ public sealed class TeacherTrainer : IDisposable
         return loss.item<float>();
     }
 
-    /// <summary>Trains to <see cref="TeacherConfig.Steps"/>, resuming from <paramref name="outDir"/> if it holds a checkpoint.</summary>
-    public void Run(string outDir, string dataName, Action<int, int, IReadOnlyDictionary<string, double>>? onStep = null)
+    /// <summary>
+    /// Trains to <see cref="TeacherConfig.Steps"/> (or until <paramref name="options"/> stops it), resuming from
+    /// <paramref name="outDir"/> if it holds a checkpoint of the same run; writes teacher.safetensors at the end.
+    /// Returns false when the run was stopped before its last step.
+    /// </summary>
+    public bool Run(string outDir, string dataName, RunOptions? options = null)
     {
+        options ??= new RunOptions();
         Directory.CreateDirectory(outDir);
-        bool resumed = TryResume(outDir);
-        if (resumed) CsvLog.TruncateAfter(Path.Combine(outDir, "losses.csv"), Step);
-        var log = new CsvLog(Path.Combine(outDir, "losses.csv"), append: resumed);
-        Checkpoint.SaveJson(new TeacherRunInfo(Spec, Config, dataName), Path.Combine(outDir, "config.json"));
-        double avg = double.NaN;
-        while (Step < Config.Steps)
-        {
-            double loss = TrainStep();
-            avg = double.IsNaN(avg) ? loss : 0.95 * avg + 0.05 * loss;
-            var values = new Dictionary<string, double> { ["loss"] = avg };
-            if (Step % Config.LogEvery == 0 || Step == Config.Steps) log.Write(Step, new Dictionary<string, double>(values) { ["rss_mb"] = TrainingUtils.RssMb() });
-            onStep?.Invoke(Step, Config.Steps, values);
-            if (Step % Config.CheckpointEvery == 0 || Step == Config.Steps) SaveCheckpoint(outDir);
-        }
-        DenoiserFile.Save(Ema, Spec, Path.Combine(outDir, "teacher.safetensors"));
+        var info = new TeacherRunInfo(Spec, Config, dataName);
+        TrainingLoop.CheckSameRun(outDir, info, options, MayChange, pathFields: Array.Empty<string>());
+        bool resumed = TrainingLoop.Resume(this, outDir, options);
+        Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
+        bool finished = TrainingLoop.Run(this, outDir, resumed, Config.Steps, Config.LogEvery, Config.CheckpointEvery, options);
+        if (Step == Config.Steps) DenoiserFile.Save(Ema, Spec, Path.Combine(outDir, "teacher.safetensors"));
+        return finished;
     }
 
-    public void SaveCheckpoint(string outDir)
+    /// <summary>Settings a resumed run may change without --allow-changes: how long it runs and how often it reports.</summary>
+    static readonly string[] MayChange = { "Config.Steps", "Config.CheckpointEvery", "Config.LogEvery" };
+
+    double smoothedLoss = double.NaN;
+
+    Dictionary<string, double> IResumableTrainer.TrainStep()
     {
-        var dir = Path.Combine(outDir, "checkpoint");
-        Directory.CreateDirectory(dir);
-        Checkpoint.SaveModule(Net, Path.Combine(dir, "net.safetensors"));
-        Checkpoint.SaveModule(Ema, Path.Combine(dir, "ema.safetensors"));
-        opt.SaveState(Path.Combine(dir, "optimizer.pt"));
-        Checkpoint.SaveJson(new TrainState(Step, Checkpoint.GeneratorState(rng)),
-                            Path.Combine(dir, "state.json"));
+        double loss = TrainStep();
+        smoothedLoss = double.IsNaN(smoothedLoss) || !double.IsFinite(loss) ? loss : 0.95 * smoothedLoss + 0.05 * loss;
+        return new Dictionary<string, double> { ["loss"] = smoothedLoss };
     }
 
-    public bool TryResume(string outDir)
+    public void WriteCheckpoint(CheckpointWriter w)
     {
-        var dir = Path.Combine(outDir, "checkpoint");
-        var statePath = Path.Combine(dir, "state.json");
-        if (!File.Exists(statePath)) return false;
-        var saved = Checkpoint.LoadJson<TeacherRunInfo>(Path.Combine(outDir, "config.json"));
-        if (saved.Spec with { Shape = null } != Spec with { Shape = null } || !saved.Spec.SampleShape.SequenceEqual(Spec.SampleShape))
-            throw new DmdInputException($"{outDir} holds a run with a different network ({saved.Spec}); use another --out folder or delete it");
-        Checkpoint.LoadModule(Net, Path.Combine(dir, "net.safetensors"));
-        Checkpoint.LoadModule(Ema, Path.Combine(dir, "ema.safetensors"));
-        opt.LoadState(Path.Combine(dir, "optimizer.pt"));
-        var st = Checkpoint.LoadJson<TrainState>(statePath);
+        w.Module("net.safetensors", Net);
+        w.Module("ema.safetensors", Ema);
+        w.Optimizer("optimizer.pt", opt);
+        w.Json("state.json", new TrainState(Step, Checkpoint.GeneratorState(rng)));
+    }
+
+    public void ReadCheckpoint(CheckpointReader r)
+    {
+        r.Module("net.safetensors", Net);
+        r.Module("ema.safetensors", Ema);
+        r.Optimizer("optimizer.pt", opt);
+        var st = r.Json<TrainState>("state.json");
         Step = st.Step;
         Checkpoint.RestoreGenerator(rng, st.Rng);
-        return true;
     }
+
+    public bool WeightsFinite() => TrainingUtils.AllFinite(Net) && TrainingUtils.AllFinite(Ema);
 
     public void Dispose()
     {

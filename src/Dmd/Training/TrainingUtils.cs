@@ -55,6 +55,16 @@ public static class TrainingUtils
         m.eval();
     }
 
+    /// <summary>Whether every floating-point parameter and buffer of a module is finite.</summary>
+    public static bool AllFinite(nn.Module m)
+    {
+        using var _ = no_grad();
+        foreach (var (_, t) in m.state_dict())
+            if (t.is_floating_point())
+                using (var ok = t.isfinite().all()) if (!ok.item<bool>()) return false;
+        return true;
+    }
+
     public static long ParameterCount(nn.Module m) => m.parameters().Sum(p => p.numel());
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
@@ -68,6 +78,20 @@ public static class TrainingUtils
     {
         if (!OperatingSystem.IsLinux()) return;
         try { MallocTrim(UIntPtr.Zero); } catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
+    }
+
+    /// <summary>
+    /// Frees the native memory of TorchSharp objects that only a finalizer releases, above all the Scalars TorchSharp makes
+    /// of C# numbers (its Adam/AdamW steps make several per parameter tensor per step). glibc carves these small, long-lived
+    /// blocks out of the chunks the step's freed tensors leave, so until a GC finalizes them those chunks cannot hold the
+    /// next step's tensors and RSS grows by about one step's temporaries per step. How long that lasts depends on .NET's
+    /// gen0 budget, which it sizes from the CPU's cache (measured with a 256 MB budget: DMD on points 377 MB at step 20,
+    /// 2.4 GB at step 380; with this call every step 247 -> 248 MB). About 2 ms; the run loop calls it after every step.
+    /// </summary>
+    public static void FreeFinalizableNatives()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
     }
 
     /// <summary>Resident memory of this process in MB (logged beside the losses, to catch leaks).</summary>
@@ -131,21 +155,5 @@ public sealed class CsvLog
         var lines = File.ReadAllLines(path);
         var keep = lines.Take(1).Concat(lines.Skip(1).Where(l => int.TryParse(l.Split(',')[0], out var s) && s <= step));
         File.WriteAllLines(path, keep);
-    }
-}
-
-/// <summary>Optimizer state on disk (PyTorch state_dict pickle via TorchSharp.PyBridge), for resuming.</summary>
-public static class OptimizerState
-{
-    public static void SaveState(this optim.Optimizer opt, string path)
-    {
-        ((OptimizerHelper)opt).save_py(path + ".tmp");
-        File.Move(path + ".tmp", path, overwrite: true);
-    }
-
-    public static void LoadState(this optim.Optimizer opt, string path)
-    {
-        if (!File.Exists(path)) throw new Dmd.IO.DmdInputException($"optimizer state not found: {path}; the checkpoint is incomplete, delete the folder to start afresh");
-        ((OptimizerHelper)opt).load_py(path);
     }
 }

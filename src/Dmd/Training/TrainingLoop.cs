@@ -1,0 +1,150 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Dmd.IO;
+
+namespace Dmd.Training;
+
+/// <summary>What the shared run loop needs from a trainer: a step, and its state in and out of a checkpoint.</summary>
+public interface IResumableTrainer
+{
+    /// <summary>Optimiser steps done so far.</summary>
+    int Step { get; }
+
+    /// <summary>One training step; returns the values to log (losses and the like).</summary>
+    Dictionary<string, double> TrainStep();
+
+    /// <summary>Everything a resumed run needs to continue bit for bit.</summary>
+    void WriteCheckpoint(CheckpointWriter writer);
+
+    /// <summary>Restores what <see cref="WriteCheckpoint"/> wrote, <see cref="Step"/> included.</summary>
+    void ReadCheckpoint(CheckpointReader reader);
+
+    /// <summary>Whether every trained weight is finite (checked before each checkpoint is written).</summary>
+    bool WeightsFinite();
+}
+
+/// <summary>How a caller follows and steers a run.</summary>
+public sealed record RunOptions
+{
+    /// <summary>After each step: (step, total steps, values).</summary>
+    public Action<int, int, IReadOnlyDictionary<string, double>>? OnStep { get; init; }
+    /// <summary>Status lines ("resuming from step N").</summary>
+    public Action<string>? OnMessage { get; init; }
+    /// <summary>Asked between steps; true stops the run cleanly (checkpoint written, run can be continued).</summary>
+    public Func<bool>? Stop { get; init; }
+    /// <summary>Stop after this step without finishing the run (checkpoint written).</summary>
+    public int? StopAfter { get; init; }
+    /// <summary>Continue a run in a folder even though its settings differ from the saved ones.</summary>
+    public bool AllowChanges { get; init; }
+}
+
+/// <summary>
+/// The loop every trainer runs: resume from the latest checkpoint, step, log, checkpoint, stop cleanly on request,
+/// and stop on a non-finite loss or weight without overwriting the last good checkpoint.
+/// </summary>
+public static class TrainingLoop
+{
+    /// <summary>
+    /// Refuses to continue a run whose saved settings (<c>config.json</c>) differ from <paramref name="now"/>, apart from
+    /// the fields in <paramref name="mayChange"/> (paths like <c>Config.Steps</c>), unless the caller allows changes.
+    /// Fields in <paramref name="pathFields"/> are file paths and compare as full paths.
+    /// </summary>
+    public static void CheckSameRun<T>(string outDir, T now, RunOptions options, string[] mayChange, string[] pathFields)
+    {
+        var configPath = Path.Combine(outDir, "config.json");
+        if (!new CheckpointStore(outDir).Exists || !File.Exists(configPath) || options.AllowChanges) return;
+        JsonNode? saved;
+        try { saved = JsonNode.Parse(File.ReadAllText(configPath)); }
+        catch (JsonException e) { throw new DmdInputException($"{configPath} is not valid JSON ({e.Message}); restore it or use another --out folder", e); }
+        var before = Flatten(saved);
+        var after = Flatten(JsonSerializer.SerializeToNode(now, Checkpoint.Json));
+        string Norm(string key, string? v) => v is not null && pathFields.Contains(key) ? Path.GetFullPath(v) : v ?? "none";
+        var diffs = before.Keys.Union(after.Keys)
+            .Where(k => !mayChange.Contains(k))
+            .Where(k => Norm(k, before.GetValueOrDefault(k)) != Norm(k, after.GetValueOrDefault(k)))
+            .Select(k => $"{k.Replace("Config.", "")} {before.GetValueOrDefault(k) ?? "none"} -> {after.GetValueOrDefault(k) ?? "none"}")
+            .ToList();
+        if (diffs.Count > 0)
+            throw new DmdInputException($"{outDir} holds a run with other settings ({string.Join(", ", diffs.Take(6))}{(diffs.Count > 6 ? $", ... {diffs.Count} in all" : "")}): " +
+                                        "use another --out folder, repeat the run's own settings, or pass --allow-changes to continue it with the new ones");
+    }
+
+    static Dictionary<string, string?> Flatten(JsonNode? node, string prefix = "", Dictionary<string, string?>? into = null)
+    {
+        into ??= new();
+        switch (node)
+        {
+            case JsonObject o:
+                foreach (var (k, v) in o) Flatten(v, prefix.Length == 0 ? k : prefix + "." + k, into);
+                break;
+            case JsonArray a:
+                into[prefix] = a.ToJsonString();
+                break;
+            default:
+                into[prefix] = node?.ToString();
+                break;
+        }
+        return into;
+    }
+
+    /// <summary>Restores the latest checkpoint of <paramref name="outDir"/> if there is one; returns whether it did.</summary>
+    public static bool Resume(IResumableTrainer trainer, string outDir, RunOptions options)
+    {
+        var reader = new CheckpointStore(outDir).Open();
+        if (reader is null) return false;
+        trainer.ReadCheckpoint(reader);
+        options.OnMessage?.Invoke($"resuming from step {trainer.Step} ({reader.Folder})");
+        return true;
+    }
+
+    /// <summary>
+    /// Steps until <paramref name="steps"/> (or <see cref="RunOptions.StopAfter"/>, or a stop request), logging to
+    /// losses.csv every <paramref name="logEvery"/> steps and checkpointing every <paramref name="checkpointEvery"/>
+    /// steps and at the end. <paramref name="afterStep"/> runs after each step (grids). Returns true when the run
+    /// reached <paramref name="steps"/> or StopAfter, false when it was asked to stop.
+    /// </summary>
+    public static bool Run(IResumableTrainer trainer, string outDir, bool resumed, int steps, int logEvery, int checkpointEvery,
+                           RunOptions options, Action<int>? afterStep = null)
+    {
+        var logPath = Path.Combine(outDir, "losses.csv");
+        if (resumed) CsvLog.TruncateAfter(logPath, trainer.Step);
+        var log = new CsvLog(logPath, append: resumed);
+        var store = new CheckpointStore(outDir);
+        int lastSaved = resumed ? trainer.Step : -1;
+        int end = Math.Min(steps, options.StopAfter ?? int.MaxValue);
+
+        void Save()
+        {
+            if (lastSaved == trainer.Step) return;
+            if (!trainer.WeightsFinite())
+                throw Diverged("the weights are no longer finite", lastSaved);
+            store.Save(trainer.Step, trainer.WriteCheckpoint);
+            lastSaved = trainer.Step;
+        }
+
+        while (trainer.Step < end)
+        {
+            if (options.Stop?.Invoke() ?? false)
+            {
+                Save();
+                return false;
+            }
+            var values = trainer.TrainStep();
+            TrainingUtils.FreeFinalizableNatives(); // keeps RSS flat (see there)
+            foreach (var (k, v) in values)
+                if (!double.IsFinite(v)) throw Diverged($"{k} = {v} at step {trainer.Step}", lastSaved);
+            int step = trainer.Step;
+            if (step % logEvery == 0 || step == steps)
+                log.Write(step, new Dictionary<string, double>(values) { ["rss_mb"] = TrainingUtils.RssMb() });
+            options.OnStep?.Invoke(step, steps, values);
+            afterStep?.Invoke(step);
+            if (step % checkpointEvery == 0 || step == end) Save();
+        }
+        return true;
+    }
+
+    static TrainingDivergedException Diverged(string what, int lastSaved) => new(
+        $"training diverged: {what}. Nothing was saved after it; " +
+        (lastSaved >= 0 ? $"the last good checkpoint (step {lastSaved}) is kept. " : "no checkpoint had been written yet. ") +
+        "Lower the learning rate or check the data, then run the same command again (with --allow-changes if you changed a setting).");
+}
