@@ -3,6 +3,8 @@ using Dmd.Cli;
 using Dmd;
 using Spectre.Console;
 
+Dmd.NativeSetup.Apply(); // before libtorch runs anything (see there)
+
 // Logs and pipes get Spectre's 80-column default, which wraps the results tables; give them room.
 if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 132);
 

@@ -147,7 +147,7 @@ public class ReliabilityTests
     }
 
     [Fact]
-    public void ADivergingRunStopsAndKeepsItsLastGoodCheckpoint()
+    public void ANonFiniteStepIsSkippedAndADivergingRunStopsKeepingItsLastGoodCheckpoint()
     {
         var points = PointDistributions.Load("ring8", 2000, seed: 1).WithoutLabels();
         var spec = new NetworkSpec("mlp", points.Shape, 0, 1.0, 32, 2);
@@ -155,9 +155,13 @@ public class ReliabilityTests
         var dir = TestUtil.TempDir();
         using (var t = new TeacherTrainer(spec, cfg, new PoisonedData(points, goodBatches: 9)))
         {
-            var e = Assert.Throws<TrainingDivergedException>(() => t.Run(dir, "ring8"));
-            Assert.Contains("loss = NaN at step 10", e.Message);
+            var messages = new List<string>();
+            var e = Assert.Throws<TrainingDivergedException>(() => t.Run(dir, "ring8", new RunOptions { OnMessage = messages.Add }));
+            // steps 10 and 11 are skipped (no update, a line each), step 12 is the third in a row: the run stops
+            Assert.Equal(new[] { "step 10: loss = NaN; its update was skipped", "step 11: loss = NaN; its update was skipped" }, messages);
+            Assert.Contains("loss = NaN at step 12, after 3 non-finite steps in a row", e.Message);
             Assert.Contains("last good checkpoint (step 8)", e.Message);
+            Assert.True(TrainingUtils.AllFinite(t.Net), "a skipped step must leave the weights alone");
         }
         Assert.Equal(8, TestUtil.CheckpointStep(dir));
         foreach (var (k, v) in Checkpoint.LoadTensors(Path.Combine(TestUtil.CheckpointFolder(dir), "net.safetensors")))

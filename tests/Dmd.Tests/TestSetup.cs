@@ -14,5 +14,9 @@ internal static class TestSetup
 {
     /// <summary>Point-data models are tiny: one libtorch thread is fastest and avoids OpenMP spin-waiting.</summary>
     [ModuleInitializer]
-    internal static void OneThread() => torch.set_num_threads(1);
+    internal static void OneThread()
+    {
+        Dmd.NativeSetup.Apply(); // before libtorch runs anything (see there)
+        torch.set_num_threads(1);
+    }
 }

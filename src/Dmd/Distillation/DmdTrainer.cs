@@ -169,9 +169,13 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         }
         optG.zero_grad();
         lossG.backward();
-        losses["grad_norm_g"] = TrainingUtils.ClipGradNorm(Generator.Net, Config.GradClip);
-        optG.step();
-        if (Ema is not null) TrainingUtils.UpdateEma(Ema.Net, Generator.Net, EmaBeta(Step));
+        bool skipped = !TrainingUtils.UpdateIsFinite(lossG, Generator.Net); // a non-finite loss or gradient: no update
+        if (!skipped)
+        {
+            losses["grad_norm_g"] = TrainingUtils.ClipGradNorm(Generator.Net, Config.GradClip);
+            optG.step();
+            if (Ema is not null) TrainingUtils.UpdateEma(Ema.Net, Generator.Net, EmaBeta(Step));
+        }
 
         // ---- fake denoiser update(s) on the same generated batch, full noise range, no CFG ----
         if (Config.Mode != DmdMode.RegressionOnly)
@@ -183,12 +187,14 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, Spec.SigmaData, rng);
                 optF.zero_grad();
                 lossFake.backward();
+                losses["loss_fake"] = lossFake.item<float>();
+                if (!TrainingUtils.UpdateIsFinite(lossFake, Fake)) { skipped = true; continue; }
                 TrainingUtils.ClipGradNorm(Fake, Config.GradClip);
                 optF.step();
-                losses["loss_fake"] = lossFake.item<float>();
             }
         }
         losses["lr"] = lr;
+        if (skipped) losses[TrainingLoop.SkippedKey] = 1;
         Step++;
         return losses;
     }

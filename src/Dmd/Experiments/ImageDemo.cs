@@ -87,7 +87,8 @@ public sealed class ImageDemo
             OnStep = (s, n, l) => OnProgress?.Invoke("dmd (seconds of its budget)", (int)Math.Min(dmdClock.Elapsed.TotalSeconds, budget), (int)budget,
                                                      new Dictionary<string, double>(l) { ["step"] = s }),
             OnMessage = OnMessage,
-            Stop = () => clock.Elapsed.TotalSeconds > budget - ReserveSeconds(budget),
+            // at least one DMD step, so the report always has a student, however slow the machine
+            Stop = () => trainer.Step > 0 && clock.Elapsed.TotalSeconds > budget - ReserveSeconds(budget),
         });
         double dmdSeconds = dmdClock.Elapsed.TotalSeconds;
         Plots.LossCurves(Path.Combine(dmdDir, "losses.png"), new[] { ("DMD", Path.Combine(dmdDir, "losses.csv")) });

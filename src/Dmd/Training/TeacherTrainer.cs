@@ -89,6 +89,9 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         opt = optim.Adam(Net.parameters(), config.LearningRate);
     }
 
+    /// <summary>Whether the last <see cref="TrainStep"/> left the weights alone because its loss or a gradient was not finite.</summary>
+    public bool LastStepSkipped { get; private set; }
+
     /// <summary>One optimiser step; returns the loss.</summary>
     public double TrainStep()
     {
@@ -108,8 +111,12 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         opt.zero_grad();
         var loss = EdmLoss.Compute(Net, x, y, Spec.SigmaData, rng);
         loss.backward();
-        opt.step();
-        TrainingUtils.UpdateEma(Ema, Net, Math.Pow(0.5, 1.0 / Math.Max(1e-8, Config.EmaHalfLifeSteps)));
+        LastStepSkipped = !TrainingUtils.UpdateIsFinite(loss, Net);
+        if (!LastStepSkipped)
+        {
+            opt.step();
+            TrainingUtils.UpdateEma(Ema, Net, Math.Pow(0.5, 1.0 / Math.Max(1e-8, Config.EmaHalfLifeSteps)));
+        }
         Step++;
         return loss.item<float>();
     }
@@ -140,7 +147,8 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     Dictionary<string, double> IResumableTrainer.TrainStep()
     {
         double loss = TrainStep();
-        smoothedLoss = double.IsNaN(smoothedLoss) || !double.IsFinite(loss) ? loss : 0.95 * smoothedLoss + 0.05 * loss;
+        if (LastStepSkipped) return new Dictionary<string, double> { ["loss"] = loss, [TrainingLoop.SkippedKey] = 1 };
+        smoothedLoss = double.IsNaN(smoothedLoss) ? loss : 0.95 * smoothedLoss + 0.05 * loss;
         return new Dictionary<string, double> { ["loss"] = smoothedLoss };
     }
 

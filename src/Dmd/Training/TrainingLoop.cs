@@ -44,6 +44,16 @@ public sealed record RunOptions
 /// </summary>
 public static class TrainingLoop
 {
+    /// <summary>The value a trainer reports (as 1) for a step whose update it skipped: a non-finite loss or gradient.</summary>
+    public const string SkippedKey = "skipped";
+
+    /// <summary>
+    /// Consecutive skipped steps after which a run counts as diverged. A single non-finite step is skipped and logged
+    /// (on this project's 2-core VM a forward pass of a U-Net very rarely returned NaN for finite inputs and weights);
+    /// data or settings that make every step non-finite stop the run.
+    /// </summary>
+    public const int MaxSkippedInARow = 3;
+
     /// <summary>
     /// Refuses to continue a run whose saved settings (<c>config.json</c>) differ from <paramref name="now"/>, apart from
     /// the fields in <paramref name="mayChange"/> (paths like <c>Config.Steps</c>), unless the caller allows changes.
@@ -110,7 +120,7 @@ public static class TrainingLoop
         if (resumed) CsvLog.TruncateAfter(logPath, trainer.Step);
         var log = new CsvLog(logPath, append: resumed);
         var store = new CheckpointStore(outDir);
-        int lastSaved = resumed ? trainer.Step : -1;
+        int lastSaved = resumed ? trainer.Step : -1, skippedInARow = 0;
         int end = Math.Min(steps, options.StopAfter ?? int.MaxValue);
 
         void Save()
@@ -131,9 +141,20 @@ public static class TrainingLoop
             }
             var values = trainer.TrainStep();
             TrainingUtils.FreeFinalizableNatives(); // keeps RSS flat (see there)
-            foreach (var (k, v) in values)
-                if (!double.IsFinite(v)) throw Diverged($"{k} = {v} at step {trainer.Step}", lastSaved);
             int step = trainer.Step;
+            if (values.ContainsKey(SkippedKey))
+            {
+                var what = string.Join(", ", values.Where(kv => !double.IsFinite(kv.Value)).Select(kv => $"{kv.Key} = {kv.Value}").DefaultIfEmpty("a gradient not finite"));
+                if (++skippedInARow >= MaxSkippedInARow)
+                    throw Diverged($"{what} at step {step}, after {MaxSkippedInARow} non-finite steps in a row", lastSaved);
+                options.OnMessage?.Invoke($"step {step}: {what}; its update was skipped");
+            }
+            else
+            {
+                skippedInARow = 0;
+                foreach (var (k, v) in values)
+                    if (!double.IsFinite(v)) throw Diverged($"{k} = {v} at step {step}", lastSaved);
+            }
             if (step % logEvery == 0 || step == steps)
                 log.Write(step, new Dictionary<string, double>(values) { ["rss_mb"] = TrainingUtils.RssMb() });
             options.OnStep?.Invoke(step, steps, values);

@@ -55,6 +55,21 @@ public static class TrainingUtils
         m.eval();
     }
 
+    /// <summary>
+    /// Whether a loss and every gradient of a module are finite, i.e. whether the optimiser step about to be taken is
+    /// safe. A step that is not is skipped (as PyTorch's AMP GradScaler does) and counted; the run loop stops a run whose
+    /// steps keep being skipped (<see cref="TrainingLoop.MaxSkippedInARow"/>).
+    /// </summary>
+    public static bool UpdateIsFinite(Tensor loss, nn.Module m)
+    {
+        using var _ = no_grad();
+        using (var ok = loss.detach().isfinite().all()) if (!ok.item<bool>()) return false;
+        foreach (var p in m.parameters())
+            if (p.grad is Tensor g)
+                using (var ok = g.isfinite().all()) if (!ok.item<bool>()) return false;
+        return true;
+    }
+
     /// <summary>Whether every floating-point parameter and buffer of a module is finite.</summary>
     public static bool AllFinite(nn.Module m)
     {
