@@ -8,7 +8,10 @@ Dmd.NativeSetup.Apply(); // before libtorch runs anything (see there)
 // Logs and pipes get Spectre's 80-column default, which wraps the results tables; give them room.
 if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 132);
 
-var root = new RootCommand("Distribution Matching Distillation: turn a diffusion teacher into a one-step generator.");
+// a root named "dmd" (a RootCommand takes the assembly's name, Dmd.Cli, into every usage line), with the root's options
+var root = new Command("dmd", "Distribution Matching Distillation: turn a diffusion teacher into a one-step generator.");
+root.Options.Add(new System.CommandLine.Help.HelpOption());
+root.Options.Add(new VersionOption());
 root.Options.Add(Threads.Option);
 root.Subcommands.Add(DemoCommand.Build());
 root.Subcommands.Add(Toy2dCommand.Build());
