@@ -82,7 +82,7 @@ internal static class EvalCommand
             foreach (var (k, v) in metrics) t.AddRow(k, v.ToString("G4", CultureInfo.InvariantCulture));
             AnsiConsole.Write(t);
             if (perClass is not null)
-                AnsiConsole.MarkupLine("per class: " + string.Join(", ", perClass.Select((a, c) => $"{c}: {100 * a:F1} %")));
+                AnsiConsole.MarkupLine("per class: " + string.Join(", ", perClass.Select((a, c) => double.IsNaN(a) ? $"{c}: - (no samples)" : $"{c}: {100 * a:F1} %")));
             Checkpoint.SaveJson(res, outPath);
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
             return 0;
