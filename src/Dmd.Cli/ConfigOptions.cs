@@ -66,7 +66,7 @@ internal sealed class ConfigOptions<T> where T : class, new()
         catch (System.Xml.XmlException) { return new(); }
     }
 
-    static string Kebab(string s) => string.Concat(s.Select((ch, i) => char.IsUpper(ch) && i > 0 ? "-" + char.ToLowerInvariant(ch) : char.ToLowerInvariant(ch).ToString()));
+    static string Kebab(string s) => Settings.Kebab(s);
 
     /// <summary>Defaults (or a JSON config file's values) overridden by the options given on the command line.</summary>
     public T Bind(ParseResult result, T? start = null)

@@ -71,8 +71,6 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         var genNet = Spec.Build(); genNet.to(this.device);
         TrainingUtils.CopyWeights(Real, genNet);
         Generator = new OneStepGenerator(genNet, config.SigmaMax);
-        if (config.EmaDecay < 0 || config.EmaDecay >= 1)
-            throw new DmdInputException($"EMA decay {config.EmaDecay} must lie in [0, 1) (0 = no average)");
         // a resumed run takes its weights from the checkpoint, so the starting model need not be there any more
         initPending = config.InitGenerator is not null && !File.Exists(config.InitGenerator) && !Directory.Exists(config.InitGenerator);
         if (config.InitGenerator is not null && !initPending)
