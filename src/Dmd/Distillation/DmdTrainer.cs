@@ -45,7 +45,16 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     private readonly long[] sampleShape;
     private readonly bool initPending; // InitGenerator named but absent: fine for a resume, an error for a fresh start
 
-    public DmdTrainer(EdmPrecond teacher, NetworkSpec spec, DmdConfig config, RegressionPairs? pairs, Device? device = null)
+    /// <param name="teacher">The real denoiser (frozen).</param>
+    /// <param name="spec">The teacher's description: sample shape, classes, sigma_data, and how to build its copies.</param>
+    /// <param name="config">The run's hyper-parameters.</param>
+    /// <param name="pairs">Regression pairs (not needed in <see cref="DmdMode.DmOnly"/>).</param>
+    /// <param name="device">Where the three networks live (CPU by default).</param>
+    /// <param name="buildNetwork">Makes a fresh network of the teacher's architecture for the fake denoiser and the
+    /// generator (their weights are then copied from the teacher); <see cref="NetworkSpec.Build"/> by default. Give it
+    /// when the teacher's architecture is not one a <see cref="NetworkSpec"/> describes.</param>
+    public DmdTrainer(EdmPrecond teacher, NetworkSpec spec, DmdConfig config, RegressionPairs? pairs, Device? device = null,
+                      Func<EdmPrecond>? buildNetwork = null)
     {
         config.Validate();
         if (config.Mode != DmdMode.DmOnly && pairs is null)
@@ -54,6 +63,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             throw new DmdInputException($"noise-level index range [{config.MinStep}, {config.MaxStep}] must lie inside [0, {config.GridLevels - 1}]");
         if (pairs is not null && !pairs.Z.shape.Skip(1).SequenceEqual(spec.SampleShape.Select(s => (long)s)))
             throw new DmdInputException($"regression pairs have samples of shape [{string.Join(",", pairs.Z.shape.Skip(1))}] but the teacher makes [{string.Join(",", spec.SampleShape)}]; regenerate them with this teacher");
+        if (pairs is not null && config.Mode != DmdMode.DmOnly) CheckPairsMatch(pairs.Info, config);
         Config = config;
         Spec = spec with { Dropout = 0 }; // DESIGN.md: dropout off in all three networks
         this.device = device ?? CPU;
@@ -66,9 +76,10 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Real.to(this.device);
         TrainingUtils.Freeze(Real);
         realGuided = GuidedDenoiser.Wrap(Real, config.GuidanceReal);
-        Fake = Spec.Build(); Fake.to(this.device);
+        var build = buildNetwork ?? Spec.Build;
+        Fake = build(); Fake.to(this.device);
         TrainingUtils.CopyWeights(Real, Fake);
-        var genNet = Spec.Build(); genNet.to(this.device);
+        var genNet = build(); genNet.to(this.device);
         TrainingUtils.CopyWeights(Real, genNet);
         Generator = new OneStepGenerator(genNet, config.SigmaMax);
         // a resumed run takes its weights from the checkpoint, so the starting model need not be there any more
@@ -77,7 +88,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             using (var start = InitialGenerator(config.InitGenerator)) TrainingUtils.CopyWeights(start, genNet);
         if (config.EmaDecay > 0)
         {
-            var emaNet = Spec.Build(); emaNet.to(this.device);
+            var emaNet = build(); emaNet.to(this.device);
             TrainingUtils.CopyWeights(genNet, emaNet);
             TrainingUtils.Freeze(emaNet);
             Ema = new OneStepGenerator(emaNet, config.SigmaMax);
@@ -88,6 +99,19 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         optF = optim.AdamW(Fake.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax).to(this.device);
         (RegressionLoss, regressionDistance, regressionNet) = ResolveRegressionLoss(config, this.device);
+    }
+
+    /// <summary>
+    /// Pairs are the teacher's ODE output for noise z scaled by their sigma_max with their guidance; the generator maps
+    /// z scaled by the run's sigma_max and learns the guided real score, so both must agree or the regression target
+    /// is another map than the one distilled.
+    /// </summary>
+    static void CheckPairsMatch(PairInfo info, DmdConfig config)
+    {
+        if (info.SigmaMax != config.SigmaMax)
+            throw new DmdInputException($"the regression pairs start at sigma_max {info.SigmaMax:G} but the run's sigma-max is {config.SigmaMax:G}: make pairs with `--sigma-max {config.SigmaMax:G}` or distil with sigma-max {info.SigmaMax:G}");
+        if (info.Guidance != config.GuidanceReal)
+            throw new DmdInputException($"the regression pairs were made with guidance {info.Guidance:G} but the run's guidance-real is {config.GuidanceReal:G}: make pairs with `--guidance {config.GuidanceReal:G}` or distil with guidance-real {info.Guidance:G}");
     }
 
     /// <summary>The generator's starting weights: the teacher's (the paper), or a given model's of the same architecture.</summary>

@@ -5,8 +5,10 @@ using static TorchSharp.torch;
 
 namespace Dmd.Distillation;
 
-/// <summary>How the teacher produced a set of regression pairs (stored beside them).</summary>
-public sealed record PairInfo(string Sampler, int Steps, int Nfe, double Guidance, long Seed, int Count, int ShardSize = 0);
+/// <summary>How the teacher produced a set of regression pairs (stored beside them). <paramref name="SigmaMax"/> is the
+/// noise level the sampler starts at, z scaled by it (files written before it was recorded were made at 80).</summary>
+public sealed record PairInfo(string Sampler, int Steps, int Nfe, double Guidance, long Seed, int Count, int ShardSize = 0,
+                              double SigmaMax = KarrasSchedule.DefaultSigmaMax);
 
 /// <summary>
 /// The regression set of DMD: noise z_ref, labels y_ref (one-hot or none), and the teacher's deterministic
@@ -39,14 +41,15 @@ public sealed class RegressionPairs
     /// </summary>
     public static RegressionPairs Generate(IDenoiser teacher, int[] shape, int count, int steps = 18, double guidance = 1.0,
                                            long seed = 1, int batchSize = 1024, Action<int, int>? onBatch = null, Device? device = null,
-                                           string? shardDir = null)
+                                           string? shardDir = null, double sigmaMax = KarrasSchedule.DefaultSigmaMax)
     {
         if (count < 1 || batchSize < 1) throw new DmdInputException($"pair count ({count}) and batch size ({batchSize}) must be positive");
         Settings.AtLeast("steps", steps, 1);
         Settings.InRange("guidance", guidance, 0, double.MaxValue);
+        Settings.InRange("sigma-max", sigmaMax, KarrasSchedule.DefaultSigmaMin, double.MaxValue);
         using var g = new Generator((ulong)seed);
         var net = GuidedDenoiser.Wrap(teacher, guidance);
-        var info = new PairInfo("heun", steps, 2 * steps - 1, guidance, seed, count, shardDir is null ? 0 : batchSize);
+        var info = new PairInfo("heun", steps, 2 * steps - 1, guidance, seed, count, shardDir is null ? 0 : batchSize, sigmaMax);
         if (shardDir is not null) PrepareShardDir(shardDir, info);
         var zs = new List<Tensor>(); var xs = new List<Tensor>(); var ys = new List<Tensor>();
         for (int done = 0, shard = 0; done < count; shard++)
@@ -67,7 +70,7 @@ public sealed class RegressionPairs
             {
                 var (zd, yd) = (z.to(device ?? CPU), y?.to(device ?? CPU));
                 using (var scope = NewDisposeScope())
-                    x = Samplers.Heun(net, zd, yd, steps).Samples.cpu().MoveToOuterDisposeScope();
+                    x = Samplers.Heun(net, zd, yd, steps, sigmaMax: sigmaMax).Samples.cpu().MoveToOuterDisposeScope();
                 if (shardPath is not null) SaveTensors(shardPath, z, x, y);
             }
             zs.Add(z); xs.Add(x); if (y is not null) ys.Add(y);

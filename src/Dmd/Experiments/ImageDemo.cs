@@ -24,8 +24,8 @@ public sealed record ImageDemoConfig
     /// <summary>Heun steps (35 NFE)</summary>
     public int PairSteps { get; init; } = 18;
     public int PairBatch { get; init; } = 64;
-    /// <summary>CFG of the pairs and the real score: none, as the paper's ImageNet runs (with CFG the DM and regression targets differ; see the student's card)</summary>
-    public double Guidance { get; init; } = 1.0;
+    /// <summary>The DMD recipe. Its GuidanceReal (default 1: none, as the paper's ImageNet runs; see the student's card)
+    /// and SigmaMax also make the regression pairs and the teacher's samples, so the two targets agree.</summary>
     public DmdConfig Dmd { get; init; } = new()
     {
         Steps = 1_000_000, BatchSize = 16, RegressionBatchSize = 16, WarmupSteps = 50, LearningRate = 5e-5, FakeUpdatesPerStep = 5,
@@ -54,6 +54,9 @@ public sealed class ImageDemo
 
     public ImageDemo(ImageDemoConfig config) => Config = config;
 
+    /// <summary>CFG of the real score, the pairs and the teacher's samples: one setting, the DMD recipe's.</summary>
+    double Guidance => Config.Dmd.GuidanceReal;
+
     /// <summary>Seconds kept for the measurements and the report after distillation.</summary>
     static double ReserveSeconds(double budget) => Math.Min(40, 0.1 * budget);
 
@@ -69,15 +72,15 @@ public sealed class ImageDemo
 
         // 1. regression pairs (also the teacher's samples for the metrics)
         var pairClock = Stopwatch.StartNew();
-        var pairs = RegressionPairs.Generate(teacher, spec.SampleShape, Config.PairCount, Config.PairSteps, Config.Guidance, seed: 3,
+        var pairs = RegressionPairs.Generate(teacher, spec.SampleShape, Config.PairCount, Config.PairSteps, Guidance, seed: 3,
                                              batchSize: Config.PairBatch, onBatch: (d, n) => OnProgress?.Invoke("pairs", d, n, null),
-                                             shardDir: Path.Combine(outDir, "pairs"));
+                                             shardDir: Path.Combine(outDir, "pairs"), sigmaMax: Config.Dmd.SigmaMax);
         double pairSeconds = pairClock.Elapsed.TotalSeconds;
         TrainingUtils.ReleaseFreedMemory();
 
         // 2. DMD until the budget, less the reserve, is spent
         var dmdDir = Path.Combine(outDir, "dmd");
-        var cfg = Config.Dmd with { GuidanceReal = Config.Guidance };
+        var cfg = Config.Dmd;
         using var trainer = new DmdTrainer(teacher, spec, cfg, pairs);
         OnMessage?.Invoke($"pairs: {pairs.Count} in {pairSeconds:F0} s; distilling for {Math.Max(0, budget - ReserveSeconds(budget) - clock.Elapsed.TotalSeconds):F0} s " +
                           $"(batch {cfg.BatchSize} + {cfg.RegressionBatchSize} pairs, regression loss {trainer.RegressionLoss})");
@@ -99,7 +102,7 @@ public sealed class ImageDemo
         var z = ImageSampling.SeededNoise(spec.SampleShape, 1_000_000, n); // noise no pair used
         var rows = new List<ImageModelResult>();
         double teacherRate = TeacherRate(teacher, z, y);
-        var teacherName = $"teacher (Heun {Config.PairSteps} steps{(Config.Guidance != 1 ? $", CFG {Config.Guidance.ToString(CultureInfo.InvariantCulture)}" : "")})";
+        var teacherName = $"teacher (Heun {Config.PairSteps} steps{(Guidance != 1 ? $", CFG {Guidance.ToString(CultureInfo.InvariantCulture)}" : "")})";
         rows.Add(Measure(teacherName, pairs.Info.Nfe, pairs.X, y, judge, teacherRate));
         var initial = new OneStepGenerator(teacher);
         rows.Add(Measure("teacher, 1 step", 1, Draw(initial, z, y, out _), y, judge, double.NaN));
@@ -108,7 +111,7 @@ public sealed class ImageDemo
         double speedUp = studentRate / teacherRate;
 
         var res = new ImageDemoResults(rows, n, trainer.Step, dmdSeconds, pairSeconds, clock.Elapsed.TotalSeconds, speedUp, trainer.RegressionLoss,
-                                       Config.Guidance, Process.GetCurrentProcess().PeakWorkingSet64 >> 20);
+                                       Guidance, Process.GetCurrentProcess().PeakWorkingSet64 >> 20);
         Checkpoint.SaveJson(res, Path.Combine(outDir, "results.json"));
         WriteReport(outDir, res, spec, cfg);
         TrainingUtils.ReleaseFreedMemory();
@@ -121,7 +124,7 @@ public sealed class ImageDemo
         int b = (int)Math.Min(64, z.shape[0]);
         using var scope = NewDisposeScope();
         var sw = Stopwatch.StartNew();
-        using (no_grad()) ImageSampling.Generate(teacher, z[..b], y?[..b], "heun", Config.PairSteps, Config.Guidance, batch: b);
+        using (no_grad()) ImageSampling.Generate(teacher, z[..b], y?[..b], "heun", Config.PairSteps, Guidance, batch: b);
         return b / sw.Elapsed.TotalSeconds;
     }
 

@@ -96,8 +96,8 @@ public sealed class Toy2dExperiment
         var pairsPath = Path.Combine(outDir, "pairs", "pairs.safetensors");
         if (File.Exists(pairsPath)) OnMessage?.Invoke($"reusing the regression pairs in {pairsPath}");
         else
-            RegressionPairs.Generate(teacher, spec.SampleShape, Config.PairCount, Config.PairSteps, seed: 3,
-                                     onBatch: (d, n) => OnProgress?.Invoke("pairs", d, n, null)).Save(pairsPath);
+            RegressionPairs.Generate(teacher, spec.SampleShape, Config.PairCount, Config.PairSteps, Config.Dmd.GuidanceReal, seed: 3,
+                                     onBatch: (d, n) => OnProgress?.Invoke("pairs", d, n, null), sigmaMax: Config.Dmd.SigmaMax).Save(pairsPath);
         var pairs = RegressionPairs.Load(pairsPath);
 
         // 3. distillation: full DMD and ablations, same budget
