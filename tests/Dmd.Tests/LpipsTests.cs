@@ -7,9 +7,9 @@ using static TorchSharp.torch;
 namespace Dmd.Tests;
 
 /// <summary>
-/// LPIPS against the lpips package's forward on torchvision's trunks (TestData/lpips/make_lpips_fixture.py, torch 1.13 /
-/// torchvision 0.14): state-dict names and shapes, and distances under deterministic pseudo-random weights (the real
-/// weights cannot be downloaded here); then the properties DMD relies on.
+/// LPIPS against the lpips package's own forward (lpips 0.1.4, run from its source by TestData/lpips/make_lpips_fixture.py
+/// under torch 1.13 / torchvision 0.14): state-dict names and shapes, and distances under deterministic pseudo-random
+/// weights (the real weights cannot be downloaded here); then the properties DMD relies on.
 /// </summary>
 public class LpipsTests(ITestOutputHelper output)
 {
