@@ -11,7 +11,9 @@ Writes:
   OUT.json         the NetworkSpec Dmd rebuilds the architecture from (kind ddpmpp = SongUNet with positional
                    embedding, kind adm = DhariwalUNet).
 Load it in C# with Dmd.IO.DenoiserFile.Load("OUT.safetensors"): missing, unexpected or mis-shaped tensors are
-reported by name.
+reported by name. Snapshots with settings NetworkSpec does not build (NCSN++, skip encoders/decoders, other noise or
+embedding widths, other resample filters; VP/VE preconditioning) are refused here with the setting named.
+Tested on tiny snapshots made with EDM's own code: tests/Dmd.Tests/TestData/edm_checkpoint (EdmCheckpointTests).
 """
 import argparse
 import json
@@ -39,19 +41,31 @@ def save_safetensors(tensors, path, metadata):
             f.write(b)
 
 
-def network_spec(precond_kwargs, model_kwargs, model_type):
-    """Maps EDM's constructor arguments onto Dmd's NetworkSpec fields."""
-    c, res = precond_kwargs["img_channels"], precond_kwargs["img_resolution"]
+# Settings of EDM's networks that Dmd's NetworkSpec does not carry: it builds them with these values (EDM's defaults,
+# and what EDM's train.py uses for --arch=ddpmpp / adm), so a snapshot with any other value is refused here.
+FIXED = {
+    "SongUNet": {"embedding_type": "positional", "encoder_type": "standard", "decoder_type": "standard",
+                 "channel_mult_noise": 1, "channel_mult_emb": 4, "resample_filter": [1, 1]},
+    "DhariwalUNet": {"channel_mult_emb": 4},
+}
+
+
+def network_spec(net, model_kwargs, model_type):
+    """Maps EDM's EDMPrecond (its attributes) and its model's constructor arguments onto Dmd's NetworkSpec fields."""
+    c, res = net.img_channels, net.img_resolution
     spec = {
         "Shape": [c, res, res],
-        "LabelDim": precond_kwargs.get("label_dim", 0),
-        "SigmaData": precond_kwargs.get("sigma_data", 0.5),
+        "LabelDim": net.label_dim,
+        "SigmaData": net.sigma_data,
         "AugmentDim": model_kwargs.get("augment_dim", 0),
         "Dropout": model_kwargs.get("dropout", 0.10),
     }
+    other = {k: model_kwargs[k] for k, v in FIXED.get(model_type, {}).items() if k in model_kwargs and as_list(model_kwargs[k]) != as_list(v)}
+    if "embedding_type" in other or "encoder_type" in other:
+        sys.exit("this snapshot is NCSN++ (Fourier embedding, residual encoder); Dmd's NetworkSpec builds DDPM++ and ADM only")
+    if other:
+        sys.exit(f"this {model_type} snapshot has settings Dmd's NetworkSpec does not build: {other} (it builds {FIXED[model_type]})")
     if model_type == "SongUNet":
-        if model_kwargs.get("embedding_type", "positional") != "positional" or model_kwargs.get("encoder_type", "standard") != "standard":
-            sys.exit("this snapshot is NCSN++ (Fourier embedding, residual encoder); Dmd's NetworkSpec builds DDPM++ and ADM only")
         spec.update(Kind="ddpmpp", ModelChannels=model_kwargs.get("model_channels", 128),
                     ChannelMult=model_kwargs.get("channel_mult", [1, 2, 2, 2]), NumBlocks=model_kwargs.get("num_blocks", 4),
                     AttnResolutions=model_kwargs.get("attn_resolutions", [16]))
@@ -62,6 +76,11 @@ def network_spec(precond_kwargs, model_kwargs, model_type):
     else:
         sys.exit(f"unsupported EDM network {model_type}")
     return spec
+
+
+def as_list(v):
+    """A setting compared as a list: [1, 1] and (1, 1) are the same resample filter."""
+    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def main():
@@ -80,7 +99,7 @@ def main():
     model_type = precond_kwargs.pop("model_type", type(net.model).__name__)
     model_kwargs = {k: v for k, v in net.model.init_kwargs.items()}
     tensors = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in net.state_dict().items()}
-    spec = network_spec(precond_kwargs, model_kwargs, model_type)
+    spec = network_spec(net, model_kwargs, model_type)
     meta = {"format": "pt", "source": a.pkl, "edm_model_type": model_type,
             "edm_init_kwargs": json.dumps({"precond": precond_kwargs, "model": model_kwargs}, default=str)}
     save_safetensors(tensors, a.out, meta)
