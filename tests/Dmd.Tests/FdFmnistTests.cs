@@ -83,14 +83,9 @@ public class FdFmnistTests
         Assert.DoesNotContain("   at ", output);
     }
 
-    [Fact]
+    [FashionMnistFact]
     public void RealTestImagesAreCloseToTheShippedStatisticsAndNoiseIsFar()
     {
-        if (!FashionMnist.IsAvailable())
-        {
-            log.WriteLine($"skipped: Fashion-MNIST is not installed in {FashionMnist.DebianFolder} (apt-get install dataset-fashion-mnist)");
-            return;
-        }
         using var fd = FdFmnist.Load();
         var test = TestSplit.Value;
         using var real = ImageDataset.ToFloat(test.Images.narrow(0, 0, 2000));
@@ -101,14 +96,9 @@ public class FdFmnistTests
         Assert.True(noiseFd > 10 * realFd, $"noise {noiseFd} vs real {realFd}");
     }
 
-    [Fact]
+    [FashionMnistFact]
     public void ClassifierIsAtLeast90PercentAccurateOnTestImages()
     {
-        if (!FashionMnist.IsAvailable())
-        {
-            log.WriteLine($"skipped: Fashion-MNIST is not installed in {FashionMnist.DebianFolder} (apt-get install dataset-fashion-mnist)");
-            return;
-        }
         using var fd = FdFmnist.Load();
         var test = TestSplit.Value;
         using var x = ImageDataset.ToFloat(test.Images.narrow(0, 0, 1000));

@@ -123,14 +123,9 @@ public class ImageDataTests
 
     // ---- Fashion-MNIST ----
 
-    [Fact]
+    [FashionMnistFact]
     public void FashionMnistFromTheDebianPackageHas60000TrainAnd10000TestImagesIn10Classes()
     {
-        if (!FashionMnist.IsAvailable())
-        {
-            log.WriteLine($"skipped: Fashion-MNIST is not installed in {FashionMnist.DebianFolder} (apt-get install dataset-fashion-mnist)");
-            return;
-        }
         var train = FashionMnist.Load();
         Assert.Equal(60000, train.Count);
         Assert.Equal(new[] { 1, 28, 28 }, train.Shape);

@@ -73,3 +73,16 @@ internal static class TestUtil
         return d;
     }
 }
+
+/// <summary>
+/// A test that needs the Fashion-MNIST files of the Debian package: reported as skipped, with the reason and the
+/// fix, where they are not installed (a green run never hides that it did not run).
+/// </summary>
+internal sealed class FashionMnistFactAttribute : FactAttribute
+{
+    public FashionMnistFactAttribute()
+    {
+        if (!Dmd.Data.FashionMnist.IsAvailable())
+            Skip = $"Fashion-MNIST is not installed in {Dmd.Data.FashionMnist.DebianFolder} (apt-get install dataset-fashion-mnist)";
+    }
+}
