@@ -306,6 +306,32 @@ public class DmdWiringTests(ITestOutputHelper log)
         Assert.Equal(KarrasSchedule.DefaultSigmaMax, RegressionPairs.Load(file).Info.SigmaMax);
     }
 
+    [Fact]
+    public void TheGeneratorFileRecordsItsSigmaMaxAndLoadsWithIt()
+    {
+        var teacher = RandomTeacher(image: false);
+        var config = new DmdConfig { Mode = DmdMode.DmOnly, Steps = 1, BatchSize = 4, SigmaMax = 40, LogEvery = 1 };
+        var dir = TestUtil.TempDir();
+        using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
+        trainer.Run(dir, "random teacher", null);
+        var loaded = OneStepGenerator.Load(dir);
+        Assert.Equal(40, loaded.SigmaMax);
+        var z = randn(5, 2);
+        var y = Rng.OneHot(tensor(new long[] { 0, 1, 2, 0, 1 }), Classes);
+        using (no_grad())
+        {
+            Assert.True(TestUtil.Same(trainer.Output.Generate(z, y), loaded.Generate(z, y)));
+            Assert.True(TestUtil.Same(loaded.Net.Denoise(40 * z, full(5, 40f), y), loaded.Generate(z, y)));
+        }
+
+        // a generator.json written before sigma_max was recorded (the shipped student's) is read as 80
+        var json = Path.Combine(dir, "generator.json");
+        var node = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(json))!.AsObject();
+        Assert.True(node.Remove("SigmaMax"));
+        File.WriteAllText(json, node.ToJsonString());
+        Assert.Equal(KarrasSchedule.DefaultSigmaMax, OneStepGenerator.Load(dir).SigmaMax);
+    }
+
     /// <summary>erf by Abramowitz and Stegun 7.1.26 (|error| &lt; 1.5e-7).</summary>
     static double Erf(double x)
     {

@@ -252,7 +252,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     static readonly string[] PathFields = { "Teacher", "Pairs", "Config.InitGenerator", "Config.LpipsWeights" };
 
     /// <summary>Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`.</summary>
-    public void SaveGenerator(string path) => DenoiserFile.Save(Output.Net, Spec, path);
+    public void SaveGenerator(string path) => Output.Save(path, Spec);
 
     public void WriteCheckpoint(CheckpointWriter w)
     {

@@ -28,10 +28,20 @@ public sealed class OneStepGenerator
     /// </summary>
     public static OneStepGenerator Load(string path)
     {
-        var (net, spec) = IO.DenoiserFile.Load(path, "generator.safetensors");
+        var file = IO.DenoiserFile.Resolve(path, FileName);
+        var (net, spec) = IO.DenoiserFile.Load(file);
         Training.TrainingUtils.Freeze(net);
-        return new OneStepGenerator(net) { Spec = spec };
+        double sigmaMax = IO.DenoiserFile.ReadExtra(file, SigmaMaxKey) ?? KarrasSchedule.DefaultSigmaMax; // older files: 80
+        return new OneStepGenerator(net, sigmaMax) { Spec = spec };
     }
+
+    /// <summary>The generator's file name in a run folder.</summary>
+    public const string FileName = "generator.safetensors";
+    const string SigmaMaxKey = "SigmaMax";
+
+    /// <summary>Writes the generator as a loadable model: weights, the network's spec and the sigma_max it maps noise from.</summary>
+    public void Save(string path, Networks.NetworkSpec spec) =>
+        IO.DenoiserFile.Save(Net, spec, path, new Dictionary<string, double> { [SigmaMaxKey] = SigmaMax });
 
     /// <summary>
     /// One image per requested class (or <paramref name="count"/> images of an unconditional model), in [-1, 1],

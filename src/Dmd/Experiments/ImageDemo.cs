@@ -104,7 +104,7 @@ public sealed class ImageDemo
         double teacherRate = TeacherRate(teacher, z, y);
         var teacherName = $"teacher (Heun {Config.PairSteps} steps{(Guidance != 1 ? $", CFG {Guidance.ToString(CultureInfo.InvariantCulture)}" : "")})";
         rows.Add(Measure(teacherName, pairs.Info.Nfe, pairs.X, y, judge, teacherRate));
-        var initial = new OneStepGenerator(teacher);
+        var initial = new OneStepGenerator(teacher, Config.Dmd.SigmaMax);
         rows.Add(Measure("teacher, 1 step", 1, Draw(initial, z, y, out _), y, judge, double.NaN));
         var student = Draw(trainer.Output, z, y, out double studentRate);
         rows.Add(Measure("DMD student", 1, student, y, judge, studentRate));

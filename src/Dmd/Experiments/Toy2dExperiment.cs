@@ -114,7 +114,7 @@ public sealed class Toy2dExperiment
                 using var trainer = new DmdTrainer(t, spec, Config.Dmd with { Mode = mode }, pairs);
                 trainer.Run(dir, teacherPath, pairsPath, new RunOptions { OnStep = (s, n, l) => OnProgress?.Invoke("dmd " + ModeSlug(mode), s, n, l), OnMessage = OnMessage });
             }
-            generators[mode] = new OneStepGenerator(DenoiserFile.Load(genPath).Net, Config.Dmd.SigmaMax);
+            generators[mode] = OneStepGenerator.Load(genPath);
         }
 
         // 4. evaluation
