@@ -6,6 +6,7 @@ using Dmd.IO;
 using Spectre.Console;
 using TorchSharp;
 using static TorchSharp.torch;
+using Dmd.Networks;
 
 namespace Dmd.Cli;
 
@@ -24,7 +25,7 @@ public sealed record RssTrend(string Log, int FromStep, int ToStep, double RssAt
     public static RssTrend FromLog(string csvPath, int fromStep = 0, int toStep = int.MaxValue)
     {
         if (!File.Exists(csvPath)) throw new DmdInputException($"log not found: {csvPath}");
-        var series = Dmd.Training.CsvLog.Read(csvPath);
+        var series = Dmd.IO.CsvLog.Read(csvPath);
         if (!series.TryGetValue("rss_mb", out var rss) || rss.Count < 20)
             throw new DmdInputException($"{csvPath} has no rss_mb column with at least 20 rows (training runs log it)");
         var pts = rss.Where(p => p.Step >= fromStep && p.Step <= toStep).OrderBy(p => p.Step).ToList();

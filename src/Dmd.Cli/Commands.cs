@@ -4,7 +4,7 @@ using System.Globalization;
 using Dmd.Data;
 using Dmd.Diffusion;
 using Dmd.Distillation;
-using Dmd.Experiments;
+using Dmd.Pipelines;
 using Dmd.IO;
 using Dmd.Networks;
 using Dmd.Training;

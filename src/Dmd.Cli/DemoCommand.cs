@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
-using Dmd.Experiments;
+using Dmd.Pipelines;
 using Dmd.IO;
 using Spectre.Console;
 

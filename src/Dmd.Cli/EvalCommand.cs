@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using Dmd.Data;
 using Dmd.Diffusion;
-using Dmd.Experiments;
+using Dmd.Pipelines;
 using Dmd.IO;
 using Dmd.Metrics;
 using Spectre.Console;

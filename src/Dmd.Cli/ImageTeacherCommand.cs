@@ -65,7 +65,7 @@ internal static class ImageTeacherCommand
 
             int every = r.GetValue(gridEvery), perClass = r.GetValue(gridPerClass), steps = r.GetValue(gridSteps);
             double guidance = r.GetValue(gridGuidance);
-            void Grid(int step) => ImageSampling.SaveClassGrid(Path.Combine(outDir, $"samples-{step:D6}.png"), trainer.Ema, spec.SampleShape,
+            void Grid(int step) => ClassGrid.Save(Path.Combine(outDir, $"samples-{step:D6}.png"), trainer.Ema, spec.SampleShape,
                 perClass, "heun", steps, guidance, firstSeed: 0, classNames: set.ClassNames, scale: 2);
 
             // images per second of training alone: the clock stops while grids are drawn

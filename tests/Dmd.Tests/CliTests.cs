@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Dmd.Networks;
 
 namespace Dmd.Tests;
 
@@ -111,7 +112,7 @@ public class EvalAndBenchCliTests
     {
         var spec = new Dmd.Networks.NetworkSpec("mlp", new[] { 2 }, 0, 1.0, 16, 1);
         var path = Path.Combine(dir, name);
-        Dmd.IO.DenoiserFile.Save(spec.Build(), spec, path);
+        Dmd.Networks.DenoiserFile.Save(spec.Build(), spec, path);
         return path;
     }
 

@@ -99,12 +99,12 @@ public class DmdTests
         Assert.True(TestUtil.Same(trainer.Generator.Generate(z), expected));
     }
 
-    static (EdmPrecond Teacher, NetworkSpec Spec, RegressionPairs Pairs) TinySetup(int labels = 0)
+    static (EdmPrecond Teacher, NetworkSpec Spec, RegressionPairs Pairs) TinySetup(int labels = 0, double guidance = 1.0)
     {
         torch.manual_seed(5);
         var spec = new NetworkSpec("mlp", new[] { 2 }, labels, 0.8, 32, 2);
         var teacher = spec.Build();
-        var pairs = RegressionPairs.Generate(teacher, spec.SampleShape, 64, steps: 4, seed: 2);
+        var pairs = RegressionPairs.Generate(teacher, spec.SampleShape, 64, steps: 4, guidance: guidance, seed: 2);
         return (teacher, spec, pairs);
     }
 
@@ -137,7 +137,7 @@ public class DmdTests
     [Fact]
     public void ConditionalDistillationWithGuidanceRuns()
     {
-        var (teacher, spec, pairs) = TinySetup(labels: 3);
+        var (teacher, spec, pairs) = TinySetup(labels: 3, guidance: 2.0);
         Assert.NotNull(pairs.Y);
         using var trainer = new DmdTrainer(teacher, spec, new DmdConfig { BatchSize = 16, RegressionBatchSize = 16, GuidanceReal = 2.0 }, pairs);
         var before = trainer.Generator.Net.parameters().Select(p => p.clone()).ToList();

@@ -1,5 +1,5 @@
 using Dmd.Cli;
-using Dmd.Experiments;
+using Dmd.Pipelines;
 
 namespace Dmd.Tests;
 

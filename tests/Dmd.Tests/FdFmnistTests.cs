@@ -109,7 +109,7 @@ public class FdFmnistTests
         Assert.Equal(1000, acc.CountPerClass.Sum());
 
         // one-hot labels give the same answer; asking for the wrong class gives (nearly) none right
-        var same = fd.ClassAccuracy(x, Dmd.Diffusion.Rng.OneHot(y, 10));
+        var same = fd.ClassAccuracy(x, Rng.OneHot(y, 10));
         Assert.Equal(acc.Overall, same.Overall);
         using var wrong = (y + 1).remainder(10);
         Assert.True(fd.ClassAccuracy(x, wrong).Overall < 0.1);

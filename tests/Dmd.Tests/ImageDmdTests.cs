@@ -1,6 +1,6 @@
 using Dmd.Diffusion;
 using Dmd.Distillation;
-using Dmd.Experiments;
+using Dmd.Pipelines;
 using Dmd.IO;
 using Dmd.Networks;
 using Dmd.Training;

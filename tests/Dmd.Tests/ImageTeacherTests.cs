@@ -135,7 +135,7 @@ public class ImageTeacherTests : IClassFixture<TinyImageTeacher>
     public void ClassGridHasOneRowPerClassAndTheExpectedPixelSize()
     {
         var path = Path.Combine(TestUtil.TempDir(), "grid.png");
-        var (nfe, rate) = ImageSampling.SaveClassGrid(path, tiny.Trainer.Ema, tiny.Spec.SampleShape, perClass: 3, steps: 4, scale: 2);
+        var (nfe, rate) = ClassGrid.Save(path, tiny.Trainer.Ema, tiny.Spec.SampleShape, perClass: 3, steps: 4, scale: 2);
         Assert.Equal(7, nfe); // Heun: 2N - 1
         Assert.True(rate > 0);
         using var bmp = SKBitmap.Decode(path);

@@ -23,7 +23,7 @@ public class IoTests
         foreach (var k in sa.Keys) Assert.True(TestUtil.Same(sa[k], sb[k]), k);
         using var g = new Generator(2);
         var x = randn(new long[] { 7, 3 }, generator: g);
-        var y = Dmd.Diffusion.Rng.OneHotLabels(4, 7, g);
+        var y = Rng.OneHotLabels(4, 7, g);
         var s = full(7, 0.3f);
         using var _ = no_grad();
         Assert.True(TestUtil.Same(a.Denoise(x, s, y), b.Denoise(x, s, y)));

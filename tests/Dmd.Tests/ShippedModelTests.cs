@@ -5,6 +5,7 @@ using Dmd.Metrics;
 using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
+using Dmd.Networks;
 
 namespace Dmd.Tests;
 

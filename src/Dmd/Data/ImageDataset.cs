@@ -1,4 +1,3 @@
-using Dmd.Diffusion;
 using Dmd.IO;
 using SkiaSharp;
 using TorchSharp;

@@ -1,4 +1,3 @@
-using Dmd.IO;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -6,8 +5,8 @@ namespace Dmd.Diffusion;
 
 /// <summary>
 /// Drawing many images from a denoiser: one noise seed per image (as EDM's generate.py <c>--seeds</c>, so an
-/// image does not depend on the batch it ran in), batched sampling, and the class-per-row grids that training
-/// and the <c>sample</c> command write.
+/// image does not depend on the batch it ran in), batched sampling and class-major labels (the grids that training
+/// and the <c>sample</c> command write are ClassGrid, in Training).
 /// </summary>
 public static class ImageSampling
 {
@@ -49,29 +48,5 @@ public static class ImageSampling
             onBatch?.Invoke(j, n);
         }
         return new SampleResult(parts.Count == 0 ? z.clone() : cat(parts), nfe);
-    }
-
-    /// <summary>
-    /// Samples a grid with one row per class (<paramref name="perClass"/> images each; one square-ish block for an
-    /// unconditional model) from seeds firstSeed, firstSeed + 1, ... and writes it as a PNG. The same seeds give
-    /// the same noise, so grids written during training show the same images getting better.
-    /// </summary>
-    /// <returns>The NFE per image and the images per second of the sampling.</returns>
-    public static (int Nfe, double ImagesPerSecond) SaveClassGrid(string path, IDenoiser net, int[] shape, int perClass,
-        string sampler = "heun", int steps = 10, double guidance = 1.0, long firstSeed = 0,
-        IReadOnlyList<string>? classNames = null, int scale = 1)
-    {
-        using var scope = NewDisposeScope();
-        int classes = net.LabelDim, count = classes > 0 ? classes * perClass : perClass * perClass;
-        var z = SeededNoise(shape, firstSeed, count);
-        var y = classes > 0 ? ClassMajorLabels(classes, perClass) : null;
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        var res = Generate(net, z, y, sampler, steps, guidance);
-        double rate = count / Math.Max(1e-9, clock.Elapsed.TotalSeconds);
-        ImageGrid.Save(path, res.Samples, columns: perClass, scale: scale,
-                       rowLabels: classes > 0 ? classNames ?? Enumerable.Range(0, classes).Select(c => c.ToString()).ToArray() : null);
-        scope.Dispose();
-        Training.TrainingUtils.ReleaseFreedMemory(); // sampling peaks above training: do not keep that memory
-        return (res.Nfe, rate);
     }
 }

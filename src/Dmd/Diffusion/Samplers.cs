@@ -95,38 +95,3 @@ public static class Samplers
         return net.Denoise(x32, s, labels).to(ScalarType.Float64);
     }
 }
-
-/// <summary>
-/// Classifier-free guidance (DESIGN.md section 2): D_cfg = D(x, sigma, none) + w (D(x, sigma, y) - D(x, sigma, none)).
-/// Both branches run as one batch of twice the size; it counts as one NFE, as in the papers.
-/// </summary>
-public sealed class GuidedDenoiser : IDenoiser
-{
-    private readonly IDenoiser inner;
-    /// <summary>Guidance scale w (1 = plain conditional model).</summary>
-    public double Scale { get; }
-
-    public GuidedDenoiser(IDenoiser inner, double scale)
-    {
-        if (inner.LabelDim == 0) throw new ArgumentException("classifier-free guidance needs a class-conditional denoiser");
-        this.inner = inner;
-        Scale = scale;
-    }
-
-    public int LabelDim => inner.LabelDim;
-
-    public Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null)
-    {
-        if (labels is null || Scale == 1.0) return inner.Denoise(x, sigma, labels);
-        using var scope = NewDisposeScope();
-        long b = x.shape[0];
-        var s = sigma.dim() == 0 ? sigma.expand(b) : sigma;
-        var both = inner.Denoise(cat(new[] { x, x }), cat(new[] { s, s }), cat(new[] { zeros_like(labels), labels }));
-        var uncond = both[..(int)b];
-        var cond = both[(int)b..];
-        return (uncond + DenoiserExtensions.Const(Scale, uncond) * (cond - uncond)).MoveToOuterDisposeScope();
-    }
-
-    /// <summary>Wraps a denoiser with guidance when it is conditional and the scale is not 1.</summary>
-    public static IDenoiser Wrap(IDenoiser d, double scale) => d.LabelDim > 0 && scale != 1.0 ? new GuidedDenoiser(d, scale) : d;
-}

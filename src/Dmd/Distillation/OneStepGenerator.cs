@@ -1,6 +1,7 @@
 using Dmd.Diffusion;
 using TorchSharp;
 using static TorchSharp.torch;
+using Dmd.Networks;
 
 namespace Dmd.Distillation;
 
@@ -28,10 +29,10 @@ public sealed class OneStepGenerator
     /// </summary>
     public static OneStepGenerator Load(string path)
     {
-        var file = IO.DenoiserFile.Resolve(path, FileName);
-        var (net, spec) = IO.DenoiserFile.Load(file);
+        var file = Networks.DenoiserFile.Resolve(path, FileName);
+        var (net, spec) = Networks.DenoiserFile.Load(file);
         Training.TrainingUtils.Freeze(net);
-        double sigmaMax = IO.DenoiserFile.ReadExtra(file, SigmaMaxKey) ?? KarrasSchedule.DefaultSigmaMax; // older files: 80
+        double sigmaMax = Networks.DenoiserFile.ReadExtra(file, SigmaMaxKey) ?? KarrasSchedule.DefaultSigmaMax; // older files: 80
         return new OneStepGenerator(net, sigmaMax) { Spec = spec };
     }
 
@@ -41,7 +42,7 @@ public sealed class OneStepGenerator
 
     /// <summary>Writes the generator as a loadable model: weights, the network's spec and the sigma_max it maps noise from.</summary>
     public void Save(string path, Networks.NetworkSpec spec) =>
-        IO.DenoiserFile.Save(Net, spec, path, new Dictionary<string, double> { [SigmaMaxKey] = SigmaMax });
+        Networks.DenoiserFile.Save(Net, spec, path, new Dictionary<string, double> { [SigmaMaxKey] = SigmaMax });
 
     /// <summary>
     /// One image per requested class (or <paramref name="count"/> images of an unconditional model), in [-1, 1],

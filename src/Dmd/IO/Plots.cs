@@ -80,7 +80,7 @@ public static class Plots
     /// <summary>Loss curves (log scale) of one or more runs from their losses.csv files, one panel per run.</summary>
     public static void LossCurves(string path, IReadOnlyList<(string Run, string CsvPath)> runs, int width = 420, int height = 280)
     {
-        var logs = runs.Where(r => File.Exists(r.CsvPath)).Select(r => (r.Run, Series: Training.CsvLog.Read(r.CsvPath)
+        var logs = runs.Where(r => File.Exists(r.CsvPath)).Select(r => (r.Run, Series: CsvLog.Read(r.CsvPath)
                     .Where(kv => kv.Key.StartsWith("loss")).ToList())).Where(r => r.Series.Count > 0).ToList();
         if (logs.Count == 0) return;
         int cols = Math.Min(logs.Count, 4), rows = (logs.Count + cols - 1) / cols;

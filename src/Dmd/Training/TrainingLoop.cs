@@ -109,7 +109,7 @@ public static class TrainingLoop
 
     /// <summary>
     /// Steps until <paramref name="steps"/> (or <see cref="RunOptions.StopAfter"/>, or a stop request), logging to
-    /// losses.csv every <paramref name="logEvery"/> steps and checkpointing every <paramref name="checkpointEvery"/>
+    /// losses.csv every <paramref name="logEvery"/> steps and at the last step made, and checkpointing every <paramref name="checkpointEvery"/>
     /// steps and at the end. <paramref name="afterStep"/> runs after each step (grids). Returns true when the run
     /// reached <paramref name="steps"/> or StopAfter, false when it was asked to stop.
     /// </summary>
@@ -122,6 +122,7 @@ public static class TrainingLoop
         var store = new CheckpointStore(outDir);
         int lastSaved = resumed ? trainer.Step : -1, skippedInARow = 0;
         int end = Math.Min(steps, options.StopAfter ?? int.MaxValue);
+        Dictionary<string, double>? unlogged = null; // the last step's values when its row is not written yet
 
         void Save()
         {
@@ -136,6 +137,7 @@ public static class TrainingLoop
         {
             if (options.Stop?.Invoke() ?? false)
             {
+                if (unlogged is not null) log.Write(trainer.Step, unlogged); // a stopped run's last step is in its log
                 Save();
                 return false;
             }
@@ -155,8 +157,9 @@ public static class TrainingLoop
                 foreach (var (k, v) in values)
                     if (!double.IsFinite(v)) throw Diverged($"{k} = {v} at step {step}", lastSaved);
             }
-            if (step % logEvery == 0 || step == steps)
-                log.Write(step, new Dictionary<string, double>(values) { ["rss_mb"] = TrainingUtils.RssMb() });
+            var row = new Dictionary<string, double>(values) { ["rss_mb"] = TrainingUtils.RssMb() };
+            if (step % logEvery == 0 || step == end) { log.Write(step, row); unlogged = null; }
+            else unlogged = row;
             options.OnStep?.Invoke(step, steps, values);
             afterStep?.Invoke(step);
             if (step % checkpointEvery == 0 || step == end) Save();

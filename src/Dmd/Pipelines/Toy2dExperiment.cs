@@ -8,7 +8,7 @@ using Dmd.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Dmd.Experiments;
+namespace Dmd.Pipelines;
 
 /// <summary>Settings of the whole 2-D experiment (teacher, pairs, the three distillations, evaluation).</summary>
 public sealed record Toy2dConfig

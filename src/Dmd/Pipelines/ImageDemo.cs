@@ -11,7 +11,7 @@ using Dmd.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Dmd.Experiments;
+namespace Dmd.Pipelines;
 
 /// <summary>The demo's settings: the shipped teacher, a time budget, and the DMD recipe for a short run.</summary>
 public sealed record ImageDemoConfig
@@ -179,7 +179,8 @@ public sealed class ImageDemo
             sb.AppendLine($"Before distillation (the student is the teacher's one-step prediction): ![start](dmd/{grids[0]})").AppendLine();
             sb.AppendLine($"After {r.DmdSteps} DMD steps: ![end](dmd/{grids[^1]})").AppendLine();
         }
-        sb.AppendLine("## Losses").AppendLine().AppendLine("![losses](dmd/losses.png)").AppendLine();
+        if (File.Exists(Path.Combine(outDir, "dmd", "losses.png")))
+            sb.AppendLine("## Losses").AppendLine().AppendLine("![losses](dmd/losses.png)").AppendLine();
         sb.AppendLine("Reproduce: `./dmd demo` (budget: `--budget-minutes`); the run resumes if its folder exists. " +
                       "Files: `pairs/` (shards), `dmd/` (checkpoint, generator.safetensors, losses.csv, grids), `results.json`.");
         File.WriteAllText(Path.Combine(outDir, "report.md"), sb.ToString());

@@ -1,7 +1,7 @@
 using Dmd.Diffusion;
-using Dmd.Networks;
+using Dmd.IO;
 
-namespace Dmd.IO;
+namespace Dmd.Networks;
 
 /// <summary>
 /// A denoiser on disk: <c>NAME.safetensors</c> (weights, EDM parameter names) plus <c>NAME.json</c>

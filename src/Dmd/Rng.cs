@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Dmd.Diffusion;
+namespace Dmd;
 
 /// <summary>Random draws that always go through an explicit generator, so that a run can be resumed bit for bit.</summary>
 public static class Rng

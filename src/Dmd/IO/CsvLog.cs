@@ -1,0 +1,59 @@
+using System.Globalization;
+
+namespace Dmd.IO;
+
+/// <summary>Appends one CSV row per logged step: the losses of a run, for plots and for people.</summary>
+public sealed class CsvLog
+{
+    private readonly string path;
+    private string[]? columns;
+
+    public CsvLog(string path, bool append)
+    {
+        this.path = path;
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        if (append && File.Exists(path))
+        {
+            var header = File.ReadLines(path).FirstOrDefault();
+            if (!string.IsNullOrEmpty(header)) columns = header.Split(',').Skip(1).ToArray();
+        }
+        else File.WriteAllText(path, "");
+    }
+
+    public void Write(int step, IReadOnlyDictionary<string, double> values)
+    {
+        if (columns is null)
+        {
+            columns = values.Keys.ToArray();
+            File.AppendAllText(path, "step," + string.Join(",", columns) + "\n");
+        }
+        File.AppendAllText(path, step + "," + string.Join(",", columns.Select(c => values.TryGetValue(c, out var v) ? v.ToString("G6", CultureInfo.InvariantCulture) : "")) + "\n");
+    }
+
+    /// <summary>Reads a log back: column name to (step, value) series.</summary>
+    public static Dictionary<string, List<(int Step, double Value)>> Read(string path)
+    {
+        var result = new Dictionary<string, List<(int, double)>>();
+        var lines = File.ReadAllLines(path);
+        if (lines.Length < 2) return result;
+        var cols = lines[0].Split(',');
+        for (int j = 1; j < cols.Length; j++) result[cols[j]] = new();
+        foreach (var line in lines.Skip(1))
+        {
+            var c = line.Split(',');
+            if (c.Length != cols.Length || !int.TryParse(c[0], out int step)) continue;
+            for (int j = 1; j < cols.Length; j++)
+                if (double.TryParse(c[j], NumberStyles.Float, CultureInfo.InvariantCulture, out var v)) result[cols[j]].Add((step, v));
+        }
+        return result;
+    }
+
+    /// <summary>Keeps the rows up to and including <paramref name="step"/> (used when a run resumes from a checkpoint).</summary>
+    public static void TruncateAfter(string path, int step)
+    {
+        if (!File.Exists(path)) return;
+        var lines = File.ReadAllLines(path);
+        var keep = lines.Take(1).Concat(lines.Skip(1).Where(l => int.TryParse(l.Split(',')[0], out var s) && s <= step));
+        File.WriteAllLines(path, keep);
+    }
+}
