@@ -1,4 +1,4 @@
-// MSBuild inline task (see Directory.Build.targets): marks one version requirement of an ELF64
+// MSBuild inline task (see Dmd.targets beside this file): marks one version requirement of an ELF64
 // little-endian shared object as weak, so the dynamic loader tolerates its absence.
 //
 // Layout read here (System V gABI, glibc's symbol versioning):
