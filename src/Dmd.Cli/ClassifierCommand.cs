@@ -37,7 +37,7 @@ internal static class ClassifierCommand
         {
             Threads.Apply(r, smallModel: false);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
-            var folder = DataFolder(r.GetValue(data)!);
+            var folder = DataSource.Parse(r.GetValue(data)!).FashionMnistFolder("the classifier");
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");
             var train = FashionMnist.Load(test: false, folder, padTo32: true);
@@ -70,10 +70,4 @@ internal static class ClassifierCommand
         });
         return cmd;
     }
-
-    /// <summary>"fashion-mnist" (the Debian folder, null) or "fashion-mnist:FOLDER".</summary>
-    static string? DataFolder(string spec) =>
-        spec == "fashion-mnist" ? null
-        : spec.StartsWith("fashion-mnist:") && spec.Length > "fashion-mnist:".Length ? spec["fashion-mnist:".Length..]
-        : throw new DmdInputException($"--data {spec}: the classifier trains on Fashion-MNIST only; give fashion-mnist or fashion-mnist:FOLDER");
 }

@@ -67,7 +67,7 @@ internal static class EvalCommand
                 referenceName = r.GetValue(data) ?? RunData(m.Path)
                     ?? throw new DmdInputException($"cannot tell which data {m.Path} learned (no run config.json beside it): name the reference with --data, e.g. --data ring8 or --data csv:PATH");
                 AnsiConsole.MarkupLine(Markup.Escape($"reference: {referenceName}{(r.GetValue(data) is null ? " (the data of the model's run)" : "")}"));
-                var reference = PointDistributions.Load(referenceName, count, seed: 2, expectedDim: m.Spec.SampleShape[0]);
+                var reference = DataSource.Parse(referenceName).LoadPoints(count, seed: 2, expectedDim: m.Spec.SampleShape[0]);
                 var row = Toy2dExperiment.Evaluate(m.Title, x.reshape(count, -1), m.Nfe, reference, count / secs);
                 metrics["energy_distance"] = row.EnergyDistance;
                 metrics["precision"] = row.Precision;

@@ -47,7 +47,7 @@ internal static class ImageTeacherCommand
             Threads.Apply(r, smallModel: false);
             var cfg = opts.Bind(r, r.GetValue(cfgFile) is string f ? Checkpoint.LoadSettings<TeacherConfig>(f) : TeacherConfig.Images);
             var dataName = r.GetValue(data)!;
-            var set = LoadImages(dataName, r.GetValue(resolution), r.GetValue(channels), r.GetValue(xflip));
+            var set = DataSource.Parse(dataName).LoadImages(r.GetValue(resolution), r.GetValue(channels), r.GetValue(xflip));
             if (r.GetValue(limit) is int k) set = First(set, k);
             if (r.GetValue(uncond)) set = set.WithoutLabels();
             int res = set.Shape[1];
@@ -105,21 +105,6 @@ internal static class ImageTeacherCommand
             return 0;
         });
         return cmd;
-    }
-
-    /// <summary>The image sources of <c>--data</c>.</summary>
-    internal static ImageDataset LoadImages(string data, int? resolution, int channels, bool xflip)
-    {
-        if (data == "fashion-mnist" || data.StartsWith("fashion-mnist:"))
-        {
-            if (resolution is int rr && rr != 32)
-                throw new DmdInputException($"--resolution {rr}: Fashion-MNIST is trained at 32x32 (28x28 padded); leave --resolution out");
-            return FashionMnist.Load(test: false, folder: data == "fashion-mnist" ? null : data["fashion-mnist:".Length..], padTo32: true, randomFlip: xflip);
-        }
-        if (data.StartsWith("folder:"))
-            return ImageDataset.FromFolder(data["folder:".Length..], resolution ?? 32, channels, xflip);
-        throw new DmdInputException($"--data '{data}' is not an image source: use fashion-mnist, fashion-mnist:FOLDER or folder:PATH " +
-                                    "(for 2-D points use `dmd train-teacher`)");
     }
 
     static ImageDataset First(ImageDataset set, int n)

@@ -97,7 +97,7 @@ public class IoTests
     [Fact]
     public void UnknownDistributionNamesTheChoices()
     {
-        var e = Assert.Throws<DmdInputException>(() => PointDistributions.Load("spiral", 10, 0));
+        var e = Assert.Throws<DmdInputException>(() => DataSource.Parse("spiral"));
         Assert.Contains("ring8", e.Message);
         Assert.Contains("csv:PATH", e.Message);
     }

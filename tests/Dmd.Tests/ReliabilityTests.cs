@@ -149,7 +149,7 @@ public class ReliabilityTests
     [Fact]
     public void ANonFiniteStepIsSkippedAndADivergingRunStopsKeepingItsLastGoodCheckpoint()
     {
-        var points = PointDistributions.Load("ring8", 2000, seed: 1).WithoutLabels();
+        var points = PointDistributions.Sample("ring8", 2000, seed: 1).WithoutLabels();
         var spec = new NetworkSpec("mlp", points.Shape, 0, 1.0, 32, 2);
         var cfg = new TeacherConfig { Steps = 20, BatchSize = 64, CheckpointEvery = 4, LogEvery = 1 };
         var dir = TestUtil.TempDir();

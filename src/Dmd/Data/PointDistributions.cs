@@ -26,12 +26,6 @@ public static class PointDistributions
         };
     }
 
-    /// <summary>Loads a named distribution or "csv:PATH".</summary>
-    public static PointSet Load(string spec, int n, long seed, int? expectedDim = null) =>
-        spec.StartsWith("csv:", StringComparison.OrdinalIgnoreCase)
-            ? PointSet.FromCsv(spec[4..], expectedDim)
-            : Sample(spec, n, seed);
-
     static double[][] Ring(int k, double radius) =>
         Enumerable.Range(0, k).Select(i => new[] { radius * Math.Cos(2 * Math.PI * i / k), radius * Math.Sin(2 * Math.PI * i / k) }).ToArray();
 

@@ -74,10 +74,10 @@ public sealed class Toy2dExperiment
     {
         Directory.CreateDirectory(outDir);
         Checkpoint.SaveJson(Config, Path.Combine(outDir, "experiment.json"));
-        var train = PointDistributions.Load(Config.Data, Config.TrainPoints, seed: 1);
+        var data = DataSource.Parse(Config.Data);
+        var train = data.LoadPoints(Config.TrainPoints, seed: 1);
         if (!Config.Conditional) train = train.WithoutLabels();
-        var heldOut = Config.Data.StartsWith("csv:", StringComparison.OrdinalIgnoreCase)
-            ? SplitHeldOut(ref train) : PointDistributions.Sample(Config.Data, Config.EvalSamples, seed: 2);
+        var heldOut = data.Kind == "csv" ? SplitHeldOut(ref train) : data.LoadPoints(Config.EvalSamples, seed: 2);
         if (!Config.Conditional) heldOut = heldOut.WithoutLabels();
 
         // 1. teacher

@@ -1,0 +1,58 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Dmd.Data;
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.Pipelines;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Training;
+using Spectre.Console;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Cli;
+
+internal static class Common
+{
+    public static Option<string> Out(string def) => new("--out", "-o") { Description = "output folder", DefaultValueFactory = _ => def };
+    public static Option<string?> ConfigFile() => new("--config") { Description = "JSON file with the run's settings, or a run's own config.json (command-line options override it)" };
+    public static Option<bool> AllowChanges() => new("--allow-changes") { Description = "continue the run in --out even though its settings differ from the saved ones" };
+
+    /// <summary>What a training command passes to its trainer: progress, status lines, a clean stop on Ctrl-C/SIGTERM.</summary>
+    public static RunOptions RunOptions(ParseResult r, Option<bool> allowChanges, Action<int, int, IReadOnlyDictionary<string, double>> onStep, Func<bool> stop) => new()
+    {
+        OnStep = onStep,
+        OnMessage = m => AnsiConsole.MarkupLine(Markup.Escape(m)),
+        Stop = stop,
+        AllowChanges = r.GetValue(allowChanges),
+    };
+
+    public static T LoadConfig<T>(ParseResult r, Option<string?> file, ConfigOptions<T> opts) where T : class, new()
+    {
+        var path = r.GetValue(file);
+        return opts.Bind(r, path is null ? null : Checkpoint.LoadSettings<T>(path));
+    }
+
+    /// <summary>Whole-number options that must be at least 1 (counts, sizes, repeats): a one-line error otherwise.</summary>
+    public static void RequirePositive(ParseResult r, params Option[] options)
+    {
+        foreach (var o in options)
+        {
+            long? v = o switch { Option<int> i => r.GetValue(i), Option<int?> ni => r.GetValue(ni), Option<long> l => r.GetValue(l), _ => null };
+            if (v is long x && x < 1) throw new DmdInputException($"{o.Name} {x}: must be at least 1");
+        }
+    }
+
+    public static void ResultsTable(IEnumerable<ModelResult> rows)
+    {
+        var t = new Table().AddColumns("model", "NFE", "energy dist.", "precision", "recall", "modes", "in-mode", "samples/s");
+        foreach (var r in rows)
+            t.AddRow(Markup.Escape(r.Model), r.Nfe.ToString(), r.EnergyDistance.ToString("F4", CultureInfo.InvariantCulture),
+                     r.Precision.ToString("F3", CultureInfo.InvariantCulture), r.Recall.ToString("F3", CultureInfo.InvariantCulture),
+                     r.Modes is null ? "-" : $"{r.ModesCovered}/{r.Modes}", r.HighQuality?.ToString("P1", CultureInfo.InvariantCulture) ?? "-",
+                     r.SamplesPerSecond.ToString("N0", CultureInfo.InvariantCulture));
+        AnsiConsole.Write(t);
+    }
+}

@@ -1,0 +1,56 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Dmd.Data;
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.Pipelines;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Training;
+using Spectre.Console;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Cli;
+
+/// <summary>`dmd distill`: DMD training of a one-step generator.</summary>
+internal static class DistillCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("distill", "Distil a teacher into a one-step generator with DMD; resumes if --out holds a checkpoint.");
+        var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
+        var pairs = new Option<string?>("--pairs") { Description = "regression pairs from `dmd pairs` (not needed with --mode DmOnly)" };
+        var minutes = new Option<double?>("--minutes") { Description = "stop after this many minutes (checkpoint and generator.safetensors written; run again to continue)" };
+        var outOpt = Common.Out("runs/dmd");
+        var cfgFile = Common.ConfigFile();
+        var allow = Common.AllowChanges();
+        foreach (var o in new Option[] { teacher, pairs, minutes, outOpt, cfgFile, allow }) cmd.Options.Add(o);
+        var opts = new ConfigOptions<DmdConfig>(cmd);
+        cmd.SetAction(r =>
+        {
+            var cfg = Common.LoadConfig(r, cfgFile, opts);
+            var teacherPath = r.GetValue(teacher)!;
+            var (net, spec) = DenoiserFile.Load(teacherPath);
+            Threads.Apply(r, smallModel: !spec.IsImage);
+            var p = r.GetValue(pairs) is string pp ? RegressionPairs.Load(pp) : null;
+            using var trainer = new DmdTrainer(net, spec, cfg, p);
+            var outDir = r.GetValue(outOpt)!;
+            Checkpoint.EnsureWritableFolder(outDir, "--out");
+            var clock = Stopwatch.StartNew();
+            double limit = (r.GetValue(minutes) ?? double.PositiveInfinity) * 60;
+            using var signal = new StopSignal();
+            int firstStep = -1; // a --minutes budget ends a run only after it made a step, so every call moves the run on
+            ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs),
+                Common.RunOptions(r, allow, (s, n, l) => report($"dmd {cfg.Mode}", s, n, l),
+                                  () => signal.Requested || (trainer.Step > (firstStep < 0 ? firstStep = trainer.Step : firstStep) && clock.Elapsed.TotalSeconds > limit))));
+            if (trainer.Step < cfg.Steps)
+                AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
+            Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
+            AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "generator.safetensors")}");
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,53 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Dmd.Data;
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.Pipelines;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Training;
+using Spectre.Console;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Cli;
+
+/// <summary>`dmd pairs`: the teacher's ODE outputs for stored noise (DMD's regression set).</summary>
+internal static class PairsCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("pairs", "Make regression pairs (z, y, x_ref = teacher Heun ODE output) for DMD; written in shards, " +
+                                       "so running the same command again resumes a stopped run.");
+        var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
+        var count = new Option<int>("--count") { Description = "number of pairs", DefaultValueFactory = _ => 10_000 };
+        var steps = new Option<int>("--steps") { Description = "Heun steps (18 = 35 NFE)", DefaultValueFactory = _ => 18 };
+        var guidance = new Option<double>("--guidance") { Description = "CFG scale for a conditional teacher (distil with the same --guidance-real)", DefaultValueFactory = _ => 1.0 };
+        var sigmaMax = new Option<double>("--sigma-max") { Description = "noise level the sampler starts at (distil with the same --sigma-max)", DefaultValueFactory = _ => KarrasSchedule.DefaultSigmaMax };
+        var seed = new Option<long>("--seed") { Description = "seed of the stored noise (and labels)", DefaultValueFactory = _ => 3 };
+        var batch = new Option<int?>("--batch") { Description = "pairs per shard (default 1024 for points, 64 for images)" };
+        var outOpt = new Option<string>("--out", "-o") { Description = "a folder of shards, or one .safetensors file (no resume)", DefaultValueFactory = _ => "runs/pairs" };
+        foreach (var o in new Option[] { teacher, count, steps, guidance, sigmaMax, seed, batch, outOpt }) cmd.Options.Add(o);
+        cmd.SetAction(r =>
+        {
+            Common.RequirePositive(r, count, steps, batch);
+            var (net, spec) = DenoiserFile.Load(r.GetValue(teacher)!);
+            Threads.Apply(r, smallModel: !spec.IsImage);
+            var outPath = r.GetValue(outOpt)!;
+            bool file = outPath.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
+            if (file) Checkpoint.EnsureWritableFile(outPath, "--out"); else Checkpoint.EnsureWritableFolder(outPath, "--out");
+            int b = r.GetValue(batch) ?? (spec.IsImage ? 64 : 1024);
+            RegressionPairs? pairs = null;
+            var sw = Stopwatch.StartNew();
+            ProgressView.Run(report => pairs = RegressionPairs.Generate(net, spec.SampleShape, r.GetValue(count), r.GetValue(steps), r.GetValue(guidance), r.GetValue(seed),
+                                                                        batchSize: b, onBatch: (d, n) => report("pairs", d, n, null), shardDir: file ? null : outPath,
+                                                                        sigmaMax: r.GetValue(sigmaMax)));
+            if (file) pairs!.Save(outPath);
+            AnsiConsole.MarkupLine($"wrote {pairs!.Count:N0} pairs ({pairs.Info.Nfe} NFE each) to {outPath} in {sw.Elapsed.TotalSeconds:F0} s");
+            return 0;
+        });
+        return cmd;
+    }
+}
