@@ -24,13 +24,6 @@ public interface IDenoiser
 /// <summary>Helpers shared by everything that calls a denoiser.</summary>
 public static class DenoiserExtensions
 {
-    /// <summary>Score from a denoiser: s(x, sigma) = (D(x, sigma) - x) / sigma^2.</summary>
-    public static Tensor Score(this IDenoiser d, Tensor x, Tensor sigma, Tensor? labels = null)
-    {
-        var s = Broadcast(sigma, x);
-        return (d.Denoise(x, sigma, labels) - x) / s.square();
-    }
-
     /// <summary>Reshapes a per-sample sigma (B) to (B, 1, 1, ...) so it broadcasts against x.</summary>
     public static Tensor Broadcast(Tensor sigma, Tensor x)
     {

@@ -44,14 +44,4 @@ public static class EdmUNetPresets
         attnResolutions: attnResolutions ?? new[] { 8 }, dropout: dropout,
         embeddingType: NoiseEmbeddingType.Positional, channelMultNoise: 1,
         encoderType: SongEncoderType.Standard, decoderType: SongDecoderType.Standard);
-
-    /// <summary>
-    /// A small ADM for CPU training (defaults as <see cref="SmallDdpmpp"/>), with 32 channels per
-    /// attention head so that the narrow blocks keep their attention layers.
-    /// </summary>
-    public static DhariwalUNet SmallAdm(int imgResolution = 32, int channels = 1, int labelDim = 10, int modelChannels = 32,
-        int[]? channelMult = null, int numBlocks = 2, int[]? attnResolutions = null, double dropout = 0.10) => new(
-        imgResolution: imgResolution, inChannels: channels, outChannels: channels, labelDim: labelDim, augmentDim: 0,
-        modelChannels: modelChannels, channelMult: channelMult ?? new[] { 1, 2, 2 }, channelMultEmb: 4, numBlocks: numBlocks,
-        attnResolutions: attnResolutions ?? new[] { 8 }, dropout: dropout, channelsPerHead: 32);
 }
