@@ -142,6 +142,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     /// <summary>Settings a resumed run may change without --allow-changes: how long it runs and how often it reports.</summary>
     static readonly string[] MayChange = { "Config.Steps", "Config.CheckpointEvery", "Config.LogEvery" };
 
+    /// <summary>The logged loss: an exponential average of the step losses, saved in checkpoints so a resumed run logs what an uninterrupted one does.</summary>
     double smoothedLoss = double.NaN;
 
     Dictionary<string, double> IResumableTrainer.TrainStep()
@@ -157,7 +158,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         w.Module("net.safetensors", Net);
         w.Module("ema.safetensors", Ema);
         w.Optimizer("optimizer.pt", opt);
-        w.Json("state.json", new TrainState(Step, Checkpoint.GeneratorState(rng)));
+        w.Json("state.json", new TrainState(Step, Checkpoint.GeneratorState(rng), double.IsNaN(smoothedLoss) ? null : smoothedLoss));
     }
 
     public void ReadCheckpoint(CheckpointReader r)
@@ -168,6 +169,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         var st = r.Json<TrainState>("state.json");
         Step = st.Step;
         Checkpoint.RestoreGenerator(rng, st.Rng);
+        smoothedLoss = st.SmoothedLoss ?? double.NaN; // checkpoints written before it was saved restart the average
     }
 
     public bool WeightsFinite() => TrainingUtils.AllFinite(Net) && TrainingUtils.AllFinite(Ema);
@@ -179,5 +181,11 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     }
 }
 
-/// <summary>Resumable position of a training run: step and random generator states.</summary>
-public sealed record TrainState(int Step, string Rng);
+/// <summary>
+/// Resumable position of a training run: step and random generator states, and for runs that log a smoothed loss
+/// (the teacher) its running value (absent in other runs' and in older checkpoints).
+/// </summary>
+public sealed record TrainState(
+    int Step, string Rng,
+    [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
+    double? SmoothedLoss = null);
