@@ -117,7 +117,7 @@ public class TeacherWiringTests(ITestOutputHelper log)
         Seed = 3, CheckpointEvery = 100, LogEvery = 1,
     };
 
-    static PointSet Ring() => PointDistributions.Load("ring8", 500, seed: 4);
+    static PointSet Ring() => PointDistributions.Sample("ring8", 500, seed: 4);
 
     /// <summary>Every tensor and value of a pickled optimizer state (optimizer.pt), by path.</summary>
     static Dictionary<string, object> OptimizerState(string path)
