@@ -12,6 +12,7 @@ public interface IDataSource
     /// <summary>Number of classes (0 = unlabelled).</summary>
     int NumClasses { get; }
 
+    /// <summary>Number of samples held.</summary>
     long Count { get; }
 
     /// <summary>A random batch (with replacement): samples as float32 and one-hot labels (null when unlabelled).</summary>

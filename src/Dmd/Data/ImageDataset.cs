@@ -15,12 +15,19 @@ public sealed class ImageDataset : IDataSource
     public Tensor Images { get; }
     /// <summary>Class index per image, int64 (N), or null.</summary>
     public Tensor? ClassIndex { get; }
+    /// <summary>Number of classes (0 when unlabelled).</summary>
     public int NumClasses { get; }
     /// <summary>A name per class (index order), or null.</summary>
     public IReadOnlyList<string>? ClassNames { get; }
     /// <summary>Mirror each drawn image left-right with probability 1/2 (EDM's --xflip).</summary>
     public bool RandomFlip { get; }
 
+    /// <summary>Wraps images already in memory; a wrong dtype or shape, or labels out of range, is an <see cref="ArgumentException"/>.</summary>
+    /// <param name="images">uint8 (N, C, H, W); kept as a contiguous CPU tensor.</param>
+    /// <param name="classIndex">Class index per image, (N) in [0, <paramref name="numClasses"/>); null = unlabelled.</param>
+    /// <param name="numClasses">Number of classes; taken as 0 when there are no labels.</param>
+    /// <param name="classNames">A name per class (index order) or null; dropped when there are no labels.</param>
+    /// <param name="randomFlip">Mirror each drawn image left-right with probability 1/2.</param>
     public ImageDataset(Tensor images, Tensor? classIndex = null, int numClasses = 0,
                         IReadOnlyList<string>? classNames = null, bool randomFlip = false)
     {
@@ -44,6 +51,7 @@ public sealed class ImageDataset : IDataSource
 
     /// <summary>(C, H, W).</summary>
     public int[] Shape => Images.shape.Skip(1).Select(d => (int)d).ToArray();
+    /// <summary>Number of images N.</summary>
     public long Count => Images.shape[0];
 
     /// <summary>

@@ -10,6 +10,10 @@ namespace Dmd.Data;
 /// </summary>
 public static class PointDistributions
 {
+    /// <summary>
+    /// The names <see cref="Sample"/> accepts: ring8 (8 Gaussians, std 0.1, on a circle of radius 2), grid25 (5x5 Gaussians
+    /// 1 apart, std 0.05), moons (two interleaved half-circles) and checkerboard (8 alternating squares of a 4x4 board on [-2, 2]^2).
+    /// </summary>
     public static readonly string[] Names = { "ring8", "grid25", "moons", "checkerboard" };
 
     /// <summary>Draws <paramref name="n"/> points of a named distribution with a fixed seed.</summary>

@@ -11,13 +11,19 @@ public sealed record ModeInfo(double[][] Centers, double Std);
 /// <summary>A set of points (N, D) with optional class labels.</summary>
 public sealed class PointSet : IDataSource
 {
+    /// <summary>The points, float32 (N, D).</summary>
     public Tensor Points { get; }
     /// <summary>Class index per point (N), or null.</summary>
     public Tensor? ClassIndex { get; }
+    /// <summary>Number of classes (0 when unlabelled).</summary>
     public int NumClasses { get; }
     /// <summary>Mixture components when the distribution is a known Gaussian mixture, else null.</summary>
     public ModeInfo? Modes { get; }
 
+    /// <summary>
+    /// Wraps points (N, D), converted to float32, with optional class indices (N) in [0, <paramref name="numClasses"/>)
+    /// (taken as 0 classes without labels) and the known mixture components <paramref name="modes"/>.
+    /// </summary>
     public PointSet(Tensor points, Tensor? classIndex = null, int numClasses = 0, ModeInfo? modes = null)
     {
         if (points.dim() != 2) throw new ArgumentException("points must be (N, D)");
@@ -27,13 +33,20 @@ public sealed class PointSet : IDataSource
         Modes = modes;
     }
 
+    /// <summary>Dimension D of a point.</summary>
     public int Dim => (int)Points.shape[1];
+    /// <summary>Shape of one sample: [D].</summary>
     public int[] Shape => new[] { Dim };
+    /// <summary>Number of points N.</summary>
     public long Count => Points.shape[0];
 
     /// <summary>Overall standard deviation of the coordinates: the sigma_data of the preconditioning.</summary>
     public double Std => Points.std().item<float>();
 
+    /// <summary>
+    /// A random batch (with replacement, indices drawn from <paramref name="g"/>): points float32 (n, D) and one-hot
+    /// labels (n, classes), or null when unlabelled.
+    /// </summary>
     public (Tensor X, Tensor? Labels) Batch(int n, Generator? g)
     {
         var idx = Rng.Integers(0, Count, n, g);

@@ -10,6 +10,7 @@ namespace Dmd.Diffusion;
 /// </summary>
 public static class EdmLoss
 {
+    /// <summary>EDM's training noise levels: ln sigma ~ N(P_mean, P_std^2) with P_mean = -1.2, P_std = 1.2 (Karras et al. 2022, Table 1).</summary>
     public const double PMean = -1.2, PStd = 1.2;
 
     /// <summary>lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1/sigma^2 + 1/sd^2.</summary>

@@ -9,6 +9,7 @@ namespace Dmd.Diffusion;
 /// </summary>
 public abstract class EdmBackbone : nn.Module<Tensor, Tensor, Tensor?, Tensor>
 {
+    /// <summary>Creates the module under the TorchSharp module name <paramref name="name"/>.</summary>
     protected EdmBackbone(string name) : base(name) { }
 
     /// <summary>Number of classes (0 = unconditional).</summary>
@@ -28,6 +29,7 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
     /// <summary>sigma_data of the preconditioning (0.5 for images, the data's std for points).</summary>
     public double SigmaData { get; }
 
+    /// <summary>Wraps the raw network <paramref name="model"/> in the preconditioning with sigma_data = <paramref name="sigmaData"/> (0.5 for images in [-1, 1]).</summary>
     public EdmPrecond(EdmBackbone model, double sigmaData = 0.5) : base(nameof(EdmPrecond))
     {
         this.model = model;
@@ -38,10 +40,16 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
     /// <summary>The wrapped network F.</summary>
     public EdmBackbone Backbone => model;
 
+    /// <summary>Number of classes of the wrapped network (0 = unconditional).</summary>
     public int LabelDim => model.LabelDim;
 
+    /// <summary>D(x, sigma, labels): the same as <c>forward</c>.</summary>
     public Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null) => forward(x, sigma, labels);
 
+    /// <summary>
+    /// D(x) = c_skip x + c_out F(c_in x, c_noise, labels), computed in float32: x (B, ...), sigma (B) or a scalar,
+    /// labels one-hot (B, LabelDim) or null. Returns the estimate of the clean x0, float32 of x's shape.
+    /// </summary>
     public override Tensor forward(Tensor x, Tensor sigma, Tensor? labels)
     {
         using var scope = NewDisposeScope();

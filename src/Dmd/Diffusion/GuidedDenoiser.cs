@@ -13,6 +13,7 @@ public sealed class GuidedDenoiser : IDenoiser
     /// <summary>Guidance scale w (1 = plain conditional model).</summary>
     public double Scale { get; }
 
+    /// <summary>Wraps a class-conditional denoiser with guidance scale <paramref name="scale"/>; an unconditional one is an <see cref="ArgumentException"/>.</summary>
     public GuidedDenoiser(IDenoiser inner, double scale)
     {
         if (inner.LabelDim == 0) throw new ArgumentException("classifier-free guidance needs a class-conditional denoiser");
@@ -20,8 +21,13 @@ public sealed class GuidedDenoiser : IDenoiser
         Scale = scale;
     }
 
+    /// <summary>Number of classes of the wrapped denoiser.</summary>
     public int LabelDim => inner.LabelDim;
 
+    /// <summary>
+    /// D_cfg(x, sigma, labels), the unconditional branch fed all-zero label rows. Without labels, or with scale 1, it is the
+    /// wrapped denoiser's output (one pass of batch B).
+    /// </summary>
     public Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null)
     {
         if (labels is null || Scale == 1.0) return inner.Denoise(x, sigma, labels);

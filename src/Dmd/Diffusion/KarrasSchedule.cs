@@ -6,6 +6,7 @@ namespace Dmd.Diffusion;
 /// <summary>The Karras et al. (2022) noise-level schedule, Eq. 5 (DESIGN.md section 2).</summary>
 public static class KarrasSchedule
 {
+    /// <summary>EDM's defaults: sigma_min = 0.002, sigma_max = 80, rho = 7 (Karras et al. 2022, Table 1).</summary>
     public const double DefaultSigmaMin = 0.002, DefaultSigmaMax = 80.0, DefaultRho = 7.0;
 
     /// <summary>

@@ -13,9 +13,13 @@ namespace Dmd.Distillation;
 /// </summary>
 public sealed class DistillationGrid : IDisposable
 {
+    /// <summary>The grid's noise (rows * PerRow, C, H, W), one seed per image; rows = classes, or PerRow for an unconditional teacher.</summary>
     public Tensor Z { get; }
+    /// <summary>Class-major one-hot labels (rows * PerRow, classes), or null for an unconditional teacher.</summary>
     public Tensor? Y { get; }
+    /// <summary>The teacher's Heun samples from <see cref="Z"/> and <see cref="Y"/>, shaped as <see cref="Z"/>.</summary>
     public Tensor Teacher { get; }
+    /// <summary>Images per row on each side (per class when conditional).</summary>
     public int PerRow { get; }
     readonly int rows;
 
@@ -57,6 +61,7 @@ public sealed class DistillationGrid : IDisposable
                        rowLabels: Y is null ? null : Enumerable.Range(0, rows).Select(i => i.ToString()).ToArray());
     }
 
+    /// <summary>Frees the noise, the labels and the teacher's samples.</summary>
     public void Dispose()
     {
         Z.Dispose(); Y?.Dispose(); Teacher.Dispose();

@@ -47,6 +47,7 @@ public sealed record DmdConfig
     public int MinStep { get; init; } = 20;
     /// <summary>... to 98 % of the grid</summary>
     public int MaxStep { get; init; } = 980;
+    /// <summary>smallest noise level of the Karras grid (EDM's sigma_min)</summary>
     public double SigmaMin { get; init; } = 0.002;
     /// <summary>generator input noise level</summary>
     public double SigmaMax { get; init; } = 80.0;
@@ -62,6 +63,7 @@ public sealed record DmdConfig
     /// whenever no LPIPS weights are available).
     /// </summary>
     public string RegressionLoss { get; init; } = "auto";
+    /// <summary>LPIPS weights (safetensors) for the lpips regression loss; null = none</summary>
     public string? LpipsWeights { get; init; }           // from tools/convert_lpips_weights.py
     /// <summary>
     /// Decay of an exponential moving average of the generator's weights (0 = off, the paper's setting). When on,
@@ -73,8 +75,11 @@ public sealed record DmdConfig
     public string? InitGenerator { get; init; }
     /// <summary>images: teacher | student grid every N steps (0 = off)</summary>
     public int GridEvery { get; init; } = 250;
+    /// <summary>seed of the run's random generator (noise, labels, noise levels, pair draws) and of torch's global one</summary>
     public long Seed { get; init; } = 0;
+    /// <summary>checkpoint every N steps (and at the end)</summary>
     public int CheckpointEvery { get; init; } = 500;
+    /// <summary>a losses.csv row every N steps (and at the last step)</summary>
     public int LogEvery { get; init; } = 20;
 
     /// <summary>Rejects values no run can use, naming the setting (see <see cref="Settings"/>).</summary>

@@ -20,15 +20,21 @@ public sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teach
 /// </summary>
 public sealed class DmdTrainer : IResumableTrainer, IDisposable
 {
+    /// <summary>The run's hyper-parameters.</summary>
     public DmdConfig Config { get; }
+    /// <summary>The teacher's spec with dropout 0: the architecture of the fake denoiser and the generator.</summary>
     public NetworkSpec Spec { get; }
+    /// <summary>The real denoiser: the teacher, frozen; with <see cref="DmdConfig.GuidanceReal"/> it gives the real score.</summary>
     public EdmPrecond Real { get; }
+    /// <summary>The fake denoiser, trained by denoising on generated samples so that it tracks the generator's distribution.</summary>
     public EdmPrecond Fake { get; }
+    /// <summary>The one-step generator being trained (its raw weights).</summary>
     public OneStepGenerator Generator { get; }
     /// <summary>The moving average of the generator's weights when <see cref="DmdConfig.EmaDecay"/> &gt; 0, else null.</summary>
     public OneStepGenerator? Ema { get; }
     /// <summary>The generator a run shows and saves: the average when there is one, else the trained weights.</summary>
     public OneStepGenerator Output => Ema ?? Generator;
+    /// <summary>DMD iterations done so far.</summary>
     public int Step { get; private set; }
 
     /// <summary>The regression distance in use ("l2", "lpips" or "pseudo-huber"; "auto" resolved).</summary>
@@ -254,6 +260,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <summary>Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`.</summary>
     public void SaveGenerator(string path) => Output.Save(path, Spec);
 
+    /// <summary>Writes the generator, fake and (if any) EMA weights, both optimiser states, the step and the random generator state.</summary>
     public void WriteCheckpoint(CheckpointWriter w)
     {
         w.Module("generator.safetensors", Generator.Net);
@@ -264,6 +271,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         w.Json("state.json", new TrainState(Step, Checkpoint.GeneratorState(rng)));
     }
 
+    /// <summary>Restores what <see cref="WriteCheckpoint"/> wrote; an EMA the checkpoint lacks starts from the generator's weights.</summary>
     public void ReadCheckpoint(CheckpointReader r)
     {
         r.Module("generator.safetensors", Generator.Net);
@@ -278,8 +286,10 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Checkpoint.RestoreGenerator(rng, st.Rng);
     }
 
+    /// <summary>Whether every weight of the generator, the fake denoiser and the EMA is finite.</summary>
     public bool WeightsFinite() => TrainingUtils.AllFinite(Generator.Net) && TrainingUtils.AllFinite(Fake) && (Ema is null || TrainingUtils.AllFinite(Ema.Net));
 
+    /// <summary>Frees the optimisers, the random generator and the LPIPS network; the denoisers stay usable.</summary>
     public void Dispose()
     {
         optG.Dispose();

@@ -13,10 +13,12 @@ public sealed class OneStepGenerator
 {
     /// <summary>The generator's denoiser network (trained by DMD).</summary>
     public EdmPrecond Net { get; }
+    /// <summary>The noise level the generator maps from: it denoises sigma_max z at noise level sigma_max (EDM's 80 by default).</summary>
     public double SigmaMax { get; }
     /// <summary>The network's description (set by <see cref="Load"/>; needed by <see cref="Sample"/>).</summary>
     public Networks.NetworkSpec? Spec { get; init; }
 
+    /// <summary>Wraps a denoiser as G(z, y) = net(sigma_max z, sigma_max, y); <see cref="Spec"/> stays null unless set.</summary>
     public OneStepGenerator(EdmPrecond net, double sigmaMax = KarrasSchedule.DefaultSigmaMax)
     {
         Net = net;

@@ -19,14 +19,21 @@ public sealed record PairInfo(string Sampler, int Steps, int Nfe, double Guidanc
 /// </summary>
 public sealed class RegressionPairs
 {
+    /// <summary>Name of the <see cref="PairInfo"/> file in a shard folder.</summary>
     public const string InfoFile = "pairs.json";
 
+    /// <summary>Noise z_ref, float32 (N, ...sample shape), standard normal (the sampler scales it by sigma_max).</summary>
     public Tensor Z { get; }
+    /// <summary>The teacher's Heun output x_ref for each z_ref, shaped as <see cref="Z"/>.</summary>
     public Tensor X { get; }
+    /// <summary>One-hot labels y_ref (N, classes), or null for an unconditional teacher.</summary>
     public Tensor? Y { get; }
+    /// <summary>How the teacher made the pairs.</summary>
     public PairInfo Info { get; }
+    /// <summary>Number of pairs N.</summary>
     public long Count => Z.shape[0];
 
+    /// <summary>Wraps pairs already in memory; <paramref name="z"/> and <paramref name="x"/> must have the same shape.</summary>
     public RegressionPairs(Tensor z, Tensor x, Tensor? y, PairInfo info)
     {
         if (!z.shape.SequenceEqual(x.shape)) throw new ArgumentException("z and x must have the same shape");

@@ -9,6 +9,7 @@ namespace Dmd.IO;
 /// <summary>Safetensors weights and JSON configs: the on-disk formats of every run.</summary>
 public static class Checkpoint
 {
+    /// <summary>The JSON options of every file the project writes: indented, fields included, enums as names, NaN and infinities allowed.</summary>
     public static readonly JsonSerializerOptions Json = new()
     {
         WriteIndented = true,
@@ -83,6 +84,7 @@ public static class Checkpoint
         return report;
     }
 
+    /// <summary>Writes <paramref name="value"/> as JSON with <see cref="Json"/>, atomically (a .tmp file renamed), creating the folder.</summary>
     public static void SaveJson<T>(T value, string path)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
@@ -90,6 +92,7 @@ public static class Checkpoint
         File.Move(path + ".tmp", path, overwrite: true);
     }
 
+    /// <summary>Reads a JSON file with <see cref="Json"/>; a missing, empty or invalid file is a <see cref="DmdInputException"/> naming it.</summary>
     public static T LoadJson<T>(string path)
     {
         if (!File.Exists(path)) throw new DmdInputException($"file not found: {path}");
@@ -130,6 +133,10 @@ public static class Checkpoint
         File.Move(path + ".tmp", path, overwrite: true);
     }
 
+    /// <summary>
+    /// Loads every tensor of a safetensors file by name; a missing or unreadable file, or one that lacks a tensor named in
+    /// <paramref name="required"/>, is a <see cref="DmdInputException"/>.
+    /// </summary>
     public static Dictionary<string, Tensor> LoadTensors(string path, params string[] required)
     {
         if (!File.Exists(path)) throw new DmdInputException($"file not found: {path}");
@@ -148,6 +155,7 @@ public static class Checkpoint
         return Convert.ToBase64String(s.data<byte>().ToArray());
     }
 
+    /// <summary>Sets a random generator's state from the text <see cref="GeneratorState"/> made.</summary>
     public static void RestoreGenerator(Generator g, string base64)
     {
         var bytes = Convert.FromBase64String(base64);
@@ -159,8 +167,10 @@ public static class Checkpoint
 /// <summary>Differences between a weights file and a model.</summary>
 public sealed record LoadReport(List<string> Missing, List<string> Unexpected, List<string> Misshaped)
 {
+    /// <summary>True when no tensor is missing, unexpected or mis-shaped.</summary>
     public bool IsExact => Missing.Count == 0 && Unexpected.Count == 0 && Misshaped.Count == 0;
 
+    /// <summary>"exact match", or the count of missing, unexpected and mis-shaped tensors, with up to six names each.</summary>
     public override string ToString()
     {
         static string List(List<string> l) => l.Count <= 6 ? string.Join("; ", l) : string.Join("; ", l.Take(6)) + $"; ... ({l.Count} in all)";

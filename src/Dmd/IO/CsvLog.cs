@@ -8,6 +8,10 @@ public sealed class CsvLog
     private readonly string path;
     private string[]? columns;
 
+    /// <summary>
+    /// A log at <paramref name="path"/> (its folder created): with <paramref name="append"/> an existing file keeps its rows
+    /// and header; otherwise the file starts empty.
+    /// </summary>
     public CsvLog(string path, bool append)
     {
         this.path = path;
@@ -20,6 +24,10 @@ public sealed class CsvLog
         else File.WriteAllText(path, "");
     }
 
+    /// <summary>
+    /// Appends the row "step,values" (G6, invariant culture). The first row written sets the header from the keys of
+    /// <paramref name="values"/>; later a column without a value is left empty and a key not in the header is dropped.
+    /// </summary>
     public void Write(int step, IReadOnlyDictionary<string, double> values)
     {
         if (columns is null)

@@ -12,6 +12,10 @@ namespace Dmd.Metrics;
 /// </summary>
 public static class EnergyDistance
 {
+    /// <summary>
+    /// The energy distance between samples <paramref name="x"/> (N, ...) and <paramref name="y"/> (M, ...), each sample
+    /// flattened to a vector; N and M must be at least 2. Distances are computed <paramref name="chunk"/> rows at a time.
+    /// </summary>
     public static double Compute(Tensor x, Tensor y, int chunk = 2048)
     {
         using var scope = NewDisposeScope();

@@ -15,13 +15,16 @@ public sealed class FdFmnist : IDisposable
 {
     /// <summary>The models folder relative to the repository root.</summary>
     public const string RelativeFolder = "models/fmnist-classifier";
+    /// <summary>The classifier's weights in the models folder.</summary>
     public const string WeightsFile = "classifier.safetensors";
+    /// <summary>The test split's feature statistics (mu, sigma) in the models folder.</summary>
     public const string StatsFile = "test_stats.npz";
 
     /// <summary>The classifier, frozen, in eval mode.</summary>
     public FmnistClassifier Classifier { get; }
-    /// <summary>Mean (128) and covariance (128, 128) of the test split's features, float64.</summary>
+    /// <summary>Mean (128) of the test split's features, float64.</summary>
     public Tensor ReferenceMu { get; }
+    /// <summary>Covariance (128, 128) of the test split's features, float64.</summary>
     public Tensor ReferenceSigma { get; }
     /// <summary>The folder everything was loaded from.</summary>
     public string Folder { get; }
@@ -147,6 +150,7 @@ public sealed class FdFmnist : IDisposable
         return FmnistClassifierTrainer.Accuracy(predicted, l, FmnistClassifier.NumClasses);
     }
 
+    /// <summary>Frees the classifier and the reference statistics.</summary>
     public void Dispose()
     {
         Classifier.Dispose();

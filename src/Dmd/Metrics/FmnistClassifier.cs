@@ -35,6 +35,7 @@ public sealed class FmnistClassifier : nn.Module<Tensor, Tensor>
     private readonly Dropout dropout;
     private readonly Linear fc;
 
+    /// <summary>A freshly initialised classifier; <paramref name="dropoutRate"/> is the dropout before the last linear layer.</summary>
     public FmnistClassifier(double dropoutRate = 0.1) : base(nameof(FmnistClassifier))
     {
         conv1 = nn.Conv2d(1, 16, 3, padding: 1, bias: false);   bn1 = nn.BatchNorm2d(16);
@@ -81,6 +82,7 @@ public sealed record FmnistClassifierConfig
 {
     /// <summary>passes over the 60000 training images</summary>
     public int Epochs { get; init; } = 10;
+    /// <summary>images per Adam step (the last partial batch of an epoch is dropped)</summary>
     public int BatchSize { get; init; } = 128;
     /// <summary>Adam; cosine decay to 0 over the run</summary>
     public double LearningRate { get; init; } = 2e-3;
@@ -99,6 +101,7 @@ public sealed record FmnistClassifierConfig
 /// <summary>Test accuracy of a classifier: overall and per class (index order of <see cref="FashionMnist.ClassNames"/>).</summary>
 public sealed record ClassAccuracy(double Overall, double[] PerClass, long[] CountPerClass)
 {
+    /// <summary>Percentages, e.g. "91.23 % overall; per class: 0: 95.0 %, 1: ..."; "-" for a class without images.</summary>
     public override string ToString() =>
         $"{100 * Overall:F2} % overall; per class: " +
         string.Join(", ", PerClass.Select((a, c) => $"{c}: {(double.IsNaN(a) ? "-" : $"{100 * a:F1} %")}"));

@@ -10,8 +10,17 @@ namespace Dmd.Metrics;
 /// </summary>
 public static class ModeCoverage
 {
+    /// <summary>Mode statistics of one sample set.</summary>
+    /// <param name="ModesCovered">Modes whose high-quality samples reach a quarter of the uniform share (N / Modes).</param>
+    /// <param name="Modes">Number of mixture components.</param>
+    /// <param name="HighQualityFraction">Share of samples within 3 standard deviations of their nearest centre, in [0, 1].</param>
+    /// <param name="ModeKl">KL divergence (nats) of the high-quality samples' histogram over modes from the uniform one; 0 = balanced.</param>
     public sealed record Result(int ModesCovered, int Modes, double HighQualityFraction, double ModeKl);
 
+    /// <summary>
+    /// Mode statistics of <paramref name="samples"/> (N, D) for the mixture with centres <paramref name="centres"/>
+    /// (M rows of D values) and component standard deviation <paramref name="std"/>.
+    /// </summary>
     public static Result Compute(Tensor samples, double[][] centres, double std)
     {
         using var scope = NewDisposeScope();

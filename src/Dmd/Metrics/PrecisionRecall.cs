@@ -11,8 +11,16 @@ namespace Dmd.Metrics;
 /// </summary>
 public static class PrecisionRecall
 {
+    /// <summary>Improved precision and recall, each in [0, 1].</summary>
+    /// <param name="Precision">Share of generated samples inside the real manifold (quality).</param>
+    /// <param name="Recall">Share of real samples inside the generated manifold (coverage).</param>
     public sealed record Result(double Precision, double Recall);
 
+    /// <summary>
+    /// Precision and recall of <paramref name="generated"/> against <paramref name="real"/> (each (N, ...), flattened per sample,
+    /// in float64), with balls of radius the distance to the <paramref name="k"/>-th nearest neighbour; each set needs more
+    /// than k samples. Distances are computed <paramref name="chunk"/> rows at a time.
+    /// </summary>
     public static Result Compute(Tensor real, Tensor generated, int k = 3, int chunk = 2048)
     {
         using var scope = NewDisposeScope();

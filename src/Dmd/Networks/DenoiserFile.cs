@@ -9,6 +9,7 @@ namespace Dmd.Networks;
 /// </summary>
 public static class DenoiserFile
 {
+    /// <summary>The spec file beside a weights file: the same path with the extension .json.</summary>
     public static string SpecPath(string weightsPath) => Path.ChangeExtension(weightsPath, ".json");
 
     /// <summary>

@@ -16,6 +16,7 @@ namespace Dmd.Networks;
 /// </remarks>
 public abstract class EdmUNet : EdmBackbone
 {
+    /// <summary>Records the geometry the U-Nets share (the properties of the same names); the subclass builds the layers.</summary>
     protected EdmUNet(string name, int imgResolution, int inChannels, int outChannels, int labelDim, int augmentDim,
         int bottleneckChannels, int bottleneckResolution) : base(name)
     {

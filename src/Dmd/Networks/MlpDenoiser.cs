@@ -60,6 +60,12 @@ public sealed class MlpBackbone : EdmBackbone
     private readonly Linear output;
     private readonly int labelDim;
 
+    /// <summary>Builds F for vectors of <paramref name="dim"/> values, freshly initialised.</summary>
+    /// <param name="dim">Dimension D of a sample.</param>
+    /// <param name="width">Hidden width of the residual blocks.</param>
+    /// <param name="depth">Number of residual blocks.</param>
+    /// <param name="labelDim">Number of classes (0 = unconditional).</param>
+    /// <param name="embDim">Width of the noise and class embedding.</param>
     public MlpBackbone(int dim, int width = 256, int depth = 4, int labelDim = 0, int embDim = 128) : base(nameof(MlpBackbone))
     {
         this.labelDim = labelDim;
@@ -74,8 +80,10 @@ public sealed class MlpBackbone : EdmBackbone
         RegisterComponents();
     }
 
+    /// <inheritdoc/>
     public override int LabelDim => labelDim;
 
+    /// <summary>F(x, c_noise, labels): x (B, D) already scaled by c_in, c_noise (B), one-hot labels (B, LabelDim) or null; returns (B, D).</summary>
     public override Tensor forward(Tensor x, Tensor cNoise, Tensor? labels)
     {
         var emb = map_noise.forward(cNoise);

@@ -38,6 +38,7 @@ public sealed record NetworkSpec(
     int AugmentDim = 0,
     int ChannelsPerHead = 64)
 {
+    /// <summary>Shape of one sample: <see cref="Shape"/>, or [2] when it is null.</summary>
     [JsonIgnore] public int[] SampleShape => Shape ?? new[] { 2 };
 
     /// <summary>True for the image kinds (the U-Nets), whose samples are (C, H, W).</summary>
@@ -119,6 +120,7 @@ public sealed record NetworkSpec(
         Same(AttnResolutions, other.AttnResolutions) && Dropout.Equals(other.Dropout) &&
         AugmentDim == other.AugmentDim && ChannelsPerHead == other.ChannelsPerHead;
 
+    /// <summary>A hash consistent with <see cref="Equals(NetworkSpec)"/> (arrays enter by length only).</summary>
     public override int GetHashCode() => HashCode.Combine(Kind, LabelDim, SigmaData, Width, Depth, ModelChannels, NumBlocks,
         HashCode.Combine(Dropout, AugmentDim, ChannelsPerHead, Shape?.Length, ChannelMult?.Length, AttnResolutions?.Length));
 

@@ -5,13 +5,33 @@ using static TorchSharp.torch;
 namespace Dmd.Networks;
 
 /// <summary>Noise embedding of <see cref="SongUNet"/>: positional (DDPM++) or random Fourier features (NCSN++).</summary>
-public enum NoiseEmbeddingType { Positional, Fourier }
+public enum NoiseEmbeddingType
+{
+    /// <summary>Sinusoidal embedding with geometric frequencies (EDM's <c>PositionalEmbedding</c>): DDPM++.</summary>
+    Positional,
+    /// <summary>Random Fourier features, frequencies drawn once at scale 16 (EDM's <c>FourierEmbedding</c>): NCSN++.</summary>
+    Fourier
+}
 
 /// <summary>Encoder of <see cref="SongUNet"/>: standard (DDPM++), skip, or residual (NCSN++).</summary>
-public enum SongEncoderType { Standard, Skip, Residual }
+public enum SongEncoderType
+{
+    /// <summary>Convolution and U-Net blocks only (DDPM++).</summary>
+    Standard,
+    /// <summary>At each lower resolution the down-sampled input image is added to the features through a 1x1 convolution.</summary>
+    Skip,
+    /// <summary>At each lower resolution a down-sampling 3x3 convolution of the previous level's sum (at first the input image) is added and the sum scaled by 1/sqrt(2) (NCSN++).</summary>
+    Residual
+}
 
 /// <summary>Decoder of <see cref="SongUNet"/>: standard (DDPM++ and NCSN++) or skip.</summary>
-public enum SongDecoderType { Standard, Skip }
+public enum SongDecoderType
+{
+    /// <summary>One output head (GroupNorm, SiLU, 3x3 convolution) at the full resolution (DDPM++ and NCSN++).</summary>
+    Standard,
+    /// <summary>An output head at every resolution; the running output is up-sampled and added to the next head's.</summary>
+    Skip
+}
 
 /// <summary>
 /// EDM's <c>SongUNet</c>: the DDPM++ and NCSN++ architectures of Song et al. (score SDE), as

@@ -16,6 +16,7 @@ namespace Dmd.Pipelines;
 /// <summary>The demo's settings: the shipped teacher, a time budget, and the DMD recipe for a short run.</summary>
 public sealed record ImageDemoConfig
 {
+    /// <summary>the teacher: a teacher.safetensors or a folder holding one</summary>
     public string Teacher { get; init; } = "models/fashion-mnist-teacher";
     /// <summary>the whole demo, pairs to report</summary>
     public double BudgetMinutes { get; init; } = 10;
@@ -23,6 +24,7 @@ public sealed record ImageDemoConfig
     public int PairCount { get; init; } = 640;
     /// <summary>Heun steps (35 NFE)</summary>
     public int PairSteps { get; init; } = 18;
+    /// <summary>teacher samples per batch while making the pairs</summary>
     public int PairBatch { get; init; } = 64;
     /// <summary>The DMD recipe. Its GuidanceReal (default 1: none, as the paper's ImageNet runs; see the student's card)
     /// and SigmaMax also make the regression pairs and the teacher's samples, so the two targets agree.</summary>
@@ -48,10 +50,17 @@ public sealed record ImageDemoResults(List<ImageModelResult> Rows, int Samples, 
 /// </summary>
 public sealed class ImageDemo
 {
+    /// <summary>The demo's settings.</summary>
     public ImageDemoConfig Config { get; }
+    /// <summary>
+    /// Progress of a stage: (stage name, done, total, losses or null); "pairs" counts pairs, "dmd (seconds of its budget)"
+    /// counts seconds.
+    /// </summary>
     public Action<string, int, int, IReadOnlyDictionary<string, double>?>? OnProgress { get; set; }
+    /// <summary>Status lines (stage summaries, resumes, skipped steps).</summary>
     public Action<string>? OnMessage { get; set; }
 
+    /// <summary>Sets up the demo; nothing runs until <see cref="Run"/>.</summary>
     public ImageDemo(ImageDemoConfig config) => Config = config;
 
     /// <summary>CFG of the real score, the pairs and the teacher's samples: one setting, the DMD recipe's.</summary>
@@ -60,6 +69,11 @@ public sealed class ImageDemo
     /// <summary>Seconds kept for the measurements and the report after distillation.</summary>
     static double ReserveSeconds(double budget) => Math.Min(40, 0.1 * budget);
 
+    /// <summary>
+    /// Runs the whole demo into <paramref name="outDir"/> (<c>pairs/</c>, <c>dmd/</c>, <c>results.json</c>, <c>report.md</c>),
+    /// resuming what an earlier run there left, and returns what it measured. FD-FMNIST and class accuracy need a
+    /// Fashion-MNIST teacher ((1, 32, 32), 10 classes) and the shipped classifier; other teachers get pictures and speed only.
+    /// </summary>
     public ImageDemoResults Run(string outDir)
     {
         var clock = Stopwatch.StartNew();

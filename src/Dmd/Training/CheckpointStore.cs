@@ -28,6 +28,7 @@ public sealed class CheckpointStore
     /// <summary>The folder holding the checkpoints (<c>RUN/checkpoint</c>).</summary>
     public string Root { get; }
 
+    /// <summary>The checkpoints of the run in <paramref name="runDir"/>, kept in <c>runDir/checkpoint</c> (created by the first <see cref="Save"/>).</summary>
     public CheckpointStore(string runDir) => Root = Path.Combine(runDir, "checkpoint");
 
     /// <summary>Whether the run folder holds a checkpoint to resume from (current or older layout).</summary>
@@ -170,10 +171,13 @@ public sealed class CheckpointReader
     /// <summary>Whether the checkpoint holds this file.</summary>
     public bool Has(string name) => names?.Contains(name) ?? File.Exists(Path.Combine(Folder, name));
 
+    /// <summary>Loads a module's weights from the named safetensors file (names and shapes must match exactly).</summary>
     public void Module(string name, nn.Module module) => Checkpoint.LoadModule(module, Require(name));
 
+    /// <summary>Restores an optimiser's state from the named file.</summary>
     public void Optimizer(string name, optim.Optimizer optimizer) => ((OptimizerHelper)optimizer).load_py(Require(name));
 
+    /// <summary>Reads the named JSON document. Each read throws a <see cref="DmdException"/> when the checkpoint lacks the file.</summary>
     public T Json<T>(string name) => Checkpoint.LoadJson<T>(Require(name));
 
     string Require(string name)

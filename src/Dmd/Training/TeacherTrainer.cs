@@ -12,6 +12,7 @@ public sealed record TeacherConfig
 {
     /// <summary>optimiser steps</summary>
     public int Steps { get; init; } = 4000;
+    /// <summary>samples per step</summary>
     public int BatchSize { get; init; } = 512;
     /// <summary>Adam</summary>
     public double LearningRate { get; init; } = 1e-3;
@@ -21,8 +22,11 @@ public sealed record TeacherConfig
     public double EmaHalfLifeSteps { get; init; } = 200;
     /// <summary>drop labels so CFG works</summary>
     public double LabelDropout { get; init; } = 0.1;
+    /// <summary>seed of the weight initialisation and of the run's random generator (batches, label dropout, noise)</summary>
     public long Seed { get; init; } = 0;
+    /// <summary>checkpoint every N steps (and at the end)</summary>
     public int CheckpointEvery { get; init; } = 1000;
+    /// <summary>a losses.csv row every N steps (and at the last step)</summary>
     public int LogEvery { get; init; } = 20;
 
     /// <summary>Rejects values no run can use, naming the setting (see <see cref="Settings"/>).</summary>
@@ -60,10 +64,15 @@ public sealed record TeacherRunInfo(NetworkSpec Spec, TeacherConfig Config, stri
 /// </summary>
 public sealed class TeacherTrainer : IResumableTrainer, IDisposable
 {
+    /// <summary>The denoiser being trained.</summary>
     public EdmPrecond Net { get; }
+    /// <summary>Exponential moving average of <see cref="Net"/>'s weights (frozen): the teacher a run saves.</summary>
     public EdmPrecond Ema { get; }
+    /// <summary>The architecture of both networks.</summary>
     public NetworkSpec Spec { get; }
+    /// <summary>The run's hyper-parameters.</summary>
     public TeacherConfig Config { get; }
+    /// <summary>Optimiser steps done so far.</summary>
     public int Step { get; private set; }
 
     private readonly IDataSource data;
@@ -71,6 +80,11 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     private readonly Generator rng;
     private readonly Device device;
 
+    /// <summary>
+    /// Builds the network (initialised from <see cref="TeacherConfig.Seed"/>), its EMA copy and an Adam optimiser on
+    /// <paramref name="device"/> (CPU by default); batches come from <paramref name="data"/>. Invalid settings are a
+    /// <see cref="DmdInputException"/>.
+    /// </summary>
     public TeacherTrainer(NetworkSpec spec, TeacherConfig config, IDataSource data, Device? device = null)
     {
         config.Validate();
@@ -153,6 +167,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         return new Dictionary<string, double> { ["loss"] = smoothedLoss };
     }
 
+    /// <summary>Writes the network's and the EMA's weights, the optimiser state, the step and the random generator state.</summary>
     public void WriteCheckpoint(CheckpointWriter w)
     {
         w.Module("net.safetensors", Net);
@@ -161,6 +176,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         w.Json("state.json", new TrainState(Step, Checkpoint.GeneratorState(rng), double.IsNaN(smoothedLoss) ? null : smoothedLoss));
     }
 
+    /// <summary>Restores what <see cref="WriteCheckpoint"/> wrote.</summary>
     public void ReadCheckpoint(CheckpointReader r)
     {
         r.Module("net.safetensors", Net);
@@ -172,8 +188,10 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         smoothedLoss = st.SmoothedLoss ?? double.NaN; // checkpoints written before it was saved restart the average
     }
 
+    /// <summary>Whether every weight of the network and of the EMA is finite.</summary>
     public bool WeightsFinite() => TrainingUtils.AllFinite(Net) && TrainingUtils.AllFinite(Ema);
 
+    /// <summary>Frees the optimiser and the random generator; the networks stay usable.</summary>
     public void Dispose()
     {
         opt.Dispose();

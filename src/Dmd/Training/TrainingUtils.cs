@@ -80,6 +80,7 @@ public static class TrainingUtils
         return true;
     }
 
+    /// <summary>Number of parameter values (elements) of a module, trainable or frozen.</summary>
     public static long ParameterCount(nn.Module m) => m.parameters().Sum(p => p.numel());
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "malloc_trim")]
