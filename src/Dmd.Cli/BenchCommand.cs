@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using Dmd.Pipelines;
 using Dmd.Diffusion;
 using Dmd.Distillation;
 using Dmd.IO;
@@ -9,35 +10,6 @@ using static TorchSharp.torch;
 using Dmd.Networks;
 
 namespace Dmd.Cli;
-
-/// <summary>Sampling speed of one model: per-batch latency (median and 90th percentile) and samples/s.</summary>
-public sealed record ModelSpeed(string Model, string Sampler, int Nfe, int Batch, double MedianBatchMs, double P90BatchMs, double SamplesPerSecond);
-
-/// <summary>What `dmd bench` measured (written as JSON).</summary>
-public sealed record BenchResult(string Machine, int Threads, List<ModelSpeed> Models, double? SpeedUp,
-                                 double? DmdIterationMs, int? DmdBatch, long PeakRssMb,
-                                 double? TrainImagesPerSecond = null, int? TrainBatch = null, RssTrend? Rss = null);
-
-/// <summary>RSS of a logged run (the rss_mb column of losses.csv): at 10 % and at 100 % of its steps, and the peak.</summary>
-public sealed record RssTrend(string Log, int FromStep, int ToStep, double RssAt10PercentMb, double RssAtEndMb, double GrowthPercent, double PeakMb)
-{
-    /// <summary>Reads a losses.csv; growth = (median RSS of the last 5 % of rows) / (median RSS around 10 %) - 1.</summary>
-    public static RssTrend FromLog(string csvPath, int fromStep = 0, int toStep = int.MaxValue)
-    {
-        if (!File.Exists(csvPath)) throw new DmdInputException($"log not found: {csvPath}");
-        var series = Dmd.IO.CsvLog.Read(csvPath);
-        if (!series.TryGetValue("rss_mb", out var rss) || rss.Count < 20)
-            throw new DmdInputException($"{csvPath} has no rss_mb column with at least 20 rows (training runs log it)");
-        var pts = rss.Where(p => p.Step >= fromStep && p.Step <= toStep).OrderBy(p => p.Step).ToList();
-        if (pts.Count < 20) throw new DmdInputException($"{csvPath} has {pts.Count} rss_mb rows between steps {fromStep} and {toStep}; need at least 20");
-        int n = pts.Count, w = Math.Max(1, n / 20);
-        double Median(IEnumerable<double> v) { var a = v.Order().ToArray(); return a[a.Length / 2]; }
-        int at10 = n / 10;
-        double early = Median(pts.Skip(Math.Max(0, at10 - w / 2)).Take(w).Select(p => p.Value));
-        double late = Median(pts.Skip(n - w).Select(p => p.Value));
-        return new RssTrend(csvPath, (int)pts[0].Step, (int)pts[^1].Step, early, late, 100 * (late / early - 1), pts.Max(p => p.Value));
-    }
-}
 
 /// <summary>`dmd bench`: sampling speed of one or two models (and their ratio), and DMD iteration time for a run.</summary>
 internal static class BenchCommand
@@ -86,63 +58,26 @@ internal static class BenchCommand
             foreach (var m in draws)
             {
                 Console.WriteLine($"timing {m.Path}: {m.Sampler}, {m.Nfe} NFE, {n} batches of {b} after a warm-up one ({torch.get_num_threads()} threads)");
-                using var g = new torch.Generator(0);
-                var z = Rng.Normal(new long[] { b }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
-                var y = Rng.OneHotLabels(m.Spec.LabelDim, b, g);
-                var times = new List<double>();
-                for (int i = 0; i <= n; i++)
-                {
-                    using var scope = NewDisposeScope();
-                    var (_, secs) = m.Draw(z, y, b);
-                    if (i > 0) times.Add(secs); // the first call is the warm-up
-                }
-                times.Sort();
-                double median = times[times.Count / 2], p90 = times[Math.Min(times.Count - 1, (int)Math.Ceiling(0.9 * times.Count) - 1)];
-                speeds.Add(new ModelSpeed(m.Path, m.Sampler, m.Nfe, b, median * 1000, p90 * 1000, b / median));
+                speeds.Add(Benchmark.SamplingSpeed(m, b, n));
             }
             double? ratio = speeds.Count == 2 ? speeds[1].SamplesPerSecond / speeds[0].SamplesPerSecond : null;
 
             double? iterMs = null; int? dmdBatch = null;
             if (dir is not null)
             {
-                var cfg = Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(dir, "dmd-full", "config.json")).Config;
-                using var trainer = new DmdTrainer(DenoiserFile.Load(paths[0]).Net, draws[0].Spec, cfg with { WarmupSteps = 1 },
-                                                   RegressionPairs.Load(Path.Combine(dir, "pairs", "pairs.safetensors")));
-                for (int i = 0; i < 5; i++) trainer.TrainStep();
-                int it = r.GetValue(iters);
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < it; i++) trainer.TrainStep();
-                iterMs = sw.Elapsed.TotalMilliseconds / it;
-                dmdBatch = cfg.BatchSize;
+                iterMs = Benchmark.ToyRunDmdIterationMs(dir, draws[0], r.GetValue(iters), out int tb0);
+                dmdBatch = tb0;
             }
-
             if (r.GetValue(distill) is int dIters and > 0)
             {
-                var m = draws[0];
-                int db = r.GetValue(distillBatch);
-                var shape = new long[] { 4 * db }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray();
-                var pairs = new RegressionPairs(randn(shape), randn(shape).clamp(-1, 1), Rng.OneHotLabels(m.Spec.LabelDim, 4 * db, new torch.Generator(1)),
-                                                new PairInfo("random", 0, 0, 1, 0, 4 * db));
-                using var trainer = new DmdTrainer(m.Net, m.Spec, new DmdConfig { BatchSize = db, RegressionBatchSize = db, WarmupSteps = 1 }, pairs);
-                for (int i = 0; i < 3; i++) trainer.TrainStep();
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < dIters; i++) trainer.TrainStep();
-                iterMs = sw.Elapsed.TotalMilliseconds / dIters;
-                dmdBatch = db;
+                dmdBatch = r.GetValue(distillBatch);
+                iterMs = Benchmark.DmdIterationMsOnRandomPairs(draws[0], dmdBatch.Value, dIters);
             }
             double? trainRate = null; int? tb = null;
             if (r.GetValue(train) is int tSteps and > 0)
             {
-                var m = draws[0];
                 tb = r.GetValue(trainBatch);
-                using var g = new torch.Generator(2);
-                var images = randint(0, 256, new long[] { 4 * tb.Value }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), dtype: ScalarType.Byte, generator: g);
-                var data = new Dmd.Data.ImageDataset(images, m.Spec.LabelDim > 0 ? randint(0, m.Spec.LabelDim, 4 * tb.Value, generator: g) : null, m.Spec.LabelDim);
-                using var trainer = new Dmd.Training.TeacherTrainer(m.Spec, new Dmd.Training.TeacherConfig { BatchSize = tb.Value }, data);
-                for (int i = 0; i < 3; i++) trainer.TrainStep();
-                var sw = Stopwatch.StartNew();
-                for (int i = 0; i < tSteps; i++) trainer.TrainStep();
-                trainRate = tSteps * tb.Value / sw.Elapsed.TotalSeconds;
+                trainRate = Benchmark.TeacherTrainingImagesPerSecond(draws[0], tb.Value, tSteps);
             }
             var rss = r.GetValue(rssLog) is string lp ? Trend(lp, r.GetValue(rssSteps)) : null;
 

@@ -1,21 +1,12 @@
 using System.CommandLine;
 using System.Globalization;
-using Dmd.Data;
-using Dmd.Diffusion;
-using Dmd.Pipelines;
 using Dmd.IO;
-using Dmd.Metrics;
+using Dmd.Pipelines;
 using Spectre.Console;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Dmd.Cli;
 
-/// <summary>Result of `dmd eval` (written as JSON).</summary>
-public sealed record EvalResult(string Model, string Sampler, int Nfe, int Samples, double Guidance, double SamplesPerSecond,
-                                Dictionary<string, double> Metrics, double[]? PerClassAccuracy, string? Reference = null);
-
-/// <summary>`dmd eval`: draw N samples from any model and measure them.</summary>
+/// <summary>`dmd eval`: draw N samples from any model and measure them (<see cref="Evaluation"/>).</summary>
 internal static class EvalCommand
 {
     public static Command Build()
@@ -37,44 +28,13 @@ internal static class EvalCommand
         {
             Common.RequirePositive(r, steps, batch);
             var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance));
-            var outPath = r.GetValue(outOpt) ?? DefaultOut(m.Path);
+            var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(m.Path);
             Checkpoint.EnsureWritableFile(outPath, "--out");
             Threads.Apply(r, smallModel: !m.Spec.IsImage);
-            int count = r.GetValue(n);
-            if (count < 10) throw new DmdInputException("--n must be at least 10");
-            using var g = new torch.Generator((ulong)r.GetValue(seed));
-            var z = Rng.Normal(new long[] { count }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
-            var y = Rng.OneHotLabels(m.Spec.LabelDim, count, g);
-            Tensor x = null!; double secs = 0;
-            ProgressView.Run(report => (x, secs) = m.Draw(z, y, r.GetValue(batch) ?? (m.Spec.IsImage ? 64 : 500), (d, t) => report("sample", d, t, null)));
-
-            var metrics = new Dictionary<string, double>();
-            double[]? perClass = null;
-            string? referenceName = null;
-            if (m.Spec.IsImage)
-            {
-                using var fd = FdFmnist.Load();
-                metrics["fd_fmnist"] = fd.Distance(x);
-                if (y is not null && m.Spec.LabelDim == FmnistClassifier.NumClasses)
-                {
-                    var acc = fd.ClassAccuracy(x, y);
-                    metrics["class_accuracy"] = acc.Overall;
-                    perClass = acc.PerClass;
-                }
-            }
-            else
-            {
-                referenceName = r.GetValue(data) ?? RunData(m.Path)
-                    ?? throw new DmdInputException($"cannot tell which data {m.Path} learned (no run config.json beside it): name the reference with --data, e.g. --data ring8 or --data csv:PATH");
-                AnsiConsole.MarkupLine(Markup.Escape($"reference: {referenceName}{(r.GetValue(data) is null ? " (the data of the model's run)" : "")}"));
-                var reference = DataSource.Parse(referenceName).LoadPoints(count, seed: 2, expectedDim: m.Spec.SampleShape[0]);
-                var row = Toy2dExperiment.Evaluate(m.Title, x.reshape(count, -1), m.Nfe, reference, count / secs);
-                metrics["energy_distance"] = row.EnergyDistance;
-                metrics["precision"] = row.Precision;
-                metrics["recall"] = row.Recall;
-                if (row.ModesCovered is int mc) { metrics["modes_covered"] = mc; metrics["in_mode"] = row.HighQuality!.Value; }
-            }
-            var res = new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName);
+            EvalResult res = null!;
+            ProgressView.Run(report => res = Evaluation.Run(m, r.GetValue(n), r.GetValue(seed), r.GetValue(batch), r.GetValue(data),
+                                                            (d, t) => report("sample", d, t, null), msg => AnsiConsole.MarkupLine(Markup.Escape(msg))));
+            var (metrics, perClass, count, secs) = (res.Metrics, res.PerClassAccuracy, res.Samples, res.Samples / res.SamplesPerSecond);
             var t = new Table().AddColumns("measure", "value").Title(Markup.Escape(m.Title));
             t.AddRow("NFE", m.Nfe.ToString());
             t.AddRow("samples", count.ToString());
@@ -88,37 +48,5 @@ internal static class EvalCommand
             return 0;
         });
         return cmd;
-    }
-
-    /// <summary>
-    /// The training data of a point model's run: a teacher run's config.json names it; a DMD run's names its teacher,
-    /// whose run names it; a `dmd toy2d` run keeps it in experiment.json one folder up. Null when none of these is there.
-    /// </summary>
-    internal static string? RunData(string modelPath, int depth = 0)
-    {
-        if (depth > 3) return null;
-        var full = System.IO.Path.GetFullPath(modelPath);
-        var folder = Directory.Exists(full) ? full : System.IO.Path.GetDirectoryName(full)!;
-        foreach (var (file, key) in new[] { (System.IO.Path.Combine(folder, "config.json"), "Data"), (System.IO.Path.Combine(folder, "..", "experiment.json"), "Data") })
-        {
-            if (!File.Exists(file)) continue;
-            try
-            {
-                var node = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file));
-                if (node?[key]?.GetValue<string>() is string d) return d;
-                if (node?["Teacher"]?.GetValue<string>() is string t && (File.Exists(t) || Directory.Exists(t))) return RunData(t, depth + 1);
-            }
-            catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException) { }
-        }
-        return null;
-    }
-
-    /// <summary>runs/eval/NAME.json, NAME from the model's folder (and file, when it is not the folder's usual one).</summary>
-    static string DefaultOut(string modelPath)
-    {
-        var full = System.IO.Path.GetFullPath(modelPath).TrimEnd('/');
-        string name = Directory.Exists(full) ? System.IO.Path.GetFileName(full)
-            : System.IO.Path.GetFileName(System.IO.Path.GetDirectoryName(full)!) + (System.IO.Path.GetFileNameWithoutExtension(full) is "teacher" or "generator" ? "" : "-" + System.IO.Path.GetFileNameWithoutExtension(full));
-        return System.IO.Path.Combine("runs", "eval", name + ".json");
     }
 }

@@ -6,12 +6,20 @@ using Dmd.Networks;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Dmd.Cli;
+namespace Dmd.Pipelines;
 
 /// <summary>
-/// A model as `eval` and `bench` see it: a teacher with a multi-step sampler, or a DMD generator in one step.
+/// A model as `eval`, `bench` and `sample` see it: a teacher with a multi-step sampler, or a DMD generator in one step
+/// (at the sigma_max its file records).
 /// </summary>
-internal sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, string Sampler, int Steps, double Guidance,
+/// <param name="Path">The model file or run folder it was loaded from.</param>
+/// <param name="Net">The denoiser (the generator's network for a generator).</param>
+/// <param name="Spec">The network's description.</param>
+/// <param name="Sampler">"onestep", "heun" or "euler".</param>
+/// <param name="Steps">Sampler steps (multi-step samplers).</param>
+/// <param name="Guidance">Classifier-free guidance scale of multi-step sampling (1 = none).</param>
+/// <param name="SigmaMax">The noise level a generator maps from.</param>
+public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, string Sampler, int Steps, double Guidance,
                                  double SigmaMax = KarrasSchedule.DefaultSigmaMax)
 {
     /// <summary>Loads a model; the sampler defaults to one step for generator files and Heun otherwise.</summary>
@@ -30,8 +38,10 @@ internal sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, 
         return new ModelDraw(path, net, spec, which, steps, guidance);
     }
 
+    /// <summary>A short name for tables: the file or folder and how it samples.</summary>
     public string Title => Sampler == "onestep" ? $"{System.IO.Path.GetFileName(Path)} (1 step)" : $"{System.IO.Path.GetFileName(Path)} ({Sampler}, {Nfe} NFE)";
 
+    /// <summary>Network evaluations per sample.</summary>
     public int Nfe => Sampler switch { "onestep" => 1, "euler" => Steps, _ => 2 * Steps - 1 };
 
     /// <summary>Samples for noise z (and labels) in batches; returns them with the wall time in seconds.</summary>

@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using Dmd.Data;
+using Dmd.Distillation;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Training;
+using static TorchSharp.torch;
+
+namespace Dmd.Pipelines;
+
+/// <summary>Sampling speed of one model: per-batch latency (median and 90th percentile) and samples/s.</summary>
+public sealed record ModelSpeed(string Model, string Sampler, int Nfe, int Batch, double MedianBatchMs, double P90BatchMs, double SamplesPerSecond);
+
+/// <summary>What `dmd bench` measured (written as JSON).</summary>
+public sealed record BenchResult(string Machine, int Threads, List<ModelSpeed> Models, double? SpeedUp,
+                                 double? DmdIterationMs, int? DmdBatch, long PeakRssMb,
+                                 double? TrainImagesPerSecond = null, int? TrainBatch = null, RssTrend? Rss = null);
+
+/// <summary>RSS of a logged run (the rss_mb column of losses.csv): at 10 % and at 100 % of its steps, and the peak.</summary>
+public sealed record RssTrend(string Log, int FromStep, int ToStep, double RssAt10PercentMb, double RssAtEndMb, double GrowthPercent, double PeakMb)
+{
+    /// <summary>Reads a losses.csv; growth = (median RSS of the last 5 % of rows) / (median RSS around 10 %) - 1.</summary>
+    public static RssTrend FromLog(string csvPath, int fromStep = 0, int toStep = int.MaxValue)
+    {
+        if (!File.Exists(csvPath)) throw new DmdInputException($"log not found: {csvPath}");
+        var series = CsvLog.Read(csvPath);
+        if (!series.TryGetValue("rss_mb", out var rss) || rss.Count < 20)
+            throw new DmdInputException($"{csvPath} has no rss_mb column with at least 20 rows (training runs log it)");
+        var pts = rss.Where(p => p.Step >= fromStep && p.Step <= toStep).OrderBy(p => p.Step).ToList();
+        if (pts.Count < 20) throw new DmdInputException($"{csvPath} has {pts.Count} rss_mb rows between steps {fromStep} and {toStep}; need at least 20");
+        int n = pts.Count, w = Math.Max(1, n / 20);
+        double Median(IEnumerable<double> v) { var a = v.Order().ToArray(); return a[a.Length / 2]; }
+        int at10 = n / 10;
+        double early = Median(pts.Skip(Math.Max(0, at10 - w / 2)).Take(w).Select(p => p.Value));
+        double late = Median(pts.Skip(n - w).Select(p => p.Value));
+        return new RssTrend(csvPath, (int)pts[0].Step, (int)pts[^1].Step, early, late, 100 * (late / early - 1), pts.Max(p => p.Value));
+    }
+}
+
+/// <summary>
+/// The timings `dmd bench` reports: sampling speed (warm-up, then repeats), DMD iterations with three networks resident,
+/// teacher training steps. Wall-clock numbers of this machine: compare only runs made side by side.
+/// </summary>
+public static class Benchmark
+{
+    /// <summary>Per-batch latency (median, 90th percentile) and samples/s of <paramref name="repeats"/> batches after one warm-up batch.</summary>
+    public static ModelSpeed SamplingSpeed(ModelDraw m, int batch, int repeats)
+    {
+        using var g = new Generator(0);
+        var z = Rng.Normal(new long[] { batch }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
+        var y = Rng.OneHotLabels(m.Spec.LabelDim, batch, g);
+        var times = new List<double>();
+        for (int i = 0; i <= repeats; i++)
+        {
+            using var scope = NewDisposeScope();
+            var (_, secs) = m.Draw(z, y, batch);
+            if (i > 0) times.Add(secs); // the first call is the warm-up
+        }
+        times.Sort();
+        double median = times[times.Count / 2], p90 = times[Math.Min(times.Count - 1, (int)Math.Ceiling(0.9 * times.Count) - 1)];
+        return new ModelSpeed(m.Path, m.Sampler, m.Nfe, batch, median * 1000, p90 * 1000, batch / median);
+    }
+
+    /// <summary>Milliseconds per <see cref="DmdTrainer.TrainStep"/> over <paramref name="iterations"/> steps after <paramref name="warmup"/> ones.</summary>
+    public static double DmdIterationMs(DmdTrainer trainer, int warmup, int iterations)
+    {
+        for (int i = 0; i < warmup; i++) trainer.TrainStep();
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < iterations; i++) trainer.TrainStep();
+        return sw.Elapsed.TotalMilliseconds / iterations;
+    }
+
+    /// <summary>DMD iteration time of a `dmd toy2d` run folder: its teacher, its full DMD config and its pairs.</summary>
+    public static double ToyRunDmdIterationMs(string runDir, ModelDraw teacher, int iterations, out int batch)
+    {
+        var cfg = Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(runDir, "dmd-full", "config.json")).Config;
+        using var trainer = new DmdTrainer(DenoiserFile.Load(teacher.Path).Net, teacher.Spec, cfg with { WarmupSteps = 1 },
+                                           RegressionPairs.Load(Path.Combine(runDir, "pairs", "pairs.safetensors")));
+        batch = cfg.BatchSize;
+        return DmdIterationMs(trainer, 5, iterations);
+    }
+
+    /// <summary>DMD iteration time for a teacher with random pairs: <paramref name="batch"/> generated samples and as many pairs.</summary>
+    public static double DmdIterationMsOnRandomPairs(ModelDraw teacher, int batch, int iterations)
+    {
+        var shape = new long[] { 4 * batch }.Concat(teacher.Spec.SampleShape.Select(s => (long)s)).ToArray();
+        using var g = new Generator(1);
+        var pairs = new RegressionPairs(randn(shape), randn(shape).clamp(-1, 1), Rng.OneHotLabels(teacher.Spec.LabelDim, 4 * batch, g),
+                                        new PairInfo("random", 0, 0, 1, 0, 4 * batch));
+        using var trainer = new DmdTrainer(teacher.Net, teacher.Spec, new DmdConfig { BatchSize = batch, RegressionBatchSize = batch, WarmupSteps = 1 }, pairs);
+        return DmdIterationMs(trainer, 3, iterations);
+    }
+
+    /// <summary>Teacher training images/s (EDM loss, Adam) on synthetic images of the model's shape, after 3 warm-up steps.</summary>
+    public static double TeacherTrainingImagesPerSecond(ModelDraw teacher, int batch, int steps)
+    {
+        using var g = new Generator(2);
+        var images = randint(0, 256, new long[] { 4 * batch }.Concat(teacher.Spec.SampleShape.Select(s => (long)s)).ToArray(), dtype: ScalarType.Byte, generator: g);
+        var data = new ImageDataset(images, teacher.Spec.LabelDim > 0 ? randint(0, teacher.Spec.LabelDim, 4 * batch, generator: g) : null, teacher.Spec.LabelDim);
+        using var trainer = new TeacherTrainer(teacher.Spec, new TeacherConfig { BatchSize = batch }, data);
+        for (int i = 0; i < 3; i++) trainer.TrainStep();
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < steps; i++) trainer.TrainStep();
+        return steps * batch / sw.Elapsed.TotalSeconds;
+    }
+}

@@ -1,0 +1,100 @@
+using Dmd.Data;
+using Dmd.Metrics;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Pipelines;
+
+/// <summary>Result of an evaluation (`dmd eval` writes it as JSON).</summary>
+/// <param name="Model">The model's path.</param>
+/// <param name="Sampler">"onestep", "heun" or "euler".</param>
+/// <param name="Nfe">Network evaluations per sample.</param>
+/// <param name="Samples">Samples drawn.</param>
+/// <param name="Guidance">CFG scale of multi-step sampling.</param>
+/// <param name="SamplesPerSecond">Sampling speed (wall clock, this machine).</param>
+/// <param name="Metrics">Images: fd_fmnist, class_accuracy; points: energy_distance, precision, recall, modes_covered, in_mode.</param>
+/// <param name="PerClassAccuracy">Per-class accuracy of a class-conditional Fashion-MNIST model (NaN: no samples of that class).</param>
+/// <param name="Reference">Points: the reference data the samples were compared with.</param>
+public sealed record EvalResult(string Model, string Sampler, int Nfe, int Samples, double Guidance, double SamplesPerSecond,
+                                Dictionary<string, double> Metrics, double[]? PerClassAccuracy, string? Reference = null);
+
+/// <summary>
+/// Draws N samples from any model and measures them: points against reference data (energy distance, precision/recall,
+/// mode coverage), Fashion-MNIST-shaped images with the shipped classifier (FD-FMNIST, class accuracy).
+/// </summary>
+public static class Evaluation
+{
+    /// <summary>
+    /// Samples <paramref name="count"/> (at least 10) with noise and labels from <paramref name="seed"/> and measures them.
+    /// <paramref name="data"/> names the points' reference (null: the data of the model's run, see <see cref="RunData"/>).
+    /// </summary>
+    public static EvalResult Run(ModelDraw m, int count, long seed, int? batch = null, string? data = null,
+                                 Action<int, int>? onBatch = null, Action<string>? onMessage = null)
+    {
+        if (count < 10) throw new DmdInputException("--n must be at least 10");
+        using var g = new Generator((ulong)seed);
+        var z = Rng.Normal(new long[] { count }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
+        var y = Rng.OneHotLabels(m.Spec.LabelDim, count, g);
+        var (x, secs) = m.Draw(z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch);
+
+        var metrics = new Dictionary<string, double>();
+        double[]? perClass = null;
+        string? referenceName = null;
+        if (m.Spec.IsImage)
+        {
+            using var fd = FdFmnist.Load();
+            metrics["fd_fmnist"] = fd.Distance(x);
+            if (y is not null && m.Spec.LabelDim == FmnistClassifier.NumClasses)
+            {
+                var acc = fd.ClassAccuracy(x, y);
+                metrics["class_accuracy"] = acc.Overall;
+                perClass = acc.PerClass;
+            }
+        }
+        else
+        {
+            referenceName = data ?? RunData(m.Path)
+                ?? throw new DmdInputException($"cannot tell which data {m.Path} learned (no run config.json beside it): name the reference with --data, e.g. --data ring8 or --data csv:PATH");
+            onMessage?.Invoke($"reference: {referenceName}{(data is null ? " (the data of the model's run)" : "")}");
+            var reference = DataSource.Parse(referenceName).LoadPoints(count, seed: 2, expectedDim: m.Spec.SampleShape[0]);
+            var row = Toy2dExperiment.Evaluate(m.Title, x.reshape(count, -1), m.Nfe, reference, count / secs);
+            metrics["energy_distance"] = row.EnergyDistance;
+            metrics["precision"] = row.Precision;
+            metrics["recall"] = row.Recall;
+            if (row.ModesCovered is int mc) { metrics["modes_covered"] = mc; metrics["in_mode"] = row.HighQuality!.Value; }
+        }
+        return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName);
+    }
+
+    /// <summary>
+    /// The training data of a point model's run: a teacher run's config.json names it; a DMD run's names its teacher,
+    /// whose run names it; a `dmd toy2d` run keeps it in experiment.json one folder up. Null when none of these is there.
+    /// </summary>
+    public static string? RunData(string modelPath, int depth = 0)
+    {
+        if (depth > 3) return null;
+        var full = System.IO.Path.GetFullPath(modelPath);
+        var folder = Directory.Exists(full) ? full : System.IO.Path.GetDirectoryName(full)!;
+        foreach (var (file, key) in new[] { (System.IO.Path.Combine(folder, "config.json"), "Data"), (System.IO.Path.Combine(folder, "..", "experiment.json"), "Data") })
+        {
+            if (!File.Exists(file)) continue;
+            try
+            {
+                var node = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file));
+                if (node?[key]?.GetValue<string>() is string d) return d;
+                if (node?["Teacher"]?.GetValue<string>() is string t && (File.Exists(t) || Directory.Exists(t))) return RunData(t, depth + 1);
+            }
+            catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException) { }
+        }
+        return null;
+    }
+
+    /// <summary>runs/eval/NAME.json, NAME from the model's folder (and file, when it is not the folder's usual one).</summary>
+    public static string DefaultOut(string modelPath)
+    {
+        var full = System.IO.Path.GetFullPath(modelPath).TrimEnd('/');
+        string name = Directory.Exists(full) ? System.IO.Path.GetFileName(full)
+            : System.IO.Path.GetFileName(System.IO.Path.GetDirectoryName(full)!) + (System.IO.Path.GetFileNameWithoutExtension(full) is "teacher" or "generator" ? "" : "-" + System.IO.Path.GetFileNameWithoutExtension(full));
+        return System.IO.Path.Combine("runs", "eval", name + ".json");
+    }
+}
