@@ -63,38 +63,24 @@ internal static class ImageTeacherCommand
             AnsiConsole.MarkupLine(Markup.Escape($"teacher: {spec}; {TrainingUtils.ParameterCount(trainer.Net):N0} parameters; " +
                 $"{set.Count:N0} images [{string.Join("x", set.Shape)}], {set.NumClasses} classes; batch {cfg.BatchSize}, {torch.get_num_threads()} threads"));
 
-            int every = r.GetValue(gridEvery), perClass = r.GetValue(gridPerClass), steps = r.GetValue(gridSteps);
-            double guidance = r.GetValue(gridGuidance);
-            void Grid(int step) => ClassGrid.Save(Path.Combine(outDir, $"samples-{step:D6}.png"), trainer.Ema, spec.SampleShape,
-                perClass, "heun", steps, guidance, firstSeed: 0, classNames: set.ClassNames, scale: 2);
-
-            // images per second of training alone: the clock stops while grids are drawn
-            var train = new Stopwatch();
+            var grids = new TeacherGrids(r.GetValue(gridEvery), r.GetValue(gridPerClass), r.GetValue(gridSteps), r.GetValue(gridGuidance), set.ClassNames);
+            // images per second of training alone: grid time is taken out
+            var train = Stopwatch.StartNew();
             int firstStep = -1, lastStep = 0;
             using var signal = new StopSignal();
             bool finished = true;
-            ProgressView.Run(report =>
+            ProgressView.Run(report => finished = trainer.Run(outDir, dataName, Common.RunOptions(r, allow, (s, n, l) =>
             {
-                train.Start();
-                finished = trainer.Run(outDir, dataName, Common.RunOptions(r, allow, (s, n, l) =>
-                {
-                    if (firstStep < 0) firstStep = s - 1;
-                    lastStep = s;
-                    report("teacher", s, n, l);
-                    if ((every > 0 && s % every == 0) || s == n)
-                    {
-                        train.Stop();
-                        Grid(s);
-                        train.Start();
-                    }
-                }, () => signal.Requested));
-                train.Stop();
-            });
+                if (firstStep < 0) firstStep = s - 1;
+                lastStep = s;
+                report("teacher", s, n, l);
+            }, () => signal.Requested), grids));
+            train.Stop();
             Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
             int done = lastStep - Math.Max(firstStep, 0);
             if (done > 0)
             {
-                double secs = train.Elapsed.TotalSeconds;
+                double secs = train.Elapsed.TotalSeconds - trainer.GridSeconds;
                 AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture,
                     $"trained {done} steps in {secs:F0} s: {secs / done:F3} s/step, [bold]{done * (double)cfg.BatchSize / secs:F1} images/s[/] (batch {cfg.BatchSize}, {torch.get_num_threads()} threads, grids not counted)"));
             }

@@ -55,6 +55,18 @@ public sealed record TeacherConfig
     };
 }
 
+/// <summary>
+/// Sample grids of the EMA network during teacher training: every <paramref name="Every"/> steps and at the last step,
+/// <paramref name="PerClass"/> images per class from seeds 0, 1, ... (the same images each time), Heun with
+/// <paramref name="SamplerSteps"/> steps and CFG <paramref name="Guidance"/>, written as samples-STEP.png.
+/// </summary>
+/// <param name="Every">Steps between grids (0: only at the end).</param>
+/// <param name="PerClass">Images per class (per row).</param>
+/// <param name="SamplerSteps">Heun steps (2N-1 network evaluations).</param>
+/// <param name="Guidance">Classifier-free guidance scale (1 = none).</param>
+/// <param name="ClassNames">Row labels (null: class numbers).</param>
+public sealed record TeacherGrids(int Every, int PerClass = 10, int SamplerSteps = 18, double Guidance = 1.0, IReadOnlyList<string>? ClassNames = null);
+
 /// <summary>What a teacher run saves beside its weights.</summary>
 public sealed record TeacherRunInfo(NetworkSpec Spec, TeacherConfig Config, string Data);
 
@@ -135,12 +147,16 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         return loss.item<float>();
     }
 
+    /// <summary>Seconds this trainer spent drawing grids (so callers can time training alone).</summary>
+    public double GridSeconds { get; private set; }
+
     /// <summary>
     /// Trains to <see cref="TeacherConfig.Steps"/> (or until <paramref name="options"/> stops it), resuming from
-    /// <paramref name="outDir"/> if it holds a checkpoint of the same run; writes teacher.safetensors at the end.
+    /// <paramref name="outDir"/> if it holds a checkpoint of the same run; writes teacher.safetensors at the end and,
+    /// with <paramref name="grids"/>, sample grids of the EMA network.
     /// Returns false when the run was stopped before its last step.
     /// </summary>
-    public bool Run(string outDir, string dataName, RunOptions? options = null)
+    public bool Run(string outDir, string dataName, RunOptions? options = null, TeacherGrids? grids = null)
     {
         options ??= new RunOptions();
         Directory.CreateDirectory(outDir);
@@ -148,7 +164,15 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         TrainingLoop.CheckSameRun(outDir, info, options, MayChange, pathFields: Array.Empty<string>());
         bool resumed = TrainingLoop.Resume(this, outDir, options);
         Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
-        bool finished = TrainingLoop.Run(this, outDir, resumed, Config.Steps, Config.LogEvery, Config.CheckpointEvery, options);
+        void Grid(int step)
+        {
+            if (grids is null || !(grids.Every > 0 && step % grids.Every == 0 || step == Config.Steps)) return;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            ClassGrid.Save(Path.Combine(outDir, $"samples-{step:D6}.png"), Ema, Spec.SampleShape, grids.PerClass, "heun", grids.SamplerSteps,
+                           grids.Guidance, firstSeed: 0, classNames: grids.ClassNames, scale: 2);
+            GridSeconds += clock.Elapsed.TotalSeconds;
+        }
+        bool finished = TrainingLoop.Run(this, outDir, resumed, Config.Steps, Config.LogEvery, Config.CheckpointEvery, options, Grid);
         if (Step == Config.Steps) DenoiserFile.Save(Ema, Spec, Path.Combine(outDir, "teacher.safetensors"));
         return finished;
     }
