@@ -332,6 +332,36 @@ public class DmdWiringTests(ITestOutputHelper log)
         Assert.Equal(KarrasSchedule.DefaultSigmaMax, OneStepGenerator.Load(dir).SigmaMax);
     }
 
+    /// <summary>
+    /// The generator's weight average: after update n (0-based) ema = beta ema + (1 - beta) weights with
+    /// beta = min(decay, (1 + n) / (10 + n)), applied after the optimiser step; Output is the average.
+    /// </summary>
+    [Fact]
+    public void TheGeneratorsAverageFollowsItsWeightsWithTheWarmedUpDecay()
+    {
+        var teacher = RandomTeacher(image: false);
+        var config = new DmdConfig { Mode = DmdMode.DmOnly, BatchSize = 8, EmaDecay = 0.6, LearningRate = 1e-2, WarmupSteps = 0 };
+        using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
+        Assert.Same(trainer.Ema, trainer.Output);
+        var ema = Copy(trainer.Ema!.Net);
+        for (int n = 0; n < 4; n++)
+        {
+            var before = Copy(trainer.Generator.Net);
+            trainer.TrainStep();
+            double beta = Math.Min(config.EmaDecay, (1.0 + n) / (10.0 + n));
+            var weights = trainer.Generator.Net.state_dict();
+            var moved = before.state_dict().Any(kv => !TestUtil.Same(kv.Value, weights[kv.Key]));
+            Assert.True(moved, "the generator's weights moved");
+            var actual = trainer.Ema.Net.state_dict();
+            foreach (var (k, e) in ema.state_dict())
+            {
+                using (no_grad()) e.mul_(beta).add_(weights[k] * (1 - beta));
+                double err = (e - actual[k]).abs().max().item<float>();
+                Assert.True(err < 1e-6 * Math.Max(1, e.abs().max().item<float>()), $"update {n}: average of {k} is off by {err:G3} (beta {beta:F3})");
+            }
+        }
+    }
+
     /// <summary>erf by Abramowitz and Stegun 7.1.26 (|error| &lt; 1.5e-7).</summary>
     static double Erf(double x)
     {
