@@ -17,7 +17,7 @@ namespace Dmd;
 /// (it also fills freed blocks with 0xFF, so a read after free shows up as NaN instead of stale numbers).
 /// </para>
 /// </summary>
-public static class NativeSetup
+internal static class NativeSetup
 {
     [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
     [DllImport("libc", EntryPoint = "mallopt")] static extern int MallOpt(int param, int value);

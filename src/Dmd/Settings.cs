@@ -7,7 +7,7 @@ namespace Dmd;
 /// is a one-line error naming the setting instead of a NaN run or a model that was never trained. Names are given as
 /// the command-line tool spells them (<c>batch-size</c>), which is also the record's field in kebab case.
 /// </summary>
-public static class Settings
+internal static class Settings
 {
     /// <summary>Every floating-point setting of a record (and of the records inside it) must be a finite number.</summary>
     public static void RequireFinite(object record, string prefix = "")

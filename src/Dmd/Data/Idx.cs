@@ -12,7 +12,7 @@ namespace Dmd.Data;
 /// int32 sizes, then the values in row-major order (big-endian when wider than a byte). Files may be
 /// gzip-compressed; compression is recognised by its magic bytes (1f 8b), not by the file name.
 /// </summary>
-public static class Idx
+internal static class Idx
 {
     // type code -> (bytes per value, tensor dtype)
     static readonly Dictionary<byte, (int Size, ScalarType Dtype, string Name)> Types = new()

@@ -22,7 +22,7 @@ public interface IDenoiser
 }
 
 /// <summary>Helpers shared by everything that calls a denoiser.</summary>
-public static class DenoiserExtensions
+internal static class DenoiserExtensions
 {
     /// <summary>Reshapes a per-sample sigma (B) to (B, 1, 1, ...) so it broadcasts against x.</summary>
     public static Tensor Broadcast(Tensor sigma, Tensor x)

@@ -11,7 +11,7 @@ namespace Dmd.Distillation;
 /// the one-step generator's samples from the same noise and labels on the right, one row per class, so grids
 /// written during training show the student approaching the teacher image by image.
 /// </summary>
-public sealed class DistillationGrid : IDisposable
+internal sealed class DistillationGrid : IDisposable
 {
     /// <summary>The grid's noise (rows * PerRow, C, H, W), one seed per image; rows = classes, or PerRow for an unconditional teacher.</summary>
     public Tensor Z { get; }

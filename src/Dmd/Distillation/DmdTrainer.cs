@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace Dmd.Distillation;
 
 /// <summary>What a DMD run saves beside its checkpoints.</summary>
-public sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs);
+internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs);
 
 /// <summary>
 /// Distribution Matching Distillation (Yin et al. 2024, Algorithm 1; DESIGN.md section 3), generic over the

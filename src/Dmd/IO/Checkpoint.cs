@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace Dmd.IO;
 
 /// <summary>Safetensors weights and JSON configs: the on-disk formats of every run.</summary>
-public static class Checkpoint
+internal static class Checkpoint
 {
     /// <summary>The JSON options of every file the project writes: indented, fields included, enums as names, NaN and infinities allowed.</summary>
     public static readonly JsonSerializerOptions Json = new()
@@ -165,7 +165,7 @@ public static class Checkpoint
 }
 
 /// <summary>Differences between a weights file and a model.</summary>
-public sealed record LoadReport(List<string> Missing, List<string> Unexpected, List<string> Misshaped)
+internal sealed record LoadReport(List<string> Missing, List<string> Unexpected, List<string> Misshaped)
 {
     /// <summary>True when no tensor is missing, unexpected or mis-shaped.</summary>
     public bool IsExact => Missing.Count == 0 && Unexpected.Count == 0 && Misshaped.Count == 0;

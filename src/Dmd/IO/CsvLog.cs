@@ -3,7 +3,7 @@ using System.Globalization;
 namespace Dmd.IO;
 
 /// <summary>Appends one CSV row per logged step: the losses of a run, for plots and for people.</summary>
-public sealed class CsvLog
+internal sealed class CsvLog
 {
     private readonly string path;
     private string[]? columns;

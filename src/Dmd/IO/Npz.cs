@@ -15,7 +15,7 @@ namespace Dmd.IO;
 /// Reads '&lt;f8' and '&lt;f4' arrays (C or Fortran order, .npy format 1.0 to 3.0); writes
 /// '&lt;f8' / '&lt;f4' in C order with a format 1.0 header, uncompressed like <c>np.savez</c>.
 /// </summary>
-public static class Npz
+internal static class Npz
 {
     static readonly byte[] Magic = { 0x93, (byte)'N', (byte)'U', (byte)'M', (byte)'P', (byte)'Y' };
 

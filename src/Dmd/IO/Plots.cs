@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 namespace Dmd.IO;
 
 /// <summary>PNG figures drawn with SkiaSharp: scatter panels for point sets, loss curves for runs.</summary>
-public static class Plots
+internal static class Plots
 {
     /// <summary>The embedded DejaVu Sans, shared by every figure that writes text (plots, image grids).</summary>
     internal static readonly Lazy<SKTypeface> Font = new(() =>

@@ -6,7 +6,7 @@ namespace Dmd.Networks;
 /// and 0.10 for ImageNet-64), and small configurations for CPU-sized image teachers.
 /// Wrap the result in <see cref="Diffusion.EdmPrecond"/> to get EDM's state-dict names (<c>model.*</c>).
 /// </summary>
-public static class EdmUNetPresets
+internal static class EdmUNetPresets
 {
     /// <summary>CIFAR-10 32x32, class-conditional DDPM++ (<c>edm-cifar10-32x32-cond-vp</c>): 55.7 M parameters.</summary>
     public static SongUNet Cifar10DdpmppCond() => new(

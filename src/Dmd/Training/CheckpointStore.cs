@@ -17,7 +17,7 @@ namespace Dmd.Training;
 /// one), and loading checks every file against the manifest. Checkpoints of earlier versions (files directly in
 /// <c>checkpoint/</c>, <c>state.json</c> last) still load.
 /// </summary>
-public sealed class CheckpointStore
+internal sealed class CheckpointStore
 {
     const string Pointer = "latest";
     const string ManifestName = "manifest.json";
@@ -110,10 +110,10 @@ public sealed class CheckpointStore
 }
 
 /// <summary>What <c>manifest.json</c> of a checkpoint holds.</summary>
-public sealed record CheckpointManifest(int Step, List<CheckpointFile> Files);
+internal sealed record CheckpointManifest(int Step, List<CheckpointFile> Files);
 
 /// <summary>One file of a checkpoint: name, size and SHA-256.</summary>
-public sealed record CheckpointFile(string Name, long Bytes, string Sha256);
+internal sealed record CheckpointFile(string Name, long Bytes, string Sha256);
 
 /// <summary>Writes the files of one checkpoint into its unfinished folder.</summary>
 public sealed class CheckpointWriter

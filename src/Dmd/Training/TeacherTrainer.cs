@@ -68,7 +68,7 @@ public sealed record TeacherConfig
 public sealed record TeacherGrids(int Every, int PerClass = 10, int SamplerSteps = 18, double Guidance = 1.0, IReadOnlyList<string>? ClassNames = null);
 
 /// <summary>What a teacher run saves beside its weights.</summary>
-public sealed record TeacherRunInfo(NetworkSpec Spec, TeacherConfig Config, string Data);
+internal sealed record TeacherRunInfo(NetworkSpec Spec, TeacherConfig Config, string Data);
 
 /// <summary>
 /// Trains a denoiser with the EDM loss. Output directory: <c>teacher.safetensors</c> (+ .json spec; EMA
@@ -227,7 +227,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
 /// Resumable position of a training run: step and random generator states, and for runs that log a smoothed loss
 /// (the teacher) its running value (absent in other runs' and in older checkpoints).
 /// </summary>
-public sealed record TrainState(
+internal sealed record TrainState(
     int Step, string Rng,
     [property: System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull)]
     double? SmoothedLoss = null);

@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace Dmd.Training;
 
 /// <summary>Small pieces every training loop shares: learning-rate control, clipping, EMA, weight copies.</summary>
-public static class TrainingUtils
+internal static class TrainingUtils
 {
     /// <summary>Sets the learning rate of every parameter group.</summary>
     public static void SetLearningRate(optim.Optimizer opt, double lr)
