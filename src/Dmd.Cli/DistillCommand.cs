@@ -21,7 +21,7 @@ internal static class DistillCommand
     {
         var cmd = new Command("distill", "Distil a teacher into a one-step generator with DMD; resumes if --out holds a checkpoint.");
         var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
-        var pairs = new Option<string?>("--pairs") { Description = "regression pairs from `dmd pairs` (not needed with --mode DmOnly)" };
+        var pairs = new Option<string?>("--pairs") { Description = "regression pairs from `dmd pairs` (not needed with --mode DmOnly or --lambda-reg 0)" };
         var minutes = new Option<double?>("--minutes") { Description = "stop after this many minutes (checkpoint and generator.safetensors written; run again to continue)" };
         var outOpt = Common.Out("runs/dmd");
         var cfgFile = Common.ConfigFile();

@@ -121,6 +121,63 @@ public class DmdWiringTests(ITestOutputHelper log)
         else Assert.All(trainer.Fake.parameters(), p => Assert.True(p.grad is null || p.grad.abs().max().item<float>() == 0));
     }
 
+    /// <summary>DMD2 trains without pairs: Full with lambda_reg 0 needs none and takes exactly the DmOnly step.</summary>
+    [Fact]
+    public void LambdaRegZeroNeedsNoPairsAndIsTheDistributionMatchingStep()
+    {
+        torch.manual_seed(1);
+        var teacher = PointSpec.Build();
+        Perturb(teacher, 2, 0.05);
+        TrainingUtils.Freeze(teacher);
+        var config = WiringConfig(DmdMode.Full, 2.0, 0);
+        Assert.False(config.UsesPairs);
+        using var a = new DmdTrainer(teacher, PointSpec, config, pairs: null);
+        using var b = new DmdTrainer(teacher, PointSpec, config with { Mode = DmdMode.DmOnly }, pairs: null);
+        var la = a.TrainStep();
+        b.TrainStep();
+        Assert.False(la.ContainsKey("loss_reg"));
+        AssertSameGradients(b.Generator.Net, a.Generator.Net, "lambda_reg 0 vs DmOnly");
+        var e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, config with { LambdaReg = 0.25 }, pairs: null));
+        Assert.Contains("lambda-reg 0", e.Message);
+    }
+
+    /// <summary>
+    /// DMD2's two time-scale rule: with K fake updates per generator update, update k &gt; 0 trains on a fresh batch (new z and
+    /// labels) drawn from the generator after its update, without gradient through it. The fake's learning rate is made
+    /// negligible so the last update's gradient can be recomputed at the fake's starting weights.
+    /// </summary>
+    [Fact]
+    public void FakeUpdatesAfterTheFirstTrainOnFreshBatchesOfTheUpdatedGenerator()
+    {
+        torch.manual_seed(1);
+        var teacher = PointSpec.Build();
+        Perturb(teacher, 2, 0.05);
+        TrainingUtils.Freeze(teacher);
+        var config = WiringConfig(DmdMode.DmOnly, 1.5, 0.25) with { FakeUpdatesPerStep = 2, FakeLrScale = 1e-9 };
+        using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
+        var fake0 = Copy(trainer.Fake);
+        var generator0 = new OneStepGenerator(Copy(trainer.Generator.Net), config.SigmaMax);
+
+        trainer.TrainStep();
+
+        using var rng = new Generator((ulong)config.Seed);
+        var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
+        var z = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);
+        var y = Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
+        Rng.Integers(config.MinStep, config.MaxStep + 1, config.BatchSize, rng); // the DM term's noise levels ...
+        Rng.NormalLike(z, rng);                                                     // ... and noise
+        Rng.Integers(0, config.GridLevels, config.BatchSize, rng);                  // fake update 0: noise levels ...
+        Rng.NormalLike(z, rng);                                                     // ... and noise
+        var z1 = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);               // fake update 1: a fresh batch
+        var y1 = Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
+        Tensor x1;
+        using (no_grad()) x1 = trainer.Generator.Generate(z1, y1); // the generator after its update
+        using (no_grad()) Assert.False(allclose(x1, generator0.Generate(z1, y1), 1e-6, 1e-7), "the generator moved");
+        var sigma1 = grid.index_select(0, Rng.Integers(0, config.GridLevels, config.BatchSize, rng));
+        EdmLoss.AtSigma(fake0, x1, sigma1, y1, PointSpec.SigmaData, rng).backward();
+        AssertSameGradients(fake0, trainer.Fake, "fake denoiser, update 1");
+    }
+
     /// <summary>
     /// EDM's preconditioned form of the exact denoiser of N(mu, std^2) data: F is chosen so that
     /// c_skip x + c_out F = mu + std^2 / (std^2 + sigma^2) (x - mu). With std = 0 it is the denoiser of a point mass at mu

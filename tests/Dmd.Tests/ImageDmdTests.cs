@@ -233,6 +233,10 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         double expected = ((d2 + c * c).sqrt() - c).mean().item<float>();
         Assert.Equal(expected, DmdLoss.RegressionPseudoHuber(a, b).item<float>(), 5);
         Assert.Equal(0, DmdLoss.RegressionPseudoHuber(a, a).item<float>(), 6);
+        // near the target the constant matters: |a - b| = 8e-4 per sample against c = 0.00054 sqrt(64) = 0.00432
+        var near = a + 1e-4f;
+        double nearExpected = Math.Sqrt(64 * 1e-8 + c * c) - c; // 7.3e-5 (with c = 0.00054 it would be 4.2e-4)
+        Assert.Equal(nearExpected, DmdLoss.RegressionPseudoHuber(near, a).item<float>(), nearExpected * 1e-2);
 
         var pairs = Pairs(8);
         using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small(), pairs)) Assert.Equal("l2", t.RegressionLoss); // auto, no weights

@@ -53,7 +53,7 @@ public sealed record DmdConfig
     public double SigmaMax { get; init; } = 80.0;
     /// <summary>CFG scale of the real score (1 = none)</summary>
     public double GuidanceReal { get; init; } = 1.0;
-    /// <summary>DMD: 1; DMD2 uses 5</summary>
+    /// <summary>fake-denoiser updates per generator update, each after the first on a fresh generated batch (DMD: 1; DMD2: 5)</summary>
     public int FakeUpdatesPerStep { get; init; } = 1;
     /// <summary>fake-denoiser lr / generator lr (paper: 1)</summary>
     public double FakeLrScale { get; init; } = 1.0;
@@ -81,6 +81,11 @@ public sealed record DmdConfig
     public int CheckpointEvery { get; init; } = 500;
     /// <summary>a losses.csv row every N steps (and at the last step)</summary>
     public int LogEvery { get; init; } = 20;
+
+    /// <summary>Whether the generator loss has a regression term, i.e. the run needs pairs: RegressionOnly, or Full with
+    /// lambda_reg &gt; 0 (Full with lambda_reg 0 is DMD2's loss: distribution matching alone, at the full learning rate).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool UsesPairs => Mode == DmdMode.RegressionOnly || (Mode == DmdMode.Full && LambdaReg > 0);
 
     /// <summary>Rejects values no run can use, naming the setting (see <see cref="Settings"/>).</summary>
     public void Validate()

@@ -15,7 +15,8 @@ internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Tea
 /// network and the shape of the data. Three networks with the teacher's architecture: the frozen real
 /// denoiser (the teacher), the fake denoiser and the generator, both initialised from the teacher.
 /// Each <see cref="TrainStep"/> updates the generator once, then the fake denoiser
-/// <see cref="DmdConfig.FakeUpdatesPerStep"/> times on the same generated batch.
+/// <see cref="DmdConfig.FakeUpdatesPerStep"/> times: first on the generated batch of the generator update (the paper's
+/// DMD when it is 1), then each time on a fresh batch of the updated generator (DMD2's two time-scale update rule).
 /// All randomness flows from one generator, saved with the checkpoint, so a resumed run continues bit for bit.
 /// </summary>
 public sealed class DmdTrainer : IResumableTrainer, IDisposable
@@ -54,7 +55,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <param name="teacher">The real denoiser (frozen).</param>
     /// <param name="spec">The teacher's description: sample shape, classes, sigma_data, and how to build its copies.</param>
     /// <param name="config">The run's hyper-parameters.</param>
-    /// <param name="pairs">Regression pairs (not needed in <see cref="DmdMode.DmOnly"/>).</param>
+    /// <param name="pairs">Regression pairs (not needed when <see cref="DmdConfig.UsesPairs"/> is false: DmOnly, or Full with lambda_reg 0 as DMD2 trains).</param>
     /// <param name="device">Where the three networks live (CPU by default).</param>
     /// <param name="buildNetwork">Makes a fresh network of the teacher's architecture for the fake denoiser and the
     /// generator (their weights are then copied from the teacher); <see cref="NetworkSpec.Build"/> by default. Give it
@@ -63,13 +64,15 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                       Func<EdmPrecond>? buildNetwork = null)
     {
         config.Validate();
-        if (config.Mode != DmdMode.DmOnly && pairs is null)
-            throw new DmdInputException($"mode {config.Mode} needs regression pairs (make them with `dmd pairs`)");
+        if (config.UsesPairs && pairs is null)
+            throw new DmdInputException($"mode {config.Mode}{(config.Mode == DmdMode.Full ? $" with lambda-reg {config.LambdaReg:G}" : "")} needs regression pairs: make them with `dmd pairs`" +
+                                        (config.Mode == DmdMode.Full ? ", or train on distribution matching alone with lambda-reg 0 (DMD2) or mode DmOnly" : ""));
         if (config.MinStep < 0 || config.MaxStep >= config.GridLevels || config.MinStep > config.MaxStep)
             throw new DmdInputException($"noise-level index range [{config.MinStep}, {config.MaxStep}] must lie inside [0, {config.GridLevels - 1}]");
         if (pairs is not null && !pairs.Z.shape.Skip(1).SequenceEqual(spec.SampleShape.Select(s => (long)s)))
             throw new DmdInputException($"regression pairs have samples of shape [{string.Join(",", pairs.Z.shape.Skip(1))}] but the teacher makes [{string.Join(",", spec.SampleShape)}]; regenerate them with this teacher");
-        if (pairs is not null && config.Mode != DmdMode.DmOnly) CheckPairsMatch(pairs.Info, config);
+        if (!config.UsesPairs) pairs = null; // DM only: pairs given anyway are not used
+        if (pairs is not null) CheckPairsMatch(pairs.Info, config);
         Config = config;
         Spec = spec with { Dropout = 0 }; // DESIGN.md: dropout off in all three networks
         this.device = device ?? CPU;
@@ -185,7 +188,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             lossG = lossG + lossDm;
             losses["loss_dm"] = lossDm.item<float>();
         }
-        if (Config.Mode != DmdMode.DmOnly)
+        if (Config.UsesPairs)
         {
             var idx = Rng.Integers(0, pairs!.Count, Config.RegressionBatchSize, rng);
             var zr = pairs.Z.index_select(0, idx).to(device);
@@ -205,12 +208,19 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             if (Ema is not null) TrainingUtils.UpdateEma(Ema.Net, Generator.Net, EmaBeta(Step));
         }
 
-        // ---- fake denoiser update(s) on the same generated batch, full noise range, no CFG ----
+        // ---- fake denoiser update(s), full noise range, no CFG: the first on the generator step's batch (DMD), each
+        // further one on a fresh batch of the updated generator (DMD2's two time-scale rule, dfake_gen_update_ratio) ----
         if (Config.Mode != DmdMode.RegressionOnly)
         {
             var xFake = x.detach();
             for (int k = 0; k < Config.FakeUpdatesPerStep; k++)
             {
+                if (k > 0)
+                {
+                    var zk = Rng.Normal(new long[] { Config.BatchSize }.Concat(sampleShape).ToArray(), rng, device);
+                    y = Rng.OneHotLabels(Spec.LabelDim, Config.BatchSize, rng, device);
+                    using (no_grad()) xFake = Generator.Generate(zk, y);
+                }
                 var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, Config.BatchSize, rng, device));
                 var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, Spec.SigmaData, rng);
                 optF.zero_grad();
