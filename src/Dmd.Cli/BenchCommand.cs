@@ -2,12 +2,10 @@ using System.CommandLine;
 using System.Diagnostics;
 using Dmd.Pipelines;
 using Dmd.Diffusion;
-using Dmd.Distillation;
 using Dmd.IO;
 using Spectre.Console;
 using TorchSharp;
 using static TorchSharp.torch;
-using Dmd.Networks;
 
 namespace Dmd.Cli;
 

@@ -7,7 +7,6 @@ using Dmd.Metrics;
 using Dmd.Training;
 using Spectre.Console;
 using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Dmd.Cli;
 

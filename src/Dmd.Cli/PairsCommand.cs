@@ -1,16 +1,11 @@
 using System.CommandLine;
 using System.Diagnostics;
-using System.Globalization;
 using Dmd.Data;
 using Dmd.Diffusion;
 using Dmd.Distillation;
-using Dmd.Pipelines;
 using Dmd.IO;
 using Dmd.Networks;
-using Dmd.Training;
 using Spectre.Console;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace Dmd.Cli;
 

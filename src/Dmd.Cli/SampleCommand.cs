@@ -1,12 +1,9 @@
 using System.CommandLine;
-using System.Diagnostics;
 using System.Globalization;
 using Dmd.Data;
 using Dmd.Diffusion;
-using Dmd.Distillation;
 using Dmd.Pipelines;
 using Dmd.IO;
-using Dmd.Networks;
 using Dmd.Training;
 using Spectre.Console;
 using TorchSharp;
