@@ -32,7 +32,7 @@ internal static class TeacherCommand
             var dataName = r.GetValue(data)!;
             var set = DataSource.Parse(dataName).LoadPoints(r.GetValue(points), seed: 1);
             if (!r.GetValue(cond)) set = set.WithoutLabels();
-            var spec = new NetworkSpec("mlp", set.Shape, set.NumClasses, Math.Round(set.Std, 4), r.GetValue(width), r.GetValue(depth));
+            var spec = NetworkSpec.ForPoints(set, r.GetValue(width), r.GetValue(depth));
             using var trainer = new TeacherTrainer(spec, cfg, set);
             AnsiConsole.MarkupLine($"teacher: {TrainingUtils.ParameterCount(trainer.Net):N0} parameters, {set.Count:N0} points of dim {set.Dim}, {set.NumClasses} classes");
             var outDir = r.GetValue(outOpt)!;

@@ -100,6 +100,13 @@ public sealed record NetworkSpec(
         SmallImage(kind, channels: 1, resolution: 32, labelDim: 10, modelChannels, numBlocks, dropout);
 
     /// <summary>
+    /// The MLP spec for a point set: its dimension and classes, sigma_data = the standard deviation of all its
+    /// coordinates rounded to 4 decimals (design.md section 2), <paramref name="width"/> x <paramref name="depth"/> blocks.
+    /// </summary>
+    public static NetworkSpec ForPoints(Data.PointSet points, int width = 256, int depth = 4) =>
+        new("mlp", points.Shape, points.NumClasses, Math.Round(points.Std, 4), width, depth);
+
+    /// <summary>
     /// A small U-Net spec for CPU-sized image teachers (see <see cref="EdmUNetPresets.SmallDdpmpp"/>):
     /// channel_mult [1,2,2] (or [1,2] below 16 pixels), attention at resolution/4, sigma_data 0.5.
     /// </summary>
