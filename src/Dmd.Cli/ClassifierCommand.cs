@@ -23,14 +23,15 @@ internal static class ClassifierCommand
 {
     public static Command Build()
     {
-        var cmd = new Command("train-classifier", "Train the Fashion-MNIST classifier behind FD-FMNIST (train split only) and save it with the test split's feature statistics.");
+        var cmd = new Command("train-classifier", "Train the Fashion-MNIST classifier behind FD-FMNIST (train split only) and save it with the test split's feature statistics; resumes if --out holds a checkpoint.");
         var data = new Option<string>("--data")
         {
             Description = $"fashion-mnist (the files in {FashionMnist.DebianFolder}) or fashion-mnist:FOLDER", DefaultValueFactory = _ => "fashion-mnist",
         };
         var outOpt = Common.Out("runs/fmnist-classifier"); // the shipped one (models/fmnist-classifier) is replaced only when named
         var cfgFile = Common.ConfigFile();
-        foreach (var o in new Option[] { data, outOpt, cfgFile }) cmd.Options.Add(o);
+        var allow = Common.AllowChanges();
+        foreach (var o in new Option[] { data, outOpt, cfgFile, allow }) cmd.Options.Add(o);
         var opts = new ConfigOptions<FmnistClassifierConfig>(cmd);
         cmd.SetAction(r =>
         {
@@ -45,8 +46,17 @@ internal static class ClassifierCommand
                               $"{cfg.Epochs} epochs of batch {cfg.BatchSize}, {torch.get_num_threads()} thread(s)");
 
             var sw = Stopwatch.StartNew();
-            var net = FmnistClassifierTrainer.Train(train, cfg, (epoch, step, steps, loss) =>
-                Console.WriteLine($"epoch {epoch + 1}/{cfg.Epochs} step {step}/{steps} loss {loss:F4} [{sw.Elapsed:hh\\:mm\\:ss}]"));
+            using var trainer = new ClassifierTrainer(train, cfg);
+            using var signal = new StopSignal();
+            bool finished = true;
+            ProgressView.Run(report => finished = trainer.Run(outDir, r.GetValue(data)!, Common.RunOptions(r, allow,
+                (s, n, l) => report("classifier", s, n, l), () => signal.Requested)));
+            if (!finished)
+            {
+                AnsiConsole.MarkupLine($"stopped on request at step {trainer.Step} of {trainer.TotalSteps} (checkpoint written); the same command continues the run");
+                return 0;
+            }
+            var net = trainer.Net;
             double seconds = sw.Elapsed.TotalSeconds;
             if (TrainingUtils.ParameterCount(net) != FmnistClassifier.ParameterCount)
                 throw new InvalidOperationException("FmnistClassifier.ParameterCount is out of date");

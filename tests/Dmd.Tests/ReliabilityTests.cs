@@ -42,9 +42,9 @@ public class ReliabilityTests
         var expected = Weights(reference);
         Assert.Equal(6, TestUtil.CheckpointStep(reference));
         int perCheckpoint = events.Count / 3; // checkpoints at steps 2, 4, 6
-        Assert.Equal(8, perCheckpoint);       // 5 files, the manifest, the folder rename, the pointer switch
+        Assert.Equal(9, perCheckpoint);       // 6 files, the manifest, the folder rename, the pointer switch
 
-        // die after the k-th event of the first (k < 8) or second (k >= 8) checkpoint write, then run the same command again
+        // die after the k-th event of the first (k < 9) or second (k >= 9) checkpoint write, then run the same command again
         for (int k = 0; k < 2 * perCheckpoint; k++)
         {
             var dir = TestUtil.TempDir();

@@ -77,7 +77,7 @@ public sealed class FmnistClassifier : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>Settings of <see cref="FmnistClassifierTrainer"/>; the defaults produce the shipped classifier.</summary>
+/// <summary>Settings of the classifier's training (Training.ClassifierTrainer); the defaults produce the shipped classifier.</summary>
 public sealed record FmnistClassifierConfig
 {
     /// <summary>passes over the 60000 training images</summary>
@@ -107,78 +107,9 @@ public sealed record ClassAccuracy(double Overall, double[] PerClass, long[] Cou
         string.Join(", ", PerClass.Select((a, c) => $"{c}: {(double.IsNaN(a) ? "-" : $"{100 * a:F1} %")}"));
 }
 
-/// <summary>
-/// Trains <see cref="FmnistClassifier"/> on the Fashion-MNIST training split only (Adam, cosine learning-rate decay,
-/// random flips and shifts, cross-entropy), with every random draw seeded.
-/// </summary>
+/// <summary>Accuracy of <see cref="FmnistClassifier"/> (training: Training.ClassifierTrainer).</summary>
 public static class FmnistClassifierTrainer
 {
-    /// <summary>
-    /// Trains a classifier on <paramref name="train"/> (uint8 (N, 1, 32, 32) with labels). <paramref name="progress"/>
-    /// receives (epoch, step, steps per epoch, mean loss of the epoch so far) every 50 steps and at the end of each epoch.
-    /// </summary>
-    public static FmnistClassifier Train(ImageDataset train, FmnistClassifierConfig cfg,
-                                         Action<int, int, int, double>? progress = null)
-    {
-        if (train.ClassIndex is null || train.NumClasses != FmnistClassifier.NumClasses || !train.Shape.SequenceEqual(new[] { 1, 32, 32 }))
-            throw new DmdInputException($"the classifier trains on labelled (N, 1, 32, 32) images in 10 classes, got " +
-                                               $"[{string.Join(", ", train.Shape)}] with {train.NumClasses} classes");
-        torch.manual_seed((long)cfg.Seed); // weight initialisation and dropout
-        using var g = new Generator(cfg.Seed + 1);
-        var net = new FmnistClassifier(cfg.Dropout);
-        var opt = optim.Adam(net.parameters(), cfg.LearningRate, weight_decay: cfg.WeightDecay);
-        long n = train.Count;
-        int stepsPerEpoch = (int)(n / cfg.BatchSize); // the last partial batch is dropped
-        int totalSteps = stepsPerEpoch * cfg.Epochs, step = 0;
-        net.train();
-        for (int epoch = 0; epoch < cfg.Epochs; epoch++)
-        {
-            var perm = randperm(n, generator: g);
-            double lossSum = 0;
-            for (int i = 0; i < stepsPerEpoch; i++, step++)
-            {
-                using var scope = NewDisposeScope();
-                foreach (var group in opt.ParamGroups)
-                    group.LearningRate = cfg.LearningRate * 0.5 * (1 + Math.Cos(Math.PI * step / totalSteps));
-                var idx = perm.narrow(0, (long)i * cfg.BatchSize, cfg.BatchSize);
-                var x = Augment(ImageDataset.ToFloat(train.Images.index_select(0, idx)), cfg, g);
-                var y = train.ClassIndex.index_select(0, idx);
-                var loss = F.cross_entropy(net.forward(x), y);
-                opt.zero_grad();
-                loss.backward();
-                opt.step();
-                lossSum += loss.item<float>();
-                if ((i + 1) % 50 == 0 || i + 1 == stepsPerEpoch) progress?.Invoke(epoch, i + 1, stepsPerEpoch, lossSum / (i + 1));
-            }
-        }
-        net.eval();
-        return net;
-    }
-
-    /// <summary>
-    /// Random left-right flips (one coin per image) and a random translation by up to <c>MaxShift</c> pixels (one per
-    /// batch row of 16 images). A roll is an exact translation here: the 2-pixel border it wraps around is background.
-    /// </summary>
-    static Tensor Augment(Tensor x, FmnistClassifierConfig cfg, Generator g)
-    {
-        long n = x.shape[0];
-        if (cfg.RandomFlip)
-        {
-            var flip = (rand(new long[] { n }, generator: g) < 0.5).view(n, 1, 1, 1);
-            x = where(flip, x.flip(3), x);
-        }
-        if (cfg.MaxShift > 0)
-        {
-            int s = Math.Min(cfg.MaxShift, 2);
-            var shifts = randint(-s, s + 1, new long[] { (n + 15) / 16, 2 }, generator: g).data<long>().ToArray();
-            var parts = new List<Tensor>();
-            for (long j = 0, k = 0; j < n; j += 16, k++)
-                parts.Add(x.narrow(0, j, Math.Min(16, n - j)).roll(new[] { shifts[2 * k], shifts[2 * k + 1] }, new long[] { 2, 3 }));
-            x = cat(parts, 0);
-        }
-        return x;
-    }
-
     /// <summary>Accuracy of the classifier on labelled images (uint8 (N, 1, 32, 32)), in batches, in eval mode.</summary>
     public static ClassAccuracy Evaluate(FmnistClassifier net, ImageDataset data, int batch = 500)
     {

@@ -97,12 +97,19 @@ public static class TrainingLoop
         return into;
     }
 
+    /// <summary>
+    /// The state of libtorch's global generator, saved with every checkpoint: the trainers draw from their own generators,
+    /// but dropout layers draw from the global one, so without it a resumed run with dropout would not continue bit for bit.
+    /// </summary>
+    const string GlobalRngFile = "global_rng.json";
+
     /// <summary>Restores the latest checkpoint of <paramref name="outDir"/> if there is one; returns whether it did.</summary>
     public static bool Resume(IResumableTrainer trainer, string outDir, RunOptions options)
     {
         var reader = new CheckpointStore(outDir).Open();
         if (reader is null) return false;
         trainer.ReadCheckpoint(reader);
+        if (reader.Has(GlobalRngFile)) Checkpoint.RestoreGenerator(TorchSharp.torch.Generator.Default, reader.Json<string>(GlobalRngFile));
         options.OnMessage?.Invoke($"resuming from step {trainer.Step} ({reader.Folder})");
         return true;
     }
@@ -129,7 +136,11 @@ public static class TrainingLoop
             if (lastSaved == trainer.Step) return;
             if (!trainer.WeightsFinite())
                 throw Diverged("the weights are no longer finite", lastSaved);
-            store.Save(trainer.Step, trainer.WriteCheckpoint);
+            store.Save(trainer.Step, w =>
+            {
+                trainer.WriteCheckpoint(w);
+                w.Json(GlobalRngFile, Checkpoint.GeneratorState(TorchSharp.torch.Generator.Default)); // dropout draws from it
+            });
             lastSaved = trainer.Step;
         }
 
