@@ -22,11 +22,16 @@ internal static class DistillCommand
         var cmd = new Command("distill", "Distil a teacher into a one-step generator with DMD; resumes if --out holds a checkpoint.");
         var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
         var pairs = new Option<string?>("--pairs") { Description = "regression pairs from `dmd pairs` (not needed with --mode DmOnly or --lambda-reg 0)" };
+        var ganData = new Option<string?>("--gan-data")
+        {
+            Description = "real data of the GAN head (with --gan-weight > 0): ring8, grid25, moons, checkerboard or csv:PATH for points, " +
+                          "fashion-mnist or folder:PATH for images at the teacher's resolution and channels (default: the teacher run's training data, from its config.json)",
+        };
         var minutes = new Option<double?>("--minutes") { Description = "stop after this many minutes (checkpoint and generator.safetensors written; run again to continue)" };
         var outOpt = Common.Out("runs/dmd");
         var cfgFile = Common.ConfigFile();
         var allow = Common.AllowChanges();
-        foreach (var o in new Option[] { teacher, pairs, minutes, outOpt, cfgFile, allow }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { teacher, pairs, ganData, minutes, outOpt, cfgFile, allow }) cmd.Options.Add(o);
         var opts = new ConfigOptions<DmdConfig>(cmd);
         cmd.SetAction(r =>
         {
@@ -35,7 +40,11 @@ internal static class DistillCommand
             var (net, spec) = DenoiserFile.Load(teacherPath);
             Threads.Apply(r, smallModel: !spec.IsImage);
             var p = r.GetValue(pairs) is string pp ? RegressionPairs.Load(pp) : null;
-            using var trainer = new DmdTrainer(net, spec, cfg, p);
+            // the GAN's real data: --gan-data, or the data the teacher's run learned
+            var ganText = cfg.UsesGan ? r.GetValue(ganData) ?? DmdTrainer.TeacherData(teacherPath) : null;
+            if (ganText is not null && r.GetValue(ganData) is null) AnsiConsole.MarkupLine(Markup.Escape($"GAN data: {ganText} (the teacher's training data)"));
+            var real = ganText is null ? null : DmdTrainer.LoadRealData(ganText, spec);
+            using var trainer = new DmdTrainer(net, spec, cfg, p, realData: real);
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");
             var clock = Stopwatch.StartNew();
@@ -44,7 +53,8 @@ internal static class DistillCommand
             int firstStep = -1; // a --minutes budget ends a run only after it made a step, so every call moves the run on
             ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs),
                 Common.RunOptions(r, allow, (s, n, l) => report($"dmd {cfg.Mode}", s, n, l),
-                                  () => signal.Requested || (trainer.Step > (firstStep < 0 ? firstStep = trainer.Step : firstStep) && clock.Elapsed.TotalSeconds > limit))));
+                                  () => signal.Requested || (trainer.Step > (firstStep < 0 ? firstStep = trainer.Step : firstStep) && clock.Elapsed.TotalSeconds > limit)),
+                ganText));
             if (trainer.Step < cfg.Steps)
                 AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
             Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });

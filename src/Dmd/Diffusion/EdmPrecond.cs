@@ -17,6 +17,20 @@ public abstract class EdmBackbone : nn.Module<Tensor, Tensor, Tensor?, Tensor>
 }
 
 /// <summary>
+/// A raw network F that exposes internal features, for a discriminator head on the fake denoiser (DMD2's
+/// <c>gan_classifier</c>): the U-Nets' bottleneck (the encoder's output, what DMD2's <c>return_bottleneck</c> gives),
+/// the MLP's last hidden layer. Reached through <see cref="EdmPrecond.Features"/>, which applies the preconditioning.
+/// </summary>
+public interface IFeatureBackbone
+{
+    /// <summary>Shape of one sample's features (no batch dimension): (C, r, r) for a U-Net, (width) for the MLP.</summary>
+    long[] FeatureShape { get; }
+
+    /// <summary>The features for F's inputs: x already scaled by c_in, c_noise (B), one-hot labels (B, LabelDim) or null.</summary>
+    Tensor Features(Tensor x, Tensor cNoise, Tensor? labels);
+}
+
+/// <summary>
 /// EDM preconditioning (Karras et al. 2022, Table 1; DESIGN.md section 2):
 /// <c>D(x) = c_skip x + c_out F(c_in x, c_noise, labels)</c> with
 /// c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd / sqrt(sigma^2+sd^2), c_in = 1/sqrt(sigma^2+sd^2),
@@ -53,6 +67,31 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
     public override Tensor forward(Tensor x, Tensor sigma, Tensor? labels)
     {
         using var scope = NewDisposeScope();
+        var (xf, cSkip, cOut, cIn, cNoise) = Coefficients(x, sigma);
+        var f = model.forward(cIn * xf, cNoise, labels);
+        return (cSkip * xf + cOut * f).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Shape of one sample's features (see <see cref="Features"/>), or null when the wrapped network exposes none.</summary>
+    public long[]? FeatureShape => (model as IFeatureBackbone)?.FeatureShape;
+
+    /// <summary>
+    /// The wrapped network's features at the preconditioned input: <c>F.Features(c_in x, c_noise, labels)</c> (float32,
+    /// (B, ...<see cref="FeatureShape"/>)), what DMD2's fake denoiser returns with <c>return_bottleneck=True</c>.
+    /// A network without features (not an <see cref="IFeatureBackbone"/>) is a <see cref="DmdInputException"/>.
+    /// </summary>
+    public Tensor Features(Tensor x, Tensor sigma, Tensor? labels)
+    {
+        if (model is not IFeatureBackbone fb)
+            throw new DmdInputException($"the {model.GetType().Name} network exposes no features for a GAN head; use an mlp, ddpmpp or adm network or set gan-weight 0");
+        using var scope = NewDisposeScope();
+        var (xf, _, _, cIn, cNoise) = Coefficients(x, sigma);
+        return fb.Features(cIn * xf, cNoise, labels).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>x as float32 and c_skip, c_out, c_in (broadcast over x) and c_noise (B) for noise levels sigma (B) or a scalar.</summary>
+    (Tensor X, Tensor CSkip, Tensor COut, Tensor CIn, Tensor CNoise) Coefficients(Tensor x, Tensor sigma)
+    {
         var xf = x.to(ScalarType.Float32);
         var s = sigma.to(ScalarType.Float32);
         if (s.dim() == 0) s = s.expand(x.shape[0]);
@@ -63,7 +102,6 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
         var cOut = sb * sd / v.sqrt();
         var cIn = v.rsqrt();
         var cNoise = s.log() / DenoiserExtensions.Const(4, s);
-        var f = model.forward(cIn * xf, cNoise, labels);
-        return (cSkip * xf + cOut * f).MoveToOuterDisposeScope();
+        return (xf, cSkip, cOut, cIn, cNoise);
     }
 }

@@ -58,6 +58,15 @@ public sealed record DmdConfig
     /// <summary>fake-denoiser lr / generator lr (paper: 1)</summary>
     public double FakeLrScale { get; init; } = 1.0;
     /// <summary>
+    /// weight of the generator's GAN loss softplus(-D(G(z))), D a classifier head on the fake denoiser's features (DMD2
+    /// gen_cls_loss_weight; ImageNet 3e-3); 0 = off. Needs real data (--gan-data)
+    /// </summary>
+    public double GanWeight { get; init; } = 0;
+    /// <summary>weight of the classifier loss softplus(-D(real)) + softplus(D(fake)) in each fake-denoiser update (DMD2 cls_loss_weight: 1e-2)</summary>
+    public double GanFakeWeight { get; init; } = 1e-2;
+    /// <summary>GAN noise levels: grid indices uniform in [0, GanMaxStep) (DMD2 diffusion_gan_max_timestep: 1000, the whole grid); 0 = clean samples at sigma_min</summary>
+    public int GanMaxStep { get; init; } = 1000;
+    /// <summary>
     /// Distance of the regression loss: "l2", "lpips" (needs <see cref="LpipsWeights"/>; the paper's choice for
     /// images) or "pseudo-huber"; "auto" = lpips when weights are given, else l2 (DESIGN.md: L2 for points and
     /// whenever no LPIPS weights are available).
@@ -87,6 +96,10 @@ public sealed record DmdConfig
     [System.Text.Json.Serialization.JsonIgnore]
     public bool UsesPairs => Mode == DmdMode.RegressionOnly || (Mode == DmdMode.Full && LambdaReg > 0);
 
+    /// <summary>Whether the run trains DMD2's GAN head (<see cref="GanWeight"/> &gt; 0) and so needs real data.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool UsesGan => GanWeight > 0;
+
     /// <summary>Rejects values no run can use, naming the setting (see <see cref="Settings"/>).</summary>
     public void Validate()
     {
@@ -108,6 +121,9 @@ public sealed record DmdConfig
         Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         Settings.Positive("fake-lr-scale", FakeLrScale);
+        Settings.InRange("gan-weight", GanWeight, 0, double.MaxValue);
+        Settings.Positive("gan-fake-weight", GanFakeWeight);
+        Settings.AtLeast("gan-max-step", GanMaxStep, 0);
         Settings.InRange("ema-decay", EmaDecay, 0, 1);
         Settings.AtLeast("grid-every", GridEvery, 0);
         Settings.AtLeast("checkpoint-every", CheckpointEvery, 1);

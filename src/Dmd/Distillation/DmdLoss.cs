@@ -1,12 +1,13 @@
 using Dmd.Diffusion;
+using Dmd.Networks;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Dmd.Distillation;
 
 /// <summary>
-/// The three losses of Distribution Matching Distillation (Yin et al. 2024; DESIGN.md section 3),
-/// written to read like the paper. Shape-generic: x is (B, ...).
+/// The three losses of Distribution Matching Distillation (Yin et al. 2024; DESIGN.md section 4), and DMD2's GAN
+/// losses (Yin et al. NeurIPS 2024), written to read like the papers. Shape-generic: x is (B, ...).
 /// </summary>
 public static class DmdLoss
 {
@@ -69,4 +70,26 @@ public static class DmdLoss
         var sq = (generated - target).square().reshape(generated.shape[0], -1).sum(1);
         return ((sq + c * c).sqrt() - c).mean();
     }
+
+    /// <summary>
+    /// DMD2's diffusion GAN classifier (edm_guidance.py <c>compute_cls_logits</c>): samples <paramref name="x"/> noised at
+    /// <paramref name="sigma"/> (B) with fresh noise from <paramref name="g"/> (unless <paramref name="addNoise"/> is false:
+    /// clean samples, DMD2 without <c>--diffusion_gan</c>), the fake denoiser's features there (gradients flow to x), and the
+    /// head's logit per sample (B).
+    /// </summary>
+    public static Tensor GanLogits(EdmPrecond fake, GanClassifier head, Tensor x, Tensor sigma, Tensor? labels, Generator? g, bool addNoise = true)
+    {
+        var xt = addNoise ? x + DenoiserExtensions.Broadcast(sigma, x) * Rng.NormalLike(x, g) : x;
+        return head.forward(fake.Features(xt, sigma, labels));
+    }
+
+    /// <summary>The generator's non-saturating GAN loss: mean softplus(-D(fake)) = -mean log sigmoid(D(fake)) (DMD2 <c>gen_cls_loss</c>).</summary>
+    public static Tensor GanGenerator(Tensor logitsFake) => nn.functional.softplus(-logitsFake).mean();
+
+    /// <summary>
+    /// The classifier's loss: mean [softplus(-D(real)) + softplus(D(fake))] = -mean [log sigmoid(D(real)) + log(1 - sigmoid(D(fake)))]
+    /// (DMD2 <c>guidance_cls_loss</c>), over pairs of real and generated samples.
+    /// </summary>
+    public static Tensor GanDiscriminator(Tensor logitsReal, Tensor logitsFake) =>
+        (nn.functional.softplus(-logitsReal) + nn.functional.softplus(logitsFake)).mean();
 }

@@ -1,3 +1,4 @@
+using Dmd.Data;
 using Dmd.Diffusion;
 using Dmd.IO;
 using Dmd.Networks;
@@ -7,8 +8,8 @@ using static TorchSharp.torch;
 
 namespace Dmd.Distillation;
 
-/// <summary>What a DMD run saves beside its checkpoints.</summary>
-internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs);
+/// <summary>What a DMD run saves beside its checkpoints; <paramref name="GanData"/> names the real data of the GAN head (null when off).</summary>
+internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs, string? GanData = null);
 
 /// <summary>
 /// Distribution Matching Distillation (Yin et al. 2024, Algorithm 1; DESIGN.md section 3), generic over the
@@ -17,6 +18,9 @@ internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Tea
 /// Each <see cref="TrainStep"/> updates the generator once, then the fake denoiser
 /// <see cref="DmdConfig.FakeUpdatesPerStep"/> times: first on the generated batch of the generator update (the paper's
 /// DMD when it is 1), then each time on a fresh batch of the updated generator (DMD2's two time-scale update rule).
+/// With <see cref="DmdConfig.GanWeight"/> &gt; 0, DMD2's GAN: a classifier head (<see cref="GanHead"/>) on the fake
+/// denoiser's features learns, with the fake denoiser, to tell noised real data from noised generated samples, and the
+/// generator is trained to fool it.
 /// All randomness flows from one generator, saved with the checkpoint, so a resumed run continues bit for bit.
 /// </summary>
 public sealed class DmdTrainer : IResumableTrainer, IDisposable
@@ -37,6 +41,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     public OneStepGenerator Output => Ema ?? Generator;
     /// <summary>DMD iterations done so far.</summary>
     public int Step { get; private set; }
+    /// <summary>DMD2's GAN classifier head on the fake denoiser's features when <see cref="DmdConfig.GanWeight"/> &gt; 0, else null.</summary>
+    public GanClassifier? GanHead { get; }
 
     /// <summary>The regression distance in use ("l2", "lpips" or "pseudo-huber"; "auto" resolved).</summary>
     public string RegressionLoss { get; }
@@ -46,6 +52,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     private readonly IDisposable? regressionNet; // the LPIPS network when the regression loss is lpips
     private readonly IDenoiser realGuided;
     private readonly optim.Optimizer optG, optF;
+    private readonly optim.Optimizer? optH;    // the GAN head's, when on
+    private readonly IDataSource? realData;    // the GAN's real samples, when on
     private readonly Tensor grid;
     private readonly Generator rng;
     private readonly Device device;
@@ -60,10 +68,15 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <param name="buildNetwork">Makes a fresh network of the teacher's architecture for the fake denoiser and the
     /// generator (their weights are then copied from the teacher); <see cref="NetworkSpec.Build"/> by default. Give it
     /// when the teacher's architecture is not one a <see cref="NetworkSpec"/> describes.</param>
+    /// <param name="realData">Real training samples for the GAN head (needed when <see cref="DmdConfig.GanWeight"/> &gt; 0,
+    /// not used otherwise): the teacher's sample shape, and its classes when it is conditional. Drawn with the run's generator.</param>
     public DmdTrainer(EdmPrecond teacher, NetworkSpec spec, DmdConfig config, RegressionPairs? pairs, Device? device = null,
-                      Func<EdmPrecond>? buildNetwork = null)
+                      Func<EdmPrecond>? buildNetwork = null, IDataSource? realData = null)
     {
         config.Validate();
+        if (config.UsesGan) CheckRealData(realData, spec, config);
+        else realData = null; // GAN off: real data given anyway is not used
+        this.realData = realData;
         if (config.UsesPairs && pairs is null)
             throw new DmdInputException($"mode {config.Mode}{(config.Mode == DmdMode.Full ? $" with lambda-reg {config.LambdaReg:G}" : "")} needs regression pairs: make them with `dmd pairs`" +
                                         (config.Mode == DmdMode.Full ? ", or train on distribution matching alone with lambda-reg 0 (DMD2) or mode DmOnly" : ""));
@@ -103,9 +116,18 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             Ema = new OneStepGenerator(emaNet, config.SigmaMax);
         }
 
+        if (config.UsesGan) // initialised from torch's global generator, seeded above; DMD2 trains it with the fake denoiser
+        {
+            GanHead = new GanClassifier(Fake.FeatureShape ?? throw new DmdInputException(
+                $"gan-weight {config.GanWeight:G}: the {Fake.Backbone.GetType().Name} network exposes no features for a GAN head; use an mlp, ddpmpp or adm teacher or set gan-weight 0"));
+            GanHead.to(this.device);
+        }
+
         double lr = LearningRate;
         optG = optim.AdamW(genNet.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         optF = optim.AdamW(Fake.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
+        if (GanHead is not null)
+            optH = optim.AdamW(GanHead.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax).to(this.device);
         (RegressionLoss, regressionDistance, regressionNet) = ResolveRegressionLoss(config, this.device);
     }
@@ -122,6 +144,51 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (info.Guidance != config.GuidanceReal)
             throw new DmdInputException($"the regression pairs were made with guidance {info.Guidance:G} but the run's guidance-real is {config.GuidanceReal:G}: make pairs with `--guidance {config.GuidanceReal:G}` or distil with guidance-real {info.Guidance:G}");
     }
+
+    /// <summary>The GAN needs real samples of the teacher's shape (and classes), and a fake denoiser that trains.</summary>
+    static void CheckRealData(IDataSource? data, NetworkSpec spec, DmdConfig config)
+    {
+        if (data is null)
+            throw new DmdInputException($"gan-weight {config.GanWeight:G} needs real training data: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set gan-weight 0");
+        if (config.Mode == DmdMode.RegressionOnly)
+            throw new DmdInputException($"gan-weight {config.GanWeight:G} trains a head on the fake denoiser, which mode RegressionOnly does not train: use mode Full or DmOnly, or gan-weight 0");
+        if (config.GanMaxStep > config.GridLevels)
+            throw new DmdInputException($"gan-max-step {config.GanMaxStep}: must be at most grid-levels {config.GridLevels} (noise-level indices [0, gan-max-step) of the grid)");
+        if (!data.Shape.SequenceEqual(spec.SampleShape))
+            throw new DmdInputException($"the GAN's real data has samples of shape [{string.Join(",", data.Shape)}] but the teacher makes [{string.Join(",", spec.SampleShape)}]; give --gan-data at the teacher's resolution and channels");
+        if (spec.LabelDim > 0 && data.NumClasses != spec.LabelDim)
+            throw new DmdInputException($"the teacher is conditional on {spec.LabelDim} classes but the GAN's real data has {(data.NumClasses == 0 ? "no labels" : $"{data.NumClasses} classes")}; give --gan-data with the teacher's labelled training data");
+    }
+
+    /// <summary>
+    /// The training data of a teacher's run, as its <c>config.json</c> names it (<c>TeacherRunInfo.Data</c>, e.g. "ring8" or
+    /// "fashion-mnist"): the GAN's default real data. Null when the teacher has no run folder (e.g. a converted EDM model).
+    /// </summary>
+    public static string? TeacherData(string teacherPath)
+    {
+        var full = Path.GetFullPath(teacherPath);
+        var file = Path.Combine(Directory.Exists(full) ? full : Path.GetDirectoryName(full)!, "config.json");
+        if (!File.Exists(file)) return null;
+        try { return System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))?["Data"]?.GetValue<string>(); }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException) { return null; }
+    }
+
+    /// <summary>
+    /// The GAN's real data named by a <c>--data</c> text (<see cref="DataSource.Parse"/>) for a teacher: images at its
+    /// resolution and channels (no flips), or points (a built-in distribution: <see cref="RealPoints"/> draws with seed 1,
+    /// as `dmd train-teacher` draws them; or a CSV).
+    /// </summary>
+    public static IDataSource LoadRealData(string text, NetworkSpec spec)
+    {
+        var source = DataSource.Parse(text);
+        if (source.IsImage != spec.IsImage)
+            throw new DmdInputException($"--gan-data {text} is {(source.IsImage ? "image" : "point")} data but the teacher makes {(spec.IsImage ? "images" : "points")}; give the data it was trained on");
+        return spec.IsImage ? source.LoadImages(spec.SampleShape[1], spec.SampleShape[0], xflip: false)
+                            : source.LoadPoints(RealPoints, seed: 1, expectedDim: spec.SampleShape[0]);
+    }
+
+    /// <summary>Points drawn from a built-in distribution for the GAN (`dmd train-teacher`'s default --train-points).</summary>
+    public const int RealPoints = 50_000;
 
     /// <summary>The generator's starting weights: the teacher's (the paper), or a given model's of the same architecture.</summary>
     EdmPrecond InitialGenerator(string path)
@@ -173,6 +240,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         double lr = TrainingUtils.WarmupLr(LearningRate, Step, Config.WarmupSteps);
         TrainingUtils.SetLearningRate(optG, lr);
         TrainingUtils.SetLearningRate(optF, lr * Config.FakeLrScale);
+        if (optH is not null) TrainingUtils.SetLearningRate(optH, lr * Config.FakeLrScale);
         Generator.Net.train();
         Fake.train();
 
@@ -197,6 +265,16 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var lossReg = regressionDistance(Generator.Generate(zr, yr), xr);
             lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
             losses["loss_reg"] = lossReg.item<float>();
+        }
+        if (GanHead is not null)
+        {
+            // DMD2: + gen_cls_loss_weight softplus(-D(x)); the gradient reaches x through the fake denoiser's features,
+            // whose weights (and the head's) take no gradient from the generator's loss
+            Tensor logits;
+            using (TrainingUtils.NoParameterGradients(Fake, GanHead)) logits = GanLogits(x, y);
+            var lossGanG = DmdLoss.GanGenerator(logits);
+            lossG = lossG + DenoiserExtensions.Const(Config.GanWeight, lossGanG) * lossGanG;
+            losses["loss_gan_g"] = lossGanG.item<float>();
         }
         optG.zero_grad();
         lossG.backward();
@@ -223,12 +301,34 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 }
                 var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, Config.BatchSize, rng, device));
                 var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, Spec.SigmaData, rng);
+                if (GanHead is null)
+                {
+                    optF.zero_grad();
+                    lossFake.backward();
+                    losses["loss_fake"] = lossFake.item<float>();
+                    if (!TrainingUtils.UpdateIsFinite(lossFake, Fake)) { skipped = true; continue; }
+                    TrainingUtils.ClipGradNorm(Fake, Config.GradClip);
+                    optF.step();
+                    continue;
+                }
+                // DMD2's guidance update: + cls_loss_weight (softplus(-D(real)) + softplus(D(fake))), head and fake
+                // denoiser together, one gradient clip over both
+                var (xReal, yReal) = realData!.Batch(Config.BatchSize, rng);
+                var logitsReal = GanLogits(xReal.to(device), Spec.LabelDim > 0 ? yReal!.to(device) : null);
+                var logitsFake = GanLogits(xFake.detach(), y);
+                var lossGanD = DmdLoss.GanDiscriminator(logitsReal, logitsFake);
+                var lossF = lossFake + DenoiserExtensions.Const(Config.GanFakeWeight, lossGanD) * lossGanD;
                 optF.zero_grad();
-                lossFake.backward();
+                optH!.zero_grad();
+                lossF.backward();
                 losses["loss_fake"] = lossFake.item<float>();
-                if (!TrainingUtils.UpdateIsFinite(lossFake, Fake)) { skipped = true; continue; }
-                TrainingUtils.ClipGradNorm(Fake, Config.GradClip);
+                losses["loss_gan_d"] = lossGanD.item<float>();
+                losses["gan_logit_real"] = logitsReal.mean().item<float>();
+                losses["gan_logit_fake"] = logitsFake.mean().item<float>();
+                if (!TrainingUtils.UpdateIsFinite(lossF, Fake) || !TrainingUtils.UpdateIsFinite(lossF, GanHead)) { skipped = true; continue; }
+                TrainingUtils.ClipGradNorm(Fake.parameters().Concat(GanHead.parameters()), Config.GradClip);
                 optF.step();
+                optH.step();
             }
         }
         losses["lr"] = lr;
@@ -238,17 +338,35 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     }
 
     /// <summary>
+    /// DMD2's diffusion GAN logits for samples x (labels y): noise levels from the grid, indices uniform in
+    /// [0, <see cref="DmdConfig.GanMaxStep"/>) drawn before the noise; with GanMaxStep 0 the clean samples at sigma_min.
+    /// </summary>
+    Tensor GanLogits(Tensor x, Tensor? y)
+    {
+        bool noised = Config.GanMaxStep > 0;
+        var sigma = noised ? grid.index_select(0, Rng.Integers(0, Config.GanMaxStep, x.shape[0], rng, device))
+                           : grid.narrow(0, 0, 1).expand(x.shape[0]);
+        return DmdLoss.GanLogits(Fake, GanHead!, x, sigma, y, rng, noised);
+    }
+
+    /// <summary>
     /// Trains to <see cref="DmdConfig.Steps"/> (or until <paramref name="options"/> stops it), resuming from
     /// <paramref name="outDir"/> if it holds a checkpoint of the same run; writes losses.csv, config.json, checkpoints,
     /// for images teacher | student grids every <see cref="DmdConfig.GridEvery"/> steps, and generator.safetensors at the
     /// end or when stopped early. Returns false when the run was stopped before its last step.
     /// </summary>
-    public bool Run(string outDir, string teacherPath, string? pairsPath, RunOptions? options = null)
+    /// <param name="outDir">The run folder.</param>
+    /// <param name="teacherPath">The teacher's path, recorded in config.json.</param>
+    /// <param name="pairsPath">The regression pairs' path (or null), recorded in config.json.</param>
+    /// <param name="options">Progress, messages, stop requests and whether a changed run may continue.</param>
+    /// <param name="ganData">The text naming the GAN's real data (e.g. "ring8"), recorded in config.json when the GAN is on.</param>
+    public bool Run(string outDir, string teacherPath, string? pairsPath, RunOptions? options = null, string? ganData = null)
     {
         options ??= new RunOptions();
         Directory.CreateDirectory(outDir);
-        var info = new DmdRunInfo(Spec, Config, teacherPath, pairsPath);
-        TrainingLoop.CheckSameRun(outDir, info, options, MayChange, PathFields);
+        var info = new DmdRunInfo(Spec, Config, teacherPath, pairsPath, Config.UsesGan ? ganData : null);
+        // settings added after a run was saved (the GAN's) compare as their defaults
+        TrainingLoop.CheckSameRun(outDir, info, options, MayChange, PathFields, defaults: info with { Config = new DmdConfig() });
         bool resumed = TrainingLoop.Resume(this, outDir, options);
         CheckInitialGenerator();
         Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
@@ -270,18 +388,23 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <summary>Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`.</summary>
     public void SaveGenerator(string path) => Output.Save(path, Spec);
 
-    /// <summary>Writes the generator, fake and (if any) EMA weights, both optimiser states, the step and the random generator state.</summary>
+    /// <summary>Writes the generator, fake, (if any) EMA and GAN head weights, the optimiser states, the step and the random generator state.</summary>
     public void WriteCheckpoint(CheckpointWriter w)
     {
         w.Module("generator.safetensors", Generator.Net);
         w.Module("fake.safetensors", Fake);
         if (Ema is not null) w.Module("ema.safetensors", Ema.Net);
+        if (GanHead is not null) w.Module("gan_head.safetensors", GanHead);
         w.Optimizer("optim_generator.pt", optG);
         w.Optimizer("optim_fake.pt", optF);
+        if (optH is not null) w.Optimizer("optim_gan_head.pt", optH);
         w.Json("state.json", new TrainState(Step, Checkpoint.GeneratorState(rng)));
     }
 
-    /// <summary>Restores what <see cref="WriteCheckpoint"/> wrote; an EMA the checkpoint lacks starts from the generator's weights.</summary>
+    /// <summary>
+    /// Restores what <see cref="WriteCheckpoint"/> wrote; an EMA the checkpoint lacks starts from the generator's weights, a
+    /// GAN head it lacks (GAN switched on at resume) starts as built, with a fresh optimiser.
+    /// </summary>
     public void ReadCheckpoint(CheckpointReader r)
     {
         r.Module("generator.safetensors", Generator.Net);
@@ -291,19 +414,26 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             else TrainingUtils.CopyWeights(Generator.Net, Ema.Net);
         r.Optimizer("optim_generator.pt", optG);
         r.Optimizer("optim_fake.pt", optF);
+        if (GanHead is not null && r.Has("gan_head.safetensors"))
+        {
+            r.Module("gan_head.safetensors", GanHead);
+            r.Optimizer("optim_gan_head.pt", optH!);
+        }
         var st = r.Json<TrainState>("state.json");
         Step = st.Step;
         Checkpoint.RestoreGenerator(rng, st.Rng);
     }
 
-    /// <summary>Whether every weight of the generator, the fake denoiser and the EMA is finite.</summary>
-    public bool WeightsFinite() => TrainingUtils.AllFinite(Generator.Net) && TrainingUtils.AllFinite(Fake) && (Ema is null || TrainingUtils.AllFinite(Ema.Net));
+    /// <summary>Whether every weight of the generator, the fake denoiser, the EMA and the GAN head is finite.</summary>
+    public bool WeightsFinite() => TrainingUtils.AllFinite(Generator.Net) && TrainingUtils.AllFinite(Fake) && (Ema is null || TrainingUtils.AllFinite(Ema.Net))
+                                   && (GanHead is null || TrainingUtils.AllFinite(GanHead));
 
     /// <summary>Frees the optimisers, the random generator and the LPIPS network; the denoisers stay usable.</summary>
     public void Dispose()
     {
         optG.Dispose();
         optF.Dispose();
+        optH?.Dispose();
         rng.Dispose();
         regressionNet?.Dispose();
     }

@@ -14,7 +14,7 @@ namespace Dmd.Networks;
 /// r = <see cref="BottleneckResolution"/>. This is the tensor DMD2's GAN classifier head reads
 /// (its <c>return_bottleneck</c> returns right after the encoder).
 /// </remarks>
-public abstract class EdmUNet : EdmBackbone
+public abstract class EdmUNet : EdmBackbone, IFeatureBackbone
 {
     /// <summary>Records the geometry the U-Nets share (the properties of the same names); the subclass builds the layers.</summary>
     protected EdmUNet(string name, int imgResolution, int inChannels, int outChannels, int labelDim, int augmentDim,
@@ -82,6 +82,12 @@ public abstract class EdmUNet : EdmBackbone
         var (_, bottleneck) = Run(x, cNoise, labels, augmentLabels, decode: false);
         return bottleneck.MoveToOuterDisposeScope();
     }
+
+    /// <summary>The GAN head's features: the bottleneck, (C, r, r) = (<see cref="BottleneckChannels"/>, <see cref="BottleneckResolution"/>, <see cref="BottleneckResolution"/>).</summary>
+    public long[] FeatureShape => new long[] { BottleneckChannels, BottleneckResolution, BottleneckResolution };
+
+    /// <summary>The GAN head's features: <see cref="Bottleneck"/> without augmentation labels.</summary>
+    public Tensor Features(Tensor x, Tensor cNoise, Tensor? labels) => Bottleneck(x, cNoise, labels);
 
     /// <summary>Mapping network and encoder, then the decoder where <paramref name="decode"/> is set.</summary>
     private protected abstract (Tensor? Output, Tensor Bottleneck) Run(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels, bool decode);

@@ -50,7 +50,7 @@ internal sealed class MlpBlock : nn.Module<Tensor, Tensor, Tensor>
 /// The raw network F for vector data (B, D): noise embedding, optional class embedding
 /// (an all-zero one-hot row means "no label", which label dropout trains), residual MLP blocks.
 /// </summary>
-public sealed class MlpBackbone : EdmBackbone
+public sealed class MlpBackbone : EdmBackbone, IFeatureBackbone
 {
     private readonly NoiseEmbedding map_noise;
     private readonly Linear map_layer0, map_layer1, input;
@@ -59,6 +59,7 @@ public sealed class MlpBackbone : EdmBackbone
     private readonly LayerNorm out_norm;
     private readonly Linear output;
     private readonly int labelDim;
+    private readonly int width;
 
     /// <summary>Builds F for vectors of <paramref name="dim"/> values, freshly initialised.</summary>
     /// <param name="dim">Dimension D of a sample.</param>
@@ -69,6 +70,7 @@ public sealed class MlpBackbone : EdmBackbone
     public MlpBackbone(int dim, int width = 256, int depth = 4, int labelDim = 0, int embDim = 128) : base(nameof(MlpBackbone))
     {
         this.labelDim = labelDim;
+        this.width = width;
         map_noise = new NoiseEmbedding(embDim);
         map_label = labelDim > 0 ? nn.Linear(labelDim, embDim, hasBias: false) : null;
         map_layer0 = nn.Linear(embDim, embDim);
@@ -84,13 +86,22 @@ public sealed class MlpBackbone : EdmBackbone
     public override int LabelDim => labelDim;
 
     /// <summary>F(x, c_noise, labels): x (B, D) already scaled by c_in, c_noise (B), one-hot labels (B, LabelDim) or null; returns (B, D).</summary>
-    public override Tensor forward(Tensor x, Tensor cNoise, Tensor? labels)
+    public override Tensor forward(Tensor x, Tensor cNoise, Tensor? labels) => output.forward(Features(x, cNoise, labels));
+
+    /// <summary>The GAN head's features: the last hidden layer, (width).</summary>
+    public long[] FeatureShape => new long[] { width };
+
+    /// <summary>
+    /// The last hidden layer: silu(out_norm(h)) after the residual blocks, (B, width), i.e. what the output layer reads
+    /// (F = output(features)).
+    /// </summary>
+    public Tensor Features(Tensor x, Tensor cNoise, Tensor? labels)
     {
         var emb = map_noise.forward(cNoise);
         if (map_label is not null && labels is not null) emb = emb + map_label.forward(labels);
         emb = nn.functional.silu(map_layer1.forward(nn.functional.silu(map_layer0.forward(emb))));
         var h = input.forward(x);
         foreach (var b in blocks) h = b.forward(h, emb);
-        return output.forward(nn.functional.silu(out_norm.forward(h)));
+        return nn.functional.silu(out_norm.forward(h));
     }
 }

@@ -95,7 +95,9 @@ public sealed class ImageDemo
         // 2. DMD until the budget, less the reserve, is spent
         var dmdDir = Path.Combine(outDir, "dmd");
         var cfg = Config.Dmd;
-        using var trainer = new DmdTrainer(teacher, spec, cfg, pairs);
+        // DMD2's GAN (when on) learns from the teacher's own training data, as its run folder names it
+        var ganData = cfg.UsesGan ? DmdTrainer.TeacherData(Config.Teacher) : null;
+        using var trainer = new DmdTrainer(teacher, spec, cfg, pairs, realData: ganData is null ? null : DmdTrainer.LoadRealData(ganData, spec));
         OnMessage?.Invoke($"pairs: {pairs.Count} in {pairSeconds:F0} s; distilling for {Math.Max(0, budget - ReserveSeconds(budget) - clock.Elapsed.TotalSeconds):F0} s " +
                           $"(batch {cfg.BatchSize} + {cfg.RegressionBatchSize} pairs, regression loss {trainer.RegressionLoss})");
         var dmdClock = Stopwatch.StartNew();
@@ -106,7 +108,7 @@ public sealed class ImageDemo
             OnMessage = OnMessage,
             // at least one DMD step, so the report always has a student, however slow the machine
             Stop = () => trainer.Step > 0 && clock.Elapsed.TotalSeconds > budget - ReserveSeconds(budget),
-        });
+        }, ganData);
         double dmdSeconds = dmdClock.Elapsed.TotalSeconds;
         Plots.LossCurves(Path.Combine(dmdDir, "losses.png"), new[] { ("DMD", Path.Combine(dmdDir, "losses.csv")) });
 

@@ -125,8 +125,11 @@ public sealed class Toy2dExperiment
             else
             {
                 var (t, _) = DenoiserFile.Load(teacherPath);
-                using var trainer = new DmdTrainer(t, spec, Config.Dmd with { Mode = mode }, pairs);
-                trainer.Run(dir, teacherPath, pairsPath, new RunOptions { OnStep = (s, n, l) => OnProgress?.Invoke("dmd " + ModeSlug(mode), s, n, l), OnMessage = OnMessage });
+                // DMD2's GAN (when on) learns from the teacher's training points; regression alone has no fake denoiser to put it on
+                var cfg = Config.Dmd with { Mode = mode, GanWeight = mode == DmdMode.RegressionOnly ? 0 : Config.Dmd.GanWeight };
+                using var trainer = new DmdTrainer(t, spec, cfg, pairs, realData: train);
+                trainer.Run(dir, teacherPath, pairsPath, new RunOptions { OnStep = (s, n, l) => OnProgress?.Invoke("dmd " + ModeSlug(mode), s, n, l), OnMessage = OnMessage },
+                            ganData: Config.Data);
             }
             generators[mode] = OneStepGenerator.Load(genPath);
         }

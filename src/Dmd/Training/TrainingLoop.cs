@@ -57,9 +57,10 @@ public static class TrainingLoop
     /// <summary>
     /// Refuses to continue a run whose saved settings (<c>config.json</c>) differ from <paramref name="now"/>, apart from
     /// the fields in <paramref name="mayChange"/> (paths like <c>Config.Steps</c>), unless the caller allows changes.
-    /// Fields in <paramref name="pathFields"/> are file paths and compare as full paths.
+    /// Fields in <paramref name="pathFields"/> are file paths and compare as full paths. A field the saved file lacks (a
+    /// setting added after the run was saved) counts as unchanged when its value is the one in <paramref name="defaults"/>.
     /// </summary>
-    public static void CheckSameRun<T>(string outDir, T now, RunOptions options, string[] mayChange, string[] pathFields)
+    public static void CheckSameRun<T>(string outDir, T now, RunOptions options, string[] mayChange, string[] pathFields, T? defaults = default)
     {
         var configPath = Path.Combine(outDir, "config.json");
         if (!new CheckpointStore(outDir).Exists || !File.Exists(configPath) || options.AllowChanges) return;
@@ -68,9 +69,11 @@ public static class TrainingLoop
         catch (JsonException e) { throw new DmdInputException($"{configPath} is not valid JSON ({e.Message}); restore it or use another --out folder", e); }
         var before = Flatten(saved);
         var after = Flatten(JsonSerializer.SerializeToNode(now, Checkpoint.Json));
+        var usual = defaults is null ? new() : Flatten(JsonSerializer.SerializeToNode(defaults, Checkpoint.Json));
         string Norm(string key, string? v) => v is not null && pathFields.Contains(key) ? Path.GetFullPath(v) : v ?? "none";
         var diffs = before.Keys.Union(after.Keys)
             .Where(k => !mayChange.Contains(k))
+            .Where(k => before.ContainsKey(k) || !usual.TryGetValue(k, out var d) || d != after.GetValueOrDefault(k))
             .Where(k => Norm(k, before.GetValueOrDefault(k)) != Norm(k, after.GetValueOrDefault(k)))
             .Select(k => $"{k.Replace("Config.", "")} {before.GetValueOrDefault(k) ?? "none"} -> {after.GetValueOrDefault(k) ?? "none"}")
             .ToList();

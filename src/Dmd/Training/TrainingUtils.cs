@@ -26,6 +26,32 @@ internal static class TrainingUtils
         return nn.utils.clip_grad_norm_(ps, maxNorm);
     }
 
+    /// <summary>Clips the global gradient norm of several modules' parameters together (one norm over all); returns the norm before clipping.</summary>
+    public static double ClipGradNorm(IEnumerable<Parameter> parameters, double maxNorm)
+    {
+        var ps = parameters.Where(p => p.requires_grad && p.grad is not null).ToList();
+        if (ps.Count == 0 || maxNorm <= 0) return 0;
+        return nn.utils.clip_grad_norm_(ps, maxNorm);
+    }
+
+    /// <summary>
+    /// Switches off gradients for the parameters of <paramref name="modules"/> until disposed (then restores each one's
+    /// setting): a loss differentiated through a network to its input leaves the network's weights alone, as DMD2's
+    /// <c>guidance_model.requires_grad_(False)</c> during the generator's turn.
+    /// </summary>
+    public static IDisposable NoParameterGradients(params nn.Module[] modules)
+    {
+        var switched = modules.SelectMany(m => m.parameters()).Where(p => p.requires_grad).ToList();
+        foreach (var p in switched) p.requires_grad = false;
+        return new Restore(() => { foreach (var p in switched) p.requires_grad = true; });
+    }
+
+    private sealed class Restore(Action undo) : IDisposable
+    {
+        private Action? undo = undo;
+        public void Dispose() { undo?.Invoke(); undo = null; }
+    }
+
     /// <summary>In-place exponential moving average: ema = beta ema + (1 - beta) p, buffers copied.</summary>
     public static void UpdateEma(nn.Module ema, nn.Module net, double beta)
     {
