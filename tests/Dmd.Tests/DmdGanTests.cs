@@ -18,22 +18,15 @@ namespace Dmd.Tests;
 public class DmdGanTests(ITestOutputHelper log)
 {
     const int Classes = 3;
-    static readonly NetworkSpec PointSpec = new(Kind: "mlp", Shape: new[] { 2 }, LabelDim: Classes, SigmaData: 0.5, Width: 32, Depth: 2, Dropout: 0);
+    static readonly NetworkSpec PointSpec = TestUtil.TinyPointSpec;
     static NetworkSpec ImageSpec(string kind = "ddpmpp") =>
         NetworkSpec.SmallImage(kind, channels: 1, resolution: 8, labelDim: Classes, modelChannels: 8, numBlocks: 1, dropout: 0);
-
-    static void Perturb(nn.Module m, long seed, double scale)
-    {
-        using var g = new Generator((ulong)seed);
-        using var _ = no_grad();
-        foreach (var p in m.parameters()) p.add_(randn(p.shape, generator: g) * scale);
-    }
 
     static EdmPrecond Teacher(NetworkSpec spec)
     {
         torch.manual_seed(21);
         var net = spec.Build();
-        Perturb(net, 22, 0.05); // every layer non-zero, so every layer has a gradient
+        TestUtil.Perturb(net, 22, 0.05); // every layer non-zero, so every layer has a gradient
         net.eval();
         TrainingUtils.Freeze(net);
         return net;
@@ -52,20 +45,6 @@ public class DmdGanTests(ITestOutputHelper log)
     {
         TrainingUtils.CopyWeights(net, into);
         return into;
-    }
-
-    static void AssertSameGradients(nn.Module expected, nn.Module actual, string what)
-    {
-        var a = actual.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        foreach (var (name, p) in expected.named_parameters())
-        {
-            var ge = p.grad ?? zeros_like(p);
-            var ga = a[name].grad ?? zeros_like(p);
-            double scale = Math.Max(ge.abs().max().item<float>(), 1e-12);
-            double err = (ge - ga).abs().max().item<float>();
-            Assert.True(scale > 1e-9, $"{what}: {name} has no gradient in the hand computation");
-            Assert.True(err <= 2e-4 * scale + 1e-9, $"{what}: gradient of {name} differs by {err:G3} (largest {scale:G3})");
-        }
     }
 
     static double MaxAbsDiff(nn.Module a, nn.Module b)
@@ -202,7 +181,7 @@ public class DmdGanTests(ITestOutputHelper log)
         var real = RealPoints();
         var config = GanConfig with { FakeLrScale = 1e-9 };
         using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null, realData: real);
-        Perturb(trainer.Fake, 4, 0.02); // a fake that differs from the real denoiser
+        TestUtil.Perturb(trainer.Fake, 4, 0.02); // a fake that differs from the real denoiser
         var fake0 = Copy(trainer.Fake, PointSpec.Build());
         var head0 = Copy(trainer.GanHead!, new GanClassifier(fake0.FeatureShape!));
         var generator0 = new OneStepGenerator(Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax);
@@ -236,7 +215,7 @@ public class DmdGanTests(ITestOutputHelper log)
         var ganG = (1 + (-logitsG).exp()).log().mean(); // softplus(-D), by hand
         ((x * grad).sum() / x.numel() + config.GanWeight * ganG).backward();
         Trainable(true);
-        AssertSameGradients(generator0.Net, trainer.Generator.Net, "generator");
+        TestUtil.AssertSameGradients(generator0.Net, trainer.Generator.Net, "generator", requireGradient: true);
         Assert.Equal(ganG.item<float>(), losses["loss_gan_g"], 5);
 
         var sigmaF = grid.index_select(0, Rng.Integers(0, config.GridLevels, config.BatchSize, rng));
@@ -246,8 +225,8 @@ public class DmdGanTests(ITestOutputHelper log)
         var logitsFake = Logits(x.detach(), y, config.GanMaxStep);
         var lossD = ((1 + (-logitsReal).exp()).log() + (1 + logitsFake.exp()).log()).mean();
         (lossFake + config.GanFakeWeight * lossD).backward();
-        AssertSameGradients(fake0, trainer.Fake, "fake denoiser");
-        AssertSameGradients(head0, trainer.GanHead!, "GAN head");
+        TestUtil.AssertSameGradients(fake0, trainer.Fake, "fake denoiser", requireGradient: true);
+        TestUtil.AssertSameGradients(head0, trainer.GanHead!, "GAN head", requireGradient: true);
         Assert.Equal(lossD.item<float>(), losses["loss_gan_d"], 5);
         Assert.Equal(lossFake.item<float>(), losses["loss_fake"], 5);
         Assert.Equal(logitsReal.mean().item<float>(), losses["gan_logit_real"], 5);

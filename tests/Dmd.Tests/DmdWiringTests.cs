@@ -17,7 +17,7 @@ namespace Dmd.Tests;
 public class DmdWiringTests(ITestOutputHelper log)
 {
     const int Classes = 3;
-    static readonly NetworkSpec PointSpec = new(Kind: "mlp", Shape: new[] { 2 }, LabelDim: Classes, SigmaData: 0.5, Width: 32, Depth: 2, Dropout: 0);
+    static readonly NetworkSpec PointSpec = TestUtil.TinyPointSpec;
 
     static DmdConfig WiringConfig(DmdMode mode, double guidance, double lambdaReg) => new()
     {
@@ -30,27 +30,6 @@ public class DmdWiringTests(ITestOutputHelper log)
         var c = PointSpec.Build();
         TrainingUtils.CopyWeights(net, c);
         return c;
-    }
-
-    static void Perturb(nn.Module m, long seed, double scale)
-    {
-        using var g = new Generator((ulong)seed);
-        using var _ = no_grad();
-        foreach (var p in m.parameters()) p.add_(randn(p.shape, generator: g) * scale);
-    }
-
-    static void AssertSameGradients(nn.Module expected, nn.Module actual, string what)
-    {
-        var e = expected.named_parameters().ToList();
-        var a = actual.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        foreach (var (name, p) in e)
-        {
-            var ge = p.grad ?? zeros_like(p);
-            var ga = a[name].grad ?? zeros_like(p);
-            double scale = Math.Max(ge.abs().max().item<float>(), 1e-12);
-            double err = (ge - ga).abs().max().item<float>();
-            Assert.True(err <= 2e-4 * scale + 1e-9, $"{what}: gradient of {name} differs by {err:G3} (largest {scale:G3})");
-        }
     }
 
     /// <summary>
@@ -67,14 +46,14 @@ public class DmdWiringTests(ITestOutputHelper log)
     {
         torch.manual_seed(1);
         var teacher = PointSpec.Build();
-        Perturb(teacher, 2, 0.05); // the zero-free start gives every layer a gradient
+        TestUtil.Perturb(teacher, 2, 0.05); // the zero-free start gives every layer a gradient
         TrainingUtils.Freeze(teacher);
         var config = WiringConfig(mode, w, lambdaReg);
         using var pg = new Generator(3);
         var pairs = new RegressionPairs(randn(new long[] { 40, 2 }, generator: pg), randn(new long[] { 40, 2 }, generator: pg) * 0.5,
                                         Rng.OneHotLabels(Classes, 40, pg), new PairInfo("test", 1, 1, w, 0, 40));
         using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs);
-        Perturb(trainer.Fake, 4, 0.02); // a fake that differs from the real denoiser, so the DM term is not zero
+        TestUtil.Perturb(trainer.Fake, 4, 0.02); // a fake that differs from the real denoiser, so the DM term is not zero
         var gen0 = Copy(trainer.Generator.Net);
         var fake0 = Copy(trainer.Fake);
         var generator0 = new OneStepGenerator(gen0, config.SigmaMax);
@@ -109,14 +88,14 @@ public class DmdWiringTests(ITestOutputHelper log)
             lossG = lossG + (mode == DmdMode.Full ? lambdaReg : 1.0) * reg;
         }
         lossG.backward();
-        AssertSameGradients(gen0, trainer.Generator.Net, "generator");
+        TestUtil.AssertSameGradients(gen0, trainer.Generator.Net, "generator");
 
         if (mode != DmdMode.RegressionOnly)
         {
             var sigmaF = grid.index_select(0, Rng.Integers(0, config.GridLevels, config.BatchSize, rng));
             var lossF = EdmLoss.AtSigma(fake0, x.detach(), sigmaF, y, PointSpec.SigmaData, rng);
             lossF.backward();
-            AssertSameGradients(fake0, trainer.Fake, "fake denoiser");
+            TestUtil.AssertSameGradients(fake0, trainer.Fake, "fake denoiser");
         }
         else Assert.All(trainer.Fake.parameters(), p => Assert.True(p.grad is null || p.grad.abs().max().item<float>() == 0));
     }
@@ -127,7 +106,7 @@ public class DmdWiringTests(ITestOutputHelper log)
     {
         torch.manual_seed(1);
         var teacher = PointSpec.Build();
-        Perturb(teacher, 2, 0.05);
+        TestUtil.Perturb(teacher, 2, 0.05);
         TrainingUtils.Freeze(teacher);
         var config = WiringConfig(DmdMode.Full, 2.0, 0);
         Assert.False(config.UsesPairs);
@@ -136,7 +115,7 @@ public class DmdWiringTests(ITestOutputHelper log)
         var la = a.TrainStep();
         b.TrainStep();
         Assert.False(la.ContainsKey("loss_reg"));
-        AssertSameGradients(b.Generator.Net, a.Generator.Net, "lambda_reg 0 vs DmOnly");
+        TestUtil.AssertSameGradients(b.Generator.Net, a.Generator.Net, "lambda_reg 0 vs DmOnly");
         var e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, config with { LambdaReg = 0.25 }, pairs: null));
         Assert.Contains("lambda-reg 0", e.Message);
     }
@@ -151,7 +130,7 @@ public class DmdWiringTests(ITestOutputHelper log)
     {
         torch.manual_seed(1);
         var teacher = PointSpec.Build();
-        Perturb(teacher, 2, 0.05);
+        TestUtil.Perturb(teacher, 2, 0.05);
         TrainingUtils.Freeze(teacher);
         var config = WiringConfig(DmdMode.DmOnly, 1.5, 0.25) with { FakeUpdatesPerStep = 2, FakeLrScale = 1e-9 };
         using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
@@ -175,7 +154,7 @@ public class DmdWiringTests(ITestOutputHelper log)
         using (no_grad()) Assert.False(allclose(x1, generator0.Generate(z1, y1), 1e-6, 1e-7), "the generator moved");
         var sigma1 = grid.index_select(0, Rng.Integers(0, config.GridLevels, config.BatchSize, rng));
         EdmLoss.AtSigma(fake0, x1, sigma1, y1, PointSpec.SigmaData, rng).backward();
-        AssertSameGradients(fake0, trainer.Fake, "fake denoiser, update 1");
+        TestUtil.AssertSameGradients(fake0, trainer.Fake, "fake denoiser, update 1");
     }
 
     /// <summary>
@@ -308,7 +287,7 @@ public class DmdWiringTests(ITestOutputHelper log)
         var net = image
             ? NetworkSpec.SmallImage("ddpmpp", channels: 1, resolution: 8, labelDim: Classes, modelChannels: 8, numBlocks: 1, dropout: 0).Build()
             : PointSpec.Build();
-        Perturb(net, 22, 0.05);
+        TestUtil.Perturb(net, 22, 0.05);
         net.eval();
         TrainingUtils.Freeze(net);
         return net;

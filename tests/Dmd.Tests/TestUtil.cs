@@ -66,6 +66,35 @@ internal static class TestUtil
         return u;
     }
 
+    /// <summary>The tiny labelled point MLP of the DMD wiring and GAN tests: 2-D, 3 classes, width 32, depth 2, no dropout.</summary>
+    public static readonly Dmd.Networks.NetworkSpec TinyPointSpec = new(Kind: "mlp", Shape: new[] { 2 }, LabelDim: 3, SigmaData: 0.5, Width: 32, Depth: 2, Dropout: 0);
+
+    /// <summary>Adds seeded N(0, scale^2) noise to every parameter (so zero-initialised layers carry signal).</summary>
+    public static void Perturb(nn.Module m, long seed, double scale)
+    {
+        using var g = new Generator((ulong)seed);
+        using var _ = no_grad();
+        foreach (var p in m.parameters()) p.add_(randn(p.shape, generator: g) * scale);
+    }
+
+    /// <summary>
+    /// The gradients left on <paramref name="actual"/> equal those of <paramref name="expected"/> (computed by hand) to 2e-4
+    /// of each parameter's largest; with <paramref name="requireGradient"/> every parameter must have one.
+    /// </summary>
+    public static void AssertSameGradients(nn.Module expected, nn.Module actual, string what, bool requireGradient = false)
+    {
+        var a = actual.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, p) in expected.named_parameters())
+        {
+            var ge = p.grad ?? zeros_like(p);
+            var ga = a[name].grad ?? zeros_like(p);
+            double scale = Math.Max(ge.abs().max().item<float>(), 1e-12);
+            double err = (ge - ga).abs().max().item<float>();
+            if (requireGradient) Assert.True(scale > 1e-9, $"{what}: {name} has no gradient in the hand computation");
+            Assert.True(err <= 2e-4 * scale + 1e-9, $"{what}: gradient of {name} differs by {err:G3} (largest {scale:G3})");
+        }
+    }
+
     public static string TempDir()
     {
         var d = Path.Combine(Path.GetTempPath(), "dmd-tests-" + Guid.NewGuid().ToString("N")[..8]);
