@@ -18,8 +18,8 @@ internal static class BenchCommand
                                        "their ratio; with --run, the teacher (Heun) vs the DMD generator of a toy2d run and the DMD iteration time.");
         var models = new Option<string[]>("--model") { Description = "model file or folder; give it twice to compare two models", AllowMultipleArgumentsPerToken = false };
         var run = new Option<string?>("--run") { Description = "folder of a `dmd toy2d` run: benches teacher/ (Heun) against dmd-full/ (1 step)" };
-        var sampler = new Option<string?>("--sampler") { Description = "sampler for teachers: heun or euler (generators always one step)" };
-        var steps = new Option<int>("--steps") { Description = "teacher steps (heun 18 = 35 NFE)", DefaultValueFactory = _ => 18 };
+        var sampler = new Option<string?>("--sampler") { Description = "sampler for teachers: heun or euler (generators run their own trained steps)" };
+        var steps = new Option<int?>("--steps") { Description = "teacher steps (default: heun 18 = 35 NFE); generators run their own trained steps" };
         var batch = new Option<int?>("--batch") { Description = "samples per batch (default 4096 for points, 64 for images)" };
         var repeats = new Option<int>("--repeats") { Description = "timed batches per model, after one warm-up batch", DefaultValueFactory = _ => 5 };
         var iters = new Option<int>("--dmd-iterations") { Description = "with --run: timed DMD iterations (after 5 warm-up ones)", DefaultValueFactory = _ => 30 };
@@ -48,7 +48,8 @@ internal static class BenchCommand
             if (paths.Length is < 1 or > 2) throw new DmdInputException("give one or two --model paths, or --run RUN_FOLDER");
             var outPath = r.GetValue(outOpt) ?? (dir is not null ? Path.Combine(dir, "bench.json") : "runs/bench.json");
             Checkpoint.EnsureWritableFile(outPath, "--out");
-            var draws = paths.Select(p => ModelDraw.Load(p, r.GetValue(sampler), r.GetValue(steps), 1.0)).ToList();
+            var draws = paths.Select(p => ModelDraw.IsGenerator(p) ? ModelDraw.Load(p, null, null, 1.0)
+                                                                   : ModelDraw.Load(p, r.GetValue(sampler), r.GetValue(steps), 1.0)).ToList();
             Threads.Apply(r, smallModel: !draws[0].Spec.IsImage);
             int b = r.GetValue(batch) ?? (draws[0].Spec.IsImage ? 64 : 4096), n = r.GetValue(repeats);
 

@@ -35,7 +35,7 @@ public static class Evaluation
         using var g = new Generator((ulong)seed);
         var z = Rng.Normal(new long[] { count }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
         var y = Rng.OneHotLabels(m.Spec.LabelDim, count, g);
-        var (x, secs) = m.Draw(z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch);
+        var (x, secs) = m.Draw(z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch, seed);
 
         var metrics = new Dictionary<string, double>();
         double[]? perClass = null;

@@ -123,7 +123,7 @@ public sealed class ImageDemo
         var initial = new OneStepGenerator(teacher, Config.Dmd.SigmaMax);
         rows.Add(Measure("teacher, 1 step", 1, Draw(initial, z, y, out _), y, judge, double.NaN));
         var student = Draw(trainer.Output, z, y, out double studentRate);
-        rows.Add(Measure("DMD student", 1, student, y, judge, studentRate));
+        rows.Add(Measure("DMD student", trainer.Output.Steps, student, y, judge, studentRate));
         double speedUp = studentRate / teacherRate;
 
         var res = new ImageDemoResults(rows, n, trainer.Step, dmdSeconds, pairSeconds, clock.Elapsed.TotalSeconds, speedUp, trainer.RegressionLoss,
@@ -147,7 +147,7 @@ public sealed class ImageDemo
     static Tensor Draw(OneStepGenerator g, Tensor z, Tensor? y, out double imagesPerSecond)
     {
         var sw = Stopwatch.StartNew();
-        var x = g.GenerateInBatches(z, y, batch: 64);
+        var x = g.GenerateInBatches(z, y, batch: 64, stepNoise: OneStepGenerator.SeededStepNoise(z.shape.Skip(1).Select(d => (int)d).ToArray(), 1_000_000, (int)z.shape[0], g.Steps));
         imagesPerSecond = z.shape[0] / sw.Elapsed.TotalSeconds;
         return x;
     }

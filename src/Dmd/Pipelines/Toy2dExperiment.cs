@@ -154,7 +154,11 @@ public sealed class Toy2dExperiment
         var teacherOneStep = new OneStepGenerator(teacher, Config.Dmd.SigmaMax);
         Add("teacher (1 step)", () => { using var _ = no_grad(); return (teacherOneStep.Generate(z, y), 1); });
         foreach (var (mode, gen) in generators)
-            Add(ModeTitle(mode), () => { using var _ = no_grad(); return (gen.Generate(z, y), 1); });
+            Add(ModeTitle(mode), () =>
+            {
+                using var _ = no_grad();
+                return (gen.Generate(z, y, OneStepGenerator.SeededStepNoise(spec.SampleShape, 12345, Config.EvalSamples, gen.Steps)), gen.Steps);
+            });
 
         double Ed(string prefix) => rows.First(r => r.Model.StartsWith(prefix)).EnergyDistance;
         double edData = EnergyDistance.Compute(train.Points.narrow(0, 0, Math.Min(train.Count, Config.EvalSamples)), heldOut.Points);
