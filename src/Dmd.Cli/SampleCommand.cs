@@ -16,7 +16,7 @@ internal static class SampleCommand
 {
     public static Command Build()
     {
-        var cmd = new Command("sample", "Draw samples from a teacher (multi-step) or a DMD generator (one step); writes CSV and a scatter plot " +
+        var cmd = new Command("sample", "Draw samples from a teacher (multi-step) or a DMD generator (one step, or its K trained steps); writes CSV and a scatter plot " +
                                         "for point data, a PNG grid (one row per class) and optionally one PNG per image for images.");
         var model = new Option<string>("--model") { Description = "a teacher.safetensors or generator.safetensors (or its run folder)", Required = true };
         var n = new Option<int?>("--n") { Description = "number of samples (default 2000 points; 100 images, i.e. 10 per class for 10 classes)" };
