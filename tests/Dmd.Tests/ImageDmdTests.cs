@@ -281,7 +281,10 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         log.WriteLine(output);
         Assert.Equal(0, code);
         Assert.Contains("teacher training:", output);
-        Assert.Contains("three networks resident", output);
+        Assert.Contains("DMD (1 fake update, pairs), batch 2:", output);
+        Assert.Contains("DMD2 (5 fake updates, GAN, no pairs), batch 2:", output);
+        Assert.Contains("% of the peak", output);
+        Assert.Contains("convolution peak:", output);
         Assert.Contains("peak RSS", output);
 
         var dir = TestUtil.TempDir();
