@@ -32,7 +32,7 @@ internal static class TeacherCommand
             var dataName = r.GetValue(data)!;
             var set = DataSource.Parse(dataName).LoadPoints(r.GetValue(points), seed: 1);
             if (!r.GetValue(cond)) set = set.WithoutLabels();
-            var spec = NetworkSpec.ForPoints(set, r.GetValue(width), r.GetValue(depth));
+            var spec = MlpSpec.ForPoints(set, r.GetValue(width), r.GetValue(depth));
             using var trainer = new TeacherTrainer(spec, cfg, set);
             AnsiConsole.MarkupLine($"teacher: {TrainingUtils.ParameterCount(trainer.Net):N0} parameters, {set.Count:N0} points of dim {set.Dim}, {set.NumClasses} classes");
             var outDir = r.GetValue(outOpt)!;
@@ -45,7 +45,6 @@ internal static class TeacherCommand
                 AnsiConsole.MarkupLine($"stopped on request at step {trainer.Step} of {cfg.Steps} (checkpoint written); the same command continues the run");
                 return 0;
             }
-            Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
             AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "teacher.safetensors")}");
             return 0;
         });
