@@ -2,7 +2,6 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using Dmd.Data;
-using Dmd.Diffusion;
 using Dmd.IO;
 using Dmd.Networks;
 using Dmd.Training;

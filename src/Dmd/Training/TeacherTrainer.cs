@@ -118,6 +118,19 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     }
 
     /// <summary>
+    /// An MLP teacher for points (`dmd train-teacher`): <paramref name="points"/> draws (seed 1) of the built-in
+    /// distribution <paramref name="data"/> names, or a CSV's points; labels kept when <paramref name="conditional"/>;
+    /// sigma_data from the data (<see cref="MlpSpec.ForPoints"/>).
+    /// </summary>
+    public static TeacherTrainer ForPoints(string data, int points, bool conditional, int width, int depth, TeacherConfig config,
+                                           Device? device = null)
+    {
+        var set = DataSource.Parse(data).LoadPoints(points, seed: 1);
+        if (!conditional) set = set.WithoutLabels();
+        return new TeacherTrainer(MlpSpec.ForPoints(set, width, depth), config, set, device);
+    }
+
+    /// <summary>
     /// A U-Net teacher for images (`dmd train-image-teacher`): loads the images <paramref name="data"/> names and builds
     /// the network <paramref name="unet"/> describes for their shape and classes.
     /// </summary>
