@@ -87,7 +87,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (!config.UsesPairs) pairs = null; // DM only: pairs given anyway are not used
         if (pairs is not null) CheckPairsMatch(pairs.Info, config);
         Config = config;
-        Spec = spec with { Dropout = 0 }; // DESIGN.md: dropout off in all three networks
+        Spec = spec.WithoutDropout(); // DESIGN.md: dropout off in all three networks
         this.device = device ?? CPU;
         this.pairs = pairs;
         sampleShape = spec.SampleShape.Select(s => (long)s).ToArray();
@@ -194,8 +194,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     EdmPrecond InitialGenerator(string path)
     {
         var (net, spec) = DenoiserFile.Load(path, "generator.safetensors");
-        if (spec with { Dropout = 0 } != Spec)
-            throw new DmdInputException($"--init-generator {path} has another architecture than the teacher ({spec.Kind}, {spec.ModelChannels} channels); start from a generator distilled from this teacher");
+        if (spec.WithoutDropout() != Spec)
+            throw new DmdInputException($"--init-generator {path} has another architecture than the teacher ({spec}); start from a generator distilled from this teacher");
         return net;
     }
 

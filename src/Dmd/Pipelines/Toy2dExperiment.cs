@@ -95,7 +95,7 @@ public sealed class Toy2dExperiment
         if (!Config.Conditional) heldOut = heldOut.WithoutLabels();
 
         // 1. teacher
-        var spec = NetworkSpec.ForPoints(train, Config.Width, Config.Depth);
+        var spec = MlpSpec.ForPoints(train, Config.Width, Config.Depth);
         var teacherDir = Path.Combine(outDir, "teacher");
         var teacherPath = Path.Combine(teacherDir, "teacher.safetensors");
         if (File.Exists(teacherPath)) OnMessage?.Invoke($"reusing the teacher in {teacherDir} (delete it to retrain)");
