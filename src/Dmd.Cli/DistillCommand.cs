@@ -51,13 +51,15 @@ internal static class DistillCommand
             double limit = (r.GetValue(minutes) ?? double.PositiveInfinity) * 60;
             using var signal = new StopSignal();
             int firstStep = -1; // a --minutes budget ends a run only after it made a step, so every call moves the run on
+            var ranks = new RankReport();
             ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs),
-                Common.RunOptions(r, allow, (s, n, l) => report($"dmd {cfg.Mode}", s, n, l),
+                Common.RunOptions(r, allow, (s, n, l) => { ranks.Step(); report($"dmd {cfg.Mode}", s, n, l); },
                                   () => signal.Requested || (trainer.Step > (firstStep < 0 ? firstStep = trainer.Step : firstStep) && clock.Elapsed.TotalSeconds > limit)),
                 ganText));
             if (trainer.Step < cfg.Steps)
                 AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
-            Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
+            ranks.Print(trainer.Generator.Net, trainer.Fake, trainer.Ema?.Net, trainer.GanHead);
+            if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
             AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "generator.safetensors")}");
             return 0;
         });

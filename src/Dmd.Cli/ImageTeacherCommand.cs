@@ -69,14 +69,17 @@ internal static class ImageTeacherCommand
             int firstStep = -1, lastStep = 0;
             using var signal = new StopSignal();
             bool finished = true;
+            var ranks = new RankReport();
             ProgressView.Run(report => finished = trainer.Run(outDir, dataName, Common.RunOptions(r, allow, (s, n, l) =>
             {
+                ranks.Step();
                 if (firstStep < 0) firstStep = s - 1;
                 lastStep = s;
                 report("teacher", s, n, l);
             }, () => signal.Requested), grids));
             train.Stop();
-            Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
+            ranks.Print(trainer.Net, trainer.Ema);
+            if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
             int done = lastStep - Math.Max(firstStep, 0);
             if (done > 0)
             {
