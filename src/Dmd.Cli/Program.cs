@@ -48,7 +48,11 @@ catch (Exception e)
     };
     // in a job of several processes, bad input fails every rank alike: rank 0 says it; other failures name their rank.
     // A failed rank exits without MPI_Finalize, and the launcher then ends the whole job with a non-zero code.
-    if (Mpi.Size > 1 && !Mpi.IsRoot && inner is DmdInputException) return code;
+    if (Mpi.Size > 1 && !Mpi.IsRoot && inner is DmdInputException)
+    {
+        Thread.Sleep(5000); // give rank 0 the time to say it before the launcher ends the job for this rank's exit
+        return code;
+    }
     Console.Error.WriteLine($"error: {(Mpi.Size > 1 ? $"rank {Mpi.Rank}/{Mpi.Size}: " : "")}{text.ReplaceLineEndings(" ")}");
     if (Environment.GetEnvironmentVariable("DMD_DEBUG") is "1") Console.Error.WriteLine(e);
     return code;

@@ -48,6 +48,7 @@ public static class Mpi
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] delegate int AllreduceFn(IntPtr send, IntPtr recv, int count, IntPtr type, IntPtr op, IntPtr comm);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] delegate int BcastFn(IntPtr buffer, int count, IntPtr type, int root, IntPtr comm);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] delegate int CommFn(IntPtr comm);
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)] delegate int SetErrhandlerFn(IntPtr comm, IntPtr handler);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] delegate int AbortFn(IntPtr comm, int code);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)] delegate int VoidFn();
 
@@ -82,6 +83,8 @@ public static class Mpi
         abort = Fn<AbortFn>("MPI_Abort");
         finalize = Fn<VoidFn>("MPI_Finalize");
         Check(Fn<InitThreadFn>("MPI_Init_thread")(IntPtr.Zero, IntPtr.Zero, ThreadFunneled, out _), "MPI_Init_thread");
+        // errors come back as return codes (then a one-line error here) instead of ending the process inside the library
+        Check(Fn<SetErrhandlerFn>("MPI_Comm_set_errhandler")(commWorld, NativeLibrary.GetExport(lib, "ompi_mpi_errors_return")), "MPI_Comm_set_errhandler");
         Check(Fn<CommIntFn>("MPI_Comm_rank")(commWorld, out int rank), "MPI_Comm_rank");
         Check(Fn<CommIntFn>("MPI_Comm_size")(commWorld, out int size), "MPI_Comm_size");
         (Rank, Size, Active) = (rank, size, true);
@@ -162,6 +165,8 @@ public static class Mpi
 
     static void Check(int rc, string call)
     {
-        if (rc != 0) throw new DmdException($"{call} failed with MPI error {rc} on rank {Rank} of {Size}");
+        if (rc != 0)
+            throw new DmdException($"{call} failed with MPI error {rc} on rank {Rank} of {Size}: another process of the job has probably " +
+                                   "failed or been killed (see the launcher's message). Checkpoints already written are intact: run the same command again to resume");
     }
 }
