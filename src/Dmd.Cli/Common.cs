@@ -31,8 +31,25 @@ internal sealed class RankReport
     {
         if (!Mpi.Active) return;
         double secs = clock.Elapsed.TotalSeconds;
-        string rate = steps > 1 ? string.Create(CultureInfo.InvariantCulture, $"; {steps} steps, {(steps - 1) / secs:F2} it/s after the first, all-reduce {1000 * (Mpi.AllreduceSeconds - allreduceAtStart) / (steps - 1):F2} ms/step") : "";
-        Console.WriteLine($"rank {Mpi.Rank}/{Mpi.Size} weights {DataParallel.Checksum(trained)}{rate}");
+        string rate = steps > 1 ? string.Create(CultureInfo.InvariantCulture, $"; {steps} steps, {(steps - 1) / secs:F2} it/s after the first, all-reduce {1000 * (Mpi.AllreduceSeconds - allreduceAtStart) / (steps - 1):F2} ms/step (with waiting for the slowest rank)") : "";
+        Console.WriteLine($"rank {Mpi.Rank}/{Mpi.Size} weights {DataParallel.Checksum(trained)}{rate}{(steps > 1 && Mpi.Size > 1 ? "; " + TransferTime(trained) : "")}");
+    }
+
+    /// <summary>The all-reduce of one flat buffer the size of the trained networks' parameters, after a barrier: the transfer alone (median of 10).</summary>
+    static string TransferTime(TorchSharp.torch.nn.Module?[] trained)
+    {
+        long n = trained.Where(m => m is not null).Sum(m => m!.parameters().Where(p => p.requires_grad).Sum(p => p.numel()));
+        var buf = new float[n];
+        var times = new List<double>();
+        for (int i = 0; i < 11; i++)
+        {
+            Mpi.Barrier();
+            var c = Stopwatch.StartNew();
+            Mpi.AllreduceSum(buf);
+            if (i > 0) times.Add(c.Elapsed.TotalMilliseconds);
+        }
+        times.Sort();
+        return string.Create(CultureInfo.InvariantCulture, $"one all-reduce of all trained parameters ({n:N0} floats, {n * 4 / 1e6:F2} MB) alone: {times[times.Count / 2]:F2} ms");
     }
 }
 
