@@ -29,7 +29,11 @@ try
     // under mpirun/srun: one process of a data-parallel job (see Dmd.Training.DataParallel); rank 0 alone prints
     Mpi.Init();
     if (!Mpi.IsRoot) AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) });
-    int exit = root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    var parsed = root.Parse(args);
+    if (Mpi.Size > 1 && parsed.CommandResult.Command.Name is "demo" or "toy2d" or "sample" or "bench" or "train-classifier")
+        throw new DmdInputException($"dmd {parsed.CommandResult.Command.Name} does not run data-parallel: run it without mpirun/srun " +
+                                    "(train-teacher, train-image-teacher, distill, pairs and eval do)");
+    int exit = parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
     Mpi.Shutdown();
     return exit;
 }
