@@ -17,28 +17,12 @@ Tested on tiny snapshots made with EDM's own code: tests/Dmd.Tests/TestData/edm_
 """
 import argparse
 import json
+import os
 import pickle
-import struct
 import sys
 
-DTYPES = {"torch.float32": "F32", "torch.float64": "F64", "torch.float16": "F16", "torch.int64": "I64"}
-
-
-def save_safetensors(tensors, path, metadata):
-    """Minimal safetensors writer (8-byte header length, JSON header, raw little-endian data)."""
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
-    for name, t in tensors.items():
-        data = t.contiguous().numpy().tobytes() if hasattr(t, "numpy") else bytes(t)
-        header[name] = {"dtype": DTYPES[str(t.dtype)], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from safetensors_io import save_safetensors  # noqa: E402
 
 
 # Settings of EDM's networks that Dmd's NetworkSpec does not carry: it builds them with these values (EDM's defaults,

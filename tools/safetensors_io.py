@@ -1,13 +1,12 @@
-"""Shared by the conversion scripts: write a dict of torch tensors as one .safetensors file.
+"""The one safetensors writer of the conversion tools and the test fixture scripts: a dict of torch tensors as one file.
 
 Uses the `safetensors` package when installed, else a minimal writer of the same format
 (8-byte little-endian header length, JSON header, raw little-endian tensor data)."""
 import json
 import struct
 
-import torch
-
-DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.int64: "I64"}
+# by name, so that importing this module does not import torch (scripts import it after putting EDM on sys.path)
+DTYPES = {"torch.float32": "F32", "torch.float64": "F64", "torch.float16": "F16", "torch.int64": "I64"}
 
 
 def save_safetensors(tensors, path, metadata=None):
@@ -20,9 +19,9 @@ def save_safetensors(tensors, path, metadata=None):
         pass
     header, blobs, offset = {"__metadata__": metadata}, [], 0
     for name, t in tensors.items():
-        arr = t.contiguous().numpy()
+        arr = t.detach().contiguous().numpy()
         data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {"dtype": DTYPES[str(t.dtype)], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")

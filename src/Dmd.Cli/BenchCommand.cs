@@ -18,8 +18,8 @@ internal static class BenchCommand
                                        "their ratio; with --run, the teacher (Heun) vs the DMD generator of a toy2d run and the DMD iteration time.");
         var models = new Option<string[]>("--model") { Description = "model file or folder; give it twice to compare two models", AllowMultipleArgumentsPerToken = false };
         var run = new Option<string?>("--run") { Description = "folder of a `dmd toy2d` run: benches teacher/ (Heun) against dmd-full/ (1 step)" };
-        var sampler = new Option<string?>("--sampler") { Description = "sampler for teachers: heun or euler (generators always one step)" };
-        var steps = new Option<int>("--steps") { Description = "teacher steps (heun 18 = 35 NFE)", DefaultValueFactory = _ => 18 };
+        var sampler = new Option<string?>("--sampler") { Description = "sampler for teachers: heun or euler (generators run their own trained steps)" };
+        var steps = new Option<int?>("--steps") { Description = "teacher steps (default: heun 18 = 35 NFE); generators run their own trained steps" };
         var batch = new Option<int?>("--batch") { Description = "samples per batch (default 4096 for points, 64 for images)" };
         var repeats = new Option<int>("--repeats") { Description = "timed batches per model, after one warm-up batch", DefaultValueFactory = _ => 5 };
         var iters = new Option<int>("--dmd-iterations") { Description = "with --run: timed DMD iterations (after 5 warm-up ones)", DefaultValueFactory = _ => 30 };
@@ -48,7 +48,8 @@ internal static class BenchCommand
             if (paths.Length is < 1 or > 2) throw new DmdInputException("give one or two --model paths, or --run RUN_FOLDER");
             var outPath = r.GetValue(outOpt) ?? (dir is not null ? Path.Combine(dir, "bench.json") : "runs/bench.json");
             Checkpoint.EnsureWritableFile(outPath, "--out");
-            var draws = paths.Select(p => ModelDraw.Load(p, r.GetValue(sampler), r.GetValue(steps), 1.0)).ToList();
+            var draws = paths.Select(p => ModelDraw.IsGenerator(p) ? ModelDraw.Load(p, null, null, 1.0)
+                                                                   : ModelDraw.Load(p, r.GetValue(sampler), r.GetValue(steps), 1.0)).ToList();
             Threads.Apply(r, smallModel: !draws[0].Spec.IsImage);
             int b = r.GetValue(batch) ?? (draws[0].Spec.IsImage ? 64 : 4096), n = r.GetValue(repeats);
 
@@ -66,10 +67,14 @@ internal static class BenchCommand
                 iterMs = Benchmark.ToyRunDmdIterationMs(dir, draws[0], r.GetValue(iters), out int tb0);
                 dmdBatch = tb0;
             }
+            List<DmdIterationSpeed>? recipes = null;
+            double? peak = null;
             if (r.GetValue(distill) is int dIters and > 0)
             {
                 dmdBatch = r.GetValue(distillBatch);
-                iterMs = Benchmark.DmdIterationMsOnRandomPairs(draws[0], dmdBatch.Value, dIters);
+                peak = Benchmark.ConvPeakGflops();
+                recipes = Benchmark.DmdIterations(draws[0], dmdBatch.Value, dIters, peak);
+                iterMs = recipes[0].Ms;
             }
             double? trainRate = null; int? tb = null;
             if (r.GetValue(train) is int tSteps and > 0)
@@ -81,13 +86,20 @@ internal static class BenchCommand
 
             var res = new BenchResult($"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
                                       torch.get_num_threads(), speeds, ratio, iterMs, dmdBatch, Process.GetCurrentProcess().PeakWorkingSet64 >> 20,
-                                      trainRate, tb, rss);
+                                      trainRate, tb, rss, recipes, peak);
             var t = new Table().AddColumns("model", "NFE", "batch ms (median / p90)", "samples/s");
             foreach (var s in speeds)
                 t.AddRow(Markup.Escape(Path.GetFileName(s.Model)), s.Nfe.ToString(), $"{s.MedianBatchMs:F1} / {s.P90BatchMs:F1}", $"{s.SamplesPerSecond:N0}");
             AnsiConsole.Write(t);
             if (ratio is double q) AnsiConsole.MarkupLine($"speed ratio (second / first): [bold]{q:F1}x[/]");
-            if (iterMs is double ms) AnsiConsole.MarkupLine($"DMD iteration: {ms:F1} ms (batch {dmdBatch}{(dir is null ? $" + {dmdBatch} pairs, three networks resident" : "")})");
+            if (recipes is not null)
+            {
+                AnsiConsole.MarkupLine($"convolution peak: {peak:F0} GFLOP/s (one 4.8 GFLOP fp32 convolution, {torch.get_num_threads()} threads)");
+                foreach (var d in recipes)
+                    AnsiConsole.MarkupLine(Markup.Escape($"{d.Recipe}, batch {d.Batch}: {d.Ms:F0} ms per iteration, {d.Gflop:F1} GFLOP, " +
+                                                         $"{d.AchievedGflops:F0} GFLOP/s" + (d.PeakFraction is double f ? $" = {100 * f:F0} % of the peak" : " (FLOPs counted for the U-Nets only)")));
+            }
+            else if (iterMs is double ms) AnsiConsole.MarkupLine($"DMD iteration: {ms:F1} ms (batch {dmdBatch})");
             if (trainRate is double tr) AnsiConsole.MarkupLine($"teacher training: {tr:F1} images/s (batch {tb})");
             if (rss is not null) AnsiConsole.MarkupLine(Markup.Escape(RssLine(rss)));
             AnsiConsole.MarkupLine($"peak RSS {res.PeakRssMb} MB, {res.Threads} thread(s)");

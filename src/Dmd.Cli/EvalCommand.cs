@@ -11,12 +11,12 @@ internal static class EvalCommand
 {
     public static Command Build()
     {
-        var cmd = new Command("eval", "Draw N samples from a teacher (chosen sampler and steps) or a DMD generator (one step) and measure them. " +
+        var cmd = new Command("eval", "Draw N samples from a teacher (chosen sampler and steps) or a DMD generator (its trained steps) and measure them. " +
                                       "Points: energy distance, precision/recall, mode coverage against held-out data. " +
                                       "Fashion-MNIST images: FD-FMNIST against the shipped test statistics and per-class accuracy.");
         var model = new Option<string>("--model") { Description = "teacher.safetensors or generator.safetensors (or its run folder)", Required = true };
         var sampler = new Option<string?>("--sampler") { Description = "onestep, heun or euler (default: onestep for generators, heun otherwise)" };
-        var steps = new Option<int>("--steps") { Description = "sampler steps (heun: 2N-1 NFE)", DefaultValueFactory = _ => 18 };
+        var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
         var n = new Option<int>("--n") { Description = "number of samples", DefaultValueFactory = _ => 10_000 };
         var batch = new Option<int?>("--batch") { Description = "samples per batch (default 500 for points, 64 for images: larger image batches ran slower per image on a 2-core CPU)" };

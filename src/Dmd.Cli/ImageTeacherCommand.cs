@@ -2,7 +2,6 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using Dmd.Data;
-using Dmd.Diffusion;
 using Dmd.IO;
 using Dmd.Networks;
 using Dmd.Training;
@@ -46,31 +45,32 @@ internal static class ImageTeacherCommand
         {
             Threads.Apply(r, smallModel: false);
             var cfg = opts.Bind(r, r.GetValue(cfgFile) is string f ? Checkpoint.LoadSettings<TeacherConfig>(f) : TeacherConfig.Images);
-            var dataName = r.GetValue(data)!;
-            var set = DataSource.Parse(dataName).LoadImages(r.GetValue(resolution), r.GetValue(channels), r.GetValue(xflip));
-            if (r.GetValue(limit) is int k) set = First(set, k);
-            if (r.GetValue(uncond)) set = set.WithoutLabels();
-            int res = set.Shape[1];
-            var kind = r.GetValue(arch)!;
-            if (kind is not ("ddpmpp" or "adm")) throw new DmdInputException($"--arch '{kind}' is not a U-Net: use ddpmpp or adm");
-            var spec = NetworkSpec.SmallImage(kind, set.Shape[0], res, set.NumClasses, r.GetValue(modelChannels), r.GetValue(numBlocks), r.GetValue(dropout));
-            if (r.GetValue(channelMult) is string cm) spec = spec with { ChannelMult = IntList("--channel-mult", cm) };
-            if (r.GetValue(attn) is string at) spec = spec with { AttnResolutions = at == "none" ? Array.Empty<int>() : IntList("--attn-resolutions", at) };
-
-            using var trainer = new TeacherTrainer(spec, cfg, set);
+            var dataOpts = new ImageDataOptions
+            {
+                Data = r.GetValue(data)!, Resolution = r.GetValue(resolution), Channels = r.GetValue(channels),
+                TrainImages = r.GetValue(limit), Unconditional = r.GetValue(uncond), XFlip = r.GetValue(xflip),
+            };
+            var unet = new UNetOptions
+            {
+                Arch = r.GetValue(arch)!, ModelChannels = r.GetValue(modelChannels), NumBlocks = r.GetValue(numBlocks), Dropout = r.GetValue(dropout),
+                ChannelMult = r.GetValue(channelMult) is string cm ? IntList("--channel-mult", cm) : null,
+                AttnResolutions = r.GetValue(attn) is string at ? at == "none" ? Array.Empty<int>() : IntList("--attn-resolutions", at) : null,
+            };
+            using var trainer = TeacherTrainer.ForImages(dataOpts, unet, cfg);
+            var (spec, set) = (trainer.Spec, trainer.Data);
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");
             AnsiConsole.MarkupLine(Markup.Escape($"teacher: {spec}; {TrainingUtils.ParameterCount(trainer.Net):N0} parameters; " +
                 $"{set.Count:N0} images [{string.Join("x", set.Shape)}], {set.NumClasses} classes; batch {cfg.BatchSize}, {torch.get_num_threads()} threads"));
 
-            var grids = new TeacherGrids(r.GetValue(gridEvery), r.GetValue(gridPerClass), r.GetValue(gridSteps), r.GetValue(gridGuidance), set.ClassNames);
+            var grids = new TeacherGrids(r.GetValue(gridEvery), r.GetValue(gridPerClass), r.GetValue(gridSteps), r.GetValue(gridGuidance));
             // images per second of training alone: grid time is taken out
             var train = Stopwatch.StartNew();
             int firstStep = -1, lastStep = 0;
             using var signal = new StopSignal();
             bool finished = true;
             var ranks = new RankReport();
-            ProgressView.Run(report => finished = trainer.Run(outDir, dataName, Common.RunOptions(r, allow, (s, n, l) =>
+            ProgressView.Run(report => finished = trainer.Run(outDir, dataOpts.Data, Common.RunOptions(r, allow, (s, n, l) =>
             {
                 ranks.Step();
                 if (firstStep < 0) firstStep = s - 1;
@@ -79,7 +79,6 @@ internal static class ImageTeacherCommand
             }, () => signal.Requested), grids));
             train.Stop();
             ranks.Print(trainer.Net, trainer.Ema);
-            if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
             int done = lastStep - Math.Max(firstStep, 0);
             if (done > 0)
             {
@@ -94,13 +93,6 @@ internal static class ImageTeacherCommand
             return 0;
         });
         return cmd;
-    }
-
-    static ImageDataset First(ImageDataset set, int n)
-    {
-        if (n < 1) throw new DmdInputException($"--train-images {n}: give a positive number of images");
-        long m = Math.Min(n, set.Count);
-        return new ImageDataset(set.Images[..(int)m], set.ClassIndex?[..(int)m], set.NumClasses, set.ClassNames, set.RandomFlip);
     }
 
     internal static int[] IntList(string option, string text)

@@ -16,12 +16,12 @@ internal static class SampleCommand
 {
     public static Command Build()
     {
-        var cmd = new Command("sample", "Draw samples from a teacher (multi-step) or a DMD generator (one step); writes CSV and a scatter plot " +
+        var cmd = new Command("sample", "Draw samples from a teacher (multi-step) or a DMD generator (one step, or its K trained steps); writes CSV and a scatter plot " +
                                         "for point data, a PNG grid (one row per class) and optionally one PNG per image for images.");
         var model = new Option<string>("--model") { Description = "a teacher.safetensors or generator.safetensors (or its run folder)", Required = true };
         var n = new Option<int?>("--n") { Description = "number of samples (default 2000 points; 100 images, i.e. 10 per class for 10 classes)" };
         var sampler = new Option<string>("--sampler") { Description = "onestep, heun or euler (default: onestep for generator files, heun otherwise)" };
-        var steps = new Option<int>("--steps") { Description = "sampler steps (heun: 2N-1 NFE)", DefaultValueFactory = _ => 18 };
+        var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
         var cls = new Option<int?>("--class") { Description = "class index for a conditional model (default: random for points, one row per class for images)" };
         var seed = new Option<long>("--seed") { Description = "random seed (images: image i uses seed + i, as EDM's --seeds)", DefaultValueFactory = _ => 0 };
@@ -48,7 +48,7 @@ internal static class SampleCommand
             Tensor? y = null;
             if (spec.LabelDim > 0)
                 y = classIndex is int c ? Rng.OneHot(torch.full(count, c, ScalarType.Int64), spec.LabelDim) : Rng.OneHotLabels(spec.LabelDim, count, g);
-            var (x, secs) = m.Draw(z, y, count);
+            var (x, secs) = m.Draw(z, y, count, seed: r.GetValue(seed));
             int nfe = m.Nfe;
             var outPath = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFile(outPath, "--out");
@@ -79,7 +79,7 @@ internal static class SampleCommand
             : rows ? ImageSampling.ClassMajorLabels(spec.LabelDim, perClass)
             : Rng.OneHot(torch.full(count, classIndex!.Value, ScalarType.Int64), spec.LabelDim);
         Tensor samples = null!; double secs = 0;
-        ProgressView.Run(report => (samples, secs) = m.Draw(z, y, batch, (d, t) => report("sample", d, t, null)));
+        ProgressView.Run(report => (samples, secs) = m.Draw(z, y, batch, (d, t) => report("sample", d, t, null), seed));
         var res = new SampleResult(samples, m.Nfe);
         int columns = rows ? perClass : (int)Math.Ceiling(Math.Sqrt(count));
         ImageGrid.Save(outPath, res.Samples, columns, scale, rowLabels: rows ? Enumerable.Range(0, spec.LabelDim).Select(c => c.ToString()).ToArray() : null);

@@ -1,8 +1,6 @@
 using System.CommandLine;
 using Dmd.Data;
-using Dmd.Diffusion;
 using Dmd.IO;
-using Dmd.Networks;
 using Dmd.Training;
 using Spectre.Console;
 
@@ -30,11 +28,9 @@ internal static class TeacherCommand
             Common.RequirePositive(r, points, width, depth);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var dataName = r.GetValue(data)!;
-            var set = DataSource.Parse(dataName).LoadPoints(r.GetValue(points), seed: 1);
-            if (!r.GetValue(cond)) set = set.WithoutLabels();
-            var spec = NetworkSpec.ForPoints(set, r.GetValue(width), r.GetValue(depth));
-            using var trainer = new TeacherTrainer(spec, cfg, set);
-            AnsiConsole.MarkupLine($"teacher: {TrainingUtils.ParameterCount(trainer.Net):N0} parameters, {set.Count:N0} points of dim {set.Dim}, {set.NumClasses} classes");
+            using var trainer = TeacherTrainer.ForPoints(dataName, r.GetValue(points), r.GetValue(cond), r.GetValue(width), r.GetValue(depth), cfg);
+            var set = trainer.Data;
+            AnsiConsole.MarkupLine($"teacher: {TrainingUtils.ParameterCount(trainer.Net):N0} parameters, {set.Count:N0} points of dim {set.Shape[0]}, {set.NumClasses} classes");
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");
             using var signal = new StopSignal();
@@ -47,7 +43,6 @@ internal static class TeacherCommand
                 AnsiConsole.MarkupLine($"stopped on request at step {trainer.Step} of {cfg.Steps} (checkpoint written); the same command continues the run");
                 return 0;
             }
-            if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
             AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "teacher.safetensors")}");
             return 0;
         });

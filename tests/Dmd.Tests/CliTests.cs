@@ -110,7 +110,7 @@ public class EvalAndBenchCliTests
 {
     internal static string TinyModel(string dir, string name)
     {
-        var spec = new Dmd.Networks.NetworkSpec("mlp", new[] { 2 }, 0, 1.0, 16, 1);
+        var spec = new MlpSpec { Shape = new[] { 2 }, LabelDim = 0, SigmaData = 1.0, Width = 16, Depth = 1 };
         var path = Path.Combine(dir, name);
         Dmd.Networks.DenoiserFile.Save(spec.Build(), spec, path);
         return path;

@@ -74,7 +74,7 @@ public class DiffusionTests
     public void PreconditioningMatchesDesign()
     {
         // D(x) = c_skip x + c_out F(c_in x, c_noise): check against the formulas with a known F
-        var spec = new NetworkSpec("mlp", new[] { 3 }, 0, 0.5, 32, 1);
+        var spec = new MlpSpec { Shape = new[] { 3 }, LabelDim = 0, SigmaData = 0.5, Width = 32, Depth = 1 };
         var net = spec.Build();
         using var g = new Generator(3);
         var x = randn(new long[] { 4, 3 }, generator: g);
@@ -102,7 +102,7 @@ public class DiffusionTests
     [Fact]
     public void GuidanceCombinesConditionalAndUnconditional()
     {
-        var spec = new NetworkSpec("mlp", new[] { 2 }, 3, 0.5, 32, 1);
+        var spec = new MlpSpec { Shape = new[] { 2 }, LabelDim = 3, SigmaData = 0.5, Width = 32, Depth = 1 };
         var net = spec.Build();
         using var g = new Generator(4);
         var x = randn(new long[] { 5, 2 }, generator: g);

@@ -18,9 +18,9 @@ namespace Dmd.Tests;
 public class DmdGanTests(ITestOutputHelper log)
 {
     const int Classes = 3;
-    static readonly NetworkSpec PointSpec = TestUtil.TinyPointSpec;
+    static readonly MlpSpec PointSpec = TestUtil.TinyPointSpec;
     static NetworkSpec ImageSpec(string kind = "ddpmpp") =>
-        NetworkSpec.SmallImage(kind, channels: 1, resolution: 8, labelDim: Classes, modelChannels: 8, numBlocks: 1, dropout: 0);
+        new UNetOptions { Arch = kind, ModelChannels = 8, NumBlocks = 1, Dropout = 0 }.For(channels: 1, resolution: 8, labelDim: Classes);
 
     static EdmPrecond Teacher(NetworkSpec spec)
     {

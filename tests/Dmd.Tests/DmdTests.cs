@@ -89,7 +89,7 @@ public class DmdTests
     [Fact]
     public void GeneratorStartsAsTheTeachersOneStepPrediction()
     {
-        var spec = new NetworkSpec("mlp", new[] { 2 }, 0, 0.7, 32, 2);
+        var spec = new MlpSpec { Shape = new[] { 2 }, LabelDim = 0, SigmaData = 0.7, Width = 32, Depth = 2 };
         var teacher = spec.Build();
         using var trainer = new DmdTrainer(teacher, spec, new DmdConfig { Mode = DmdMode.DmOnly, BatchSize = 8 }, null);
         using var g = new Generator(1);
@@ -102,7 +102,7 @@ public class DmdTests
     static (EdmPrecond Teacher, NetworkSpec Spec, RegressionPairs Pairs) TinySetup(int labels = 0, double guidance = 1.0)
     {
         torch.manual_seed(5);
-        var spec = new NetworkSpec("mlp", new[] { 2 }, labels, 0.8, 32, 2);
+        var spec = new MlpSpec { Shape = new[] { 2 }, LabelDim = labels, SigmaData = 0.8, Width = 32, Depth = 2 };
         var teacher = spec.Build();
         var pairs = RegressionPairs.Generate(teacher, spec.SampleShape, 64, steps: 4, guidance: guidance, seed: 2);
         return (teacher, spec, pairs);

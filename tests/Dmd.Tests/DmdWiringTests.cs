@@ -17,7 +17,7 @@ namespace Dmd.Tests;
 public class DmdWiringTests(ITestOutputHelper log)
 {
     const int Classes = 3;
-    static readonly NetworkSpec PointSpec = TestUtil.TinyPointSpec;
+    static readonly MlpSpec PointSpec = TestUtil.TinyPointSpec;
 
     static DmdConfig WiringConfig(DmdMode mode, double guidance, double lambdaReg) => new()
     {
@@ -216,7 +216,7 @@ public class DmdWiringTests(ITestOutputHelper log)
     {
         const double mu = 0.2, s = 0.5, lr = 1e-3;
         const int batch = 4096;
-        var spec = new NetworkSpec(Kind: "mlp", Shape: new[] { 1 }, SigmaData: s, Dropout: 0);
+        var spec = new MlpSpec { Shape = new[] { 1 }, SigmaData = s };
         EdmPrecond Build() => new(new GaussianBackbone(mu, s, s), s);
         var teacher = Build();
         TrainingUtils.Freeze(teacher);
@@ -285,7 +285,7 @@ public class DmdWiringTests(ITestOutputHelper log)
     {
         torch.manual_seed(21);
         var net = image
-            ? NetworkSpec.SmallImage("ddpmpp", channels: 1, resolution: 8, labelDim: Classes, modelChannels: 8, numBlocks: 1, dropout: 0).Build()
+            ? new UNetOptions { ModelChannels = 8, NumBlocks = 1, Dropout = 0 }.For(channels: 1, resolution: 8, labelDim: Classes).Build()
             : PointSpec.Build();
         TestUtil.Perturb(net, 22, 0.05);
         net.eval();

@@ -36,7 +36,7 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, Small() with { GridEvery = 10 }, pairs))
         {
-            Assert.Equal(0, t.Spec.Dropout); // DESIGN.md: dropout off in all three networks
+            Assert.Equal(0, Assert.IsType<DdpmppSpec>(t.Spec).Dropout); // DESIGN.md: dropout off in all three networks
             t.Run(dir, TeacherPath, null);
         }
         log.WriteLine($"30 DMD steps on a tiny U-Net: {clock.Elapsed.TotalSeconds:F1} s");
@@ -252,7 +252,7 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
     {
         // an untrained Fashion-MNIST-shaped teacher: the demo's machinery, not its quality, is under test here
         torch.manual_seed(3);
-        var spec = NetworkSpec.FashionMnistTeacher(modelChannels: 8, numBlocks: 1, dropout: 0);
+        var spec = new UNetOptions { ModelChannels = 8, NumBlocks = 1, Dropout = 0 }.FashionMnistTeacher();
         var teacherDir = TestUtil.TempDir();
         DenoiserFile.Save(spec.Build(), spec, Path.Combine(teacherDir, "teacher.safetensors"));
         var outDir = TestUtil.TempDir();
@@ -281,7 +281,10 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         log.WriteLine(output);
         Assert.Equal(0, code);
         Assert.Contains("teacher training:", output);
-        Assert.Contains("three networks resident", output);
+        Assert.Contains("DMD (1 fake update, pairs), batch 2:", output);
+        Assert.Contains("DMD2 (5 fake updates, GAN, no pairs), batch 2:", output);
+        Assert.Contains("% of the peak", output);
+        Assert.Contains("convolution peak:", output);
         Assert.Contains("peak RSS", output);
 
         var dir = TestUtil.TempDir();

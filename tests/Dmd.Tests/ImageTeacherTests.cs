@@ -17,14 +17,14 @@ namespace Dmd.Tests;
 public sealed class TinyImageTeacher
 {
     public const int Resolution = 16;
-    public NetworkSpec Spec { get; }
+    public UNetSpec Spec { get; }
     public TeacherTrainer Trainer { get; }
     public string Dir { get; }
 
     public TinyImageTeacher()
     {
         Dir = TestUtil.TempDir();
-        Spec = NetworkSpec.SmallImage("ddpmpp", channels: 1, resolution: Resolution, labelDim: 2, modelChannels: 8, numBlocks: 1, dropout: 0);
+        Spec = new UNetOptions { ModelChannels = 8, NumBlocks = 1, Dropout = 0 }.For(channels: 1, resolution: Resolution, labelDim: 2);
         var cfg = new TeacherConfig
         {
             Steps = 300, BatchSize = 16, LearningRate = 2e-3, LrRampupSteps = 20, EmaHalfLifeSteps = 30,
@@ -77,10 +77,10 @@ public class ImageTeacherTests : IClassFixture<TinyImageTeacher>
     [InlineData("adm")]
     public void UNetSpecsRoundTripThroughJsonAndRebuildTheSameNetwork(string kind)
     {
-        var spec = NetworkSpec.SmallImage(kind, channels: 3, resolution: 16, labelDim: 4, modelChannels: 16, numBlocks: 1);
+        var spec = new UNetOptions { Arch = kind, ModelChannels = 16, NumBlocks = 1 }.For(channels: 3, resolution: 16, labelDim: 4);
         var path = Path.Combine(TestUtil.TempDir(), "spec.json");
         Checkpoint.SaveJson(spec, path);
-        var back = Checkpoint.LoadJson<NetworkSpec>(path);
+        var back = Assert.IsAssignableFrom<UNetSpec>(Checkpoint.LoadJson<NetworkSpec>(path));
         Assert.Equal(spec, back);
         Assert.Equal(new[] { 1, 2, 2 }, back.ChannelMult);
         Assert.Equal(new[] { 4 }, back.AttnResolutions);
@@ -100,7 +100,7 @@ public class ImageTeacherTests : IClassFixture<TinyImageTeacher>
     [Fact]
     public void FashionMnistSpecIsTheSmallDdpmppPreset()
     {
-        var spec = NetworkSpec.FashionMnistTeacher();
+        var spec = new UNetOptions().FashionMnistTeacher();
         Assert.Equal(new[] { 1, 32, 32 }, spec.SampleShape);
         Assert.Equal(10, spec.LabelDim);
         var fromSpec = spec.BuildBackbone().state_dict();
@@ -115,7 +115,7 @@ public class ImageTeacherTests : IClassFixture<TinyImageTeacher>
         var path = Path.Combine(TestUtil.TempDir(), "old.json");
         File.WriteAllText(path, """{ "Kind": "mlp", "Shape": [2], "LabelDim": 3, "SigmaData": 0.7, "Width": 32, "Depth": 2 }""");
         var spec = Checkpoint.LoadJson<NetworkSpec>(path);
-        Assert.Equal(new NetworkSpec("mlp", new[] { 2 }, 3, 0.7, 32, 2), spec);
+        Assert.Equal(new MlpSpec { Shape = new[] { 2 }, LabelDim = 3, SigmaData = 0.7, Width = 32, Depth = 2 }, spec);
         Assert.False(spec.IsImage);
         Assert.IsType<MlpBackbone>(spec.Build().Backbone);
     }
@@ -123,12 +123,16 @@ public class ImageTeacherTests : IClassFixture<TinyImageTeacher>
     [Fact]
     public void BadImageSpecsAreRejectedWithTheFix()
     {
-        var e = Assert.Throws<DmdInputException>(() => new NetworkSpec("ddpmpp", new[] { 1, 16, 12 }).Build());
+        var e = Assert.Throws<DmdInputException>(() => new DdpmppSpec { Shape = new[] { 1, 16, 12 } }.Build());
         Assert.Contains("square images", e.Message);
-        e = Assert.Throws<DmdInputException>(() => (NetworkSpec.SmallImage("adm", 1, 12, 0) with { ChannelMult = new[] { 1, 2, 2, 2 } }).Build());
+        e = Assert.Throws<DmdInputException>(() => (new UNetOptions { Arch = "adm" }.For(channels: 1, resolution: 12, labelDim: 0) with { ChannelMult = new[] { 1, 2, 2, 2 } }).Build());
         Assert.Contains("cannot be halved", e.Message);
-        e = Assert.Throws<DmdInputException>(() => new NetworkSpec("unet", new[] { 1, 16, 16 }).Build());
+        var path = Path.Combine(TestUtil.TempDir(), "unet.json");
+        File.WriteAllText(path, """{ "Kind": "unet", "Shape": [1, 16, 16] }""");
+        e = Assert.Throws<DmdInputException>(() => Checkpoint.LoadJson<NetworkSpec>(path));
         Assert.Contains("use mlp, ddpmpp or adm", e.Message);
+        e = Assert.Throws<DmdInputException>(() => new UNetOptions { Arch = "unet" }.For(channels: 1, resolution: 16, labelDim: 0));
+        Assert.Contains("use ddpmpp or adm", e.Message);
     }
 
     [Fact]
@@ -188,7 +192,7 @@ public class ImageTeacherTests : IClassFixture<TinyImageTeacher>
         Assert.Contains("images/s", output);
         foreach (var f in new[] { "samples-000002.png", "samples-000004.png", "teacher.safetensors", "teacher.json", "losses.csv", "config.json" })
             Assert.True(File.Exists(Path.Combine(outDir, f)), f);
-        var spec = Checkpoint.LoadJson<NetworkSpec>(Path.Combine(outDir, "teacher.json"));
+        var spec = Assert.IsType<DdpmppSpec>(Checkpoint.LoadJson<NetworkSpec>(Path.Combine(outDir, "teacher.json")));
         Assert.Equal(("ddpmpp", 2, 8), (spec.Kind, spec.LabelDim, spec.ModelChannels));
         Assert.Equal(new[] { 1, 8, 8 }, spec.SampleShape);
 

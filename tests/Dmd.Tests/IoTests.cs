@@ -11,7 +11,7 @@ public class IoTests
     [Fact]
     public void CheckpointsRoundTripBitForBit()
     {
-        var spec = new NetworkSpec("mlp", new[] { 3 }, 4, 0.9, 48, 2);
+        var spec = new MlpSpec { Shape = new[] { 3 }, LabelDim = 4, SigmaData = 0.9, Width = 48, Depth = 2 };
         var a = spec.Build();
         var path = Path.Combine(TestUtil.TempDir(), "m.safetensors");
         DenoiserFile.Save(a, spec, path);
@@ -33,12 +33,12 @@ public class IoTests
     public void MismatchedWeightsAreReportedByName()
     {
         var path = Path.Combine(TestUtil.TempDir(), "m.safetensors");
-        Checkpoint.SaveModule(new NetworkSpec("mlp", new[] { 2 }, 0, 0.5, 32, 2).Build(), path);
-        var wider = new NetworkSpec("mlp", new[] { 2 }, 0, 0.5, 64, 2).Build();
+        Checkpoint.SaveModule(new MlpSpec { Shape = new[] { 2 }, LabelDim = 0, SigmaData = 0.5, Width = 32, Depth = 2 }.Build(), path);
+        var wider = new MlpSpec { Shape = new[] { 2 }, LabelDim = 0, SigmaData = 0.5, Width = 64, Depth = 2 }.Build();
         var e = Assert.Throws<DmdInputException>(() => Checkpoint.LoadModule(wider, path));
         Assert.Contains("mis-shaped", e.Message);
         Assert.Contains("model.input.weight", e.Message);
-        var deeper = new NetworkSpec("mlp", new[] { 2 }, 0, 0.5, 32, 3).Build();
+        var deeper = new MlpSpec { Shape = new[] { 2 }, LabelDim = 0, SigmaData = 0.5, Width = 32, Depth = 3 }.Build();
         e = Assert.Throws<DmdInputException>(() => Checkpoint.LoadModule(deeper, path));
         Assert.Contains("missing", e.Message);
         Assert.Contains("model.blocks.2", e.Message);
@@ -52,7 +52,7 @@ public class IoTests
         Assert.Contains("not found", e.Message);
         var bad = Path.Combine(dir, "bad.safetensors");
         File.WriteAllText(bad, "this is not a safetensors file");
-        e = Assert.Throws<DmdInputException>(() => Checkpoint.LoadModule(new NetworkSpec().Build(), bad));
+        e = Assert.Throws<DmdInputException>(() => Checkpoint.LoadModule(new MlpSpec().Build(), bad));
         Assert.Contains("not a readable safetensors file", e.Message);
     }
 

@@ -107,10 +107,9 @@ public class MpiTests
         Assert.True(code == 0, output);
 
         // the teacher: one process with both ranks' shares (each from its rank's stream), one backward through the mean loss
-        var set = DataSource.Parse("ring8").LoadPoints(50_000, seed: 1).WithoutLabels();
-        var spec = NetworkSpec.ForPoints(set, 32, 2);
-        using (var t = new TeacherTrainer(spec, new TeacherConfig { Seed = 5, BatchSize = 64 }, set))
+        using (var t = TeacherTrainer.ForPoints("ring8", 50_000, conditional: false, width: 32, depth: 2, new TeacherConfig { Seed = 5, BatchSize = 64 }))
         {
+            var (set, spec) = (t.Data, t.Spec);
             t.Net.train();
             var losses = Enumerable.Range(0, 2).Select(r =>
             {

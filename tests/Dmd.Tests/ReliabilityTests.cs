@@ -16,7 +16,7 @@ public class ReliabilityTests
     static (string TeacherPath, NetworkSpec Spec, RegressionPairs Pairs) TinyDmdSetup()
     {
         torch.manual_seed(5);
-        var spec = new NetworkSpec("mlp", new[] { 2 }, 0, 0.8, 32, 2);
+        var spec = new MlpSpec { Shape = new[] { 2 }, LabelDim = 0, SigmaData = 0.8, Width = 32, Depth = 2 };
         var teacher = spec.Build();
         var path = Path.Combine(TestUtil.TempDir(), "t.safetensors");
         DenoiserFile.Save(teacher, spec, path);
@@ -150,7 +150,7 @@ public class ReliabilityTests
     public void ANonFiniteStepIsSkippedAndADivergingRunStopsKeepingItsLastGoodCheckpoint()
     {
         var points = PointDistributions.Sample("ring8", 2000, seed: 1).WithoutLabels();
-        var spec = new NetworkSpec("mlp", points.Shape, 0, 1.0, 32, 2);
+        var spec = new MlpSpec { Shape = points.Shape, LabelDim = 0, SigmaData = 1.0, Width = 32, Depth = 2 };
         var cfg = new TeacherConfig { Steps = 20, BatchSize = 64, CheckpointEvery = 4, LogEvery = 1 };
         var dir = TestUtil.TempDir();
         using (var t = new TeacherTrainer(spec, cfg, new PoisonedData(points, goodBatches: 9)))
@@ -195,7 +195,7 @@ public class ReliabilityTests
         Assert.Contains("Stepz", e.Message);
 
         var runConfig = Path.Combine(dir, "config.json");
-        Checkpoint.SaveJson(new DmdRunInfo(new NetworkSpec("mlp", new[] { 2 }), Cfg with { Steps = 77, LambdaReg = 2 }, "t", null), runConfig);
+        Checkpoint.SaveJson(new DmdRunInfo(new MlpSpec { Shape = new[] { 2 } }, Cfg with { Steps = 77, LambdaReg = 2 }, "t", null), runConfig);
         var back = Checkpoint.LoadSettings<DmdConfig>(runConfig);
         Assert.Equal(77, back.Steps);
         Assert.Equal(2, back.LambdaReg);

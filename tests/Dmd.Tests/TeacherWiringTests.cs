@@ -109,7 +109,7 @@ public class TeacherWiringTests(ITestOutputHelper log)
         Assert.InRange(ideal, 0.98, 1.02);
     }
 
-    static readonly NetworkSpec RingSpec = new(Kind: "mlp", Shape: new[] { 2 }, LabelDim: 8, SigmaData: 1.0, Width: 32, Depth: 2, Dropout: 0);
+    static readonly MlpSpec RingSpec = new() { Shape = new[] { 2 }, LabelDim = 8, SigmaData = 1.0, Width = 32, Depth = 2 };
 
     static readonly TeacherConfig ResumeConfig = new()
     {

@@ -67,7 +67,7 @@ internal static class TestUtil
     }
 
     /// <summary>The tiny labelled point MLP of the DMD wiring and GAN tests: 2-D, 3 classes, width 32, depth 2, no dropout.</summary>
-    public static readonly Dmd.Networks.NetworkSpec TinyPointSpec = new(Kind: "mlp", Shape: new[] { 2 }, LabelDim: 3, SigmaData: 0.5, Width: 32, Depth: 2, Dropout: 0);
+    public static readonly Dmd.Networks.MlpSpec TinyPointSpec = new() { Shape = new[] { 2 }, LabelDim = 3, SigmaData = 0.5, Width = 32, Depth = 2 };
 
     /// <summary>Adds seeded N(0, scale^2) noise to every parameter (so zero-initialised layers carry signal).</summary>
     public static void Perturb(nn.Module m, long seed, double scale)

@@ -74,6 +74,13 @@ public sealed class ImageDataset : IDataSource
     /// <summary>The same images without labels (for unconditional training).</summary>
     public ImageDataset WithoutLabels() => new(Images, null, 0, null, RandomFlip);
 
+    /// <summary>The first <paramref name="n"/> images (all of them when there are fewer), labels and flips kept.</summary>
+    public ImageDataset First(int n)
+    {
+        int m = (int)Math.Min(n, Count);
+        return new ImageDataset(Images[..m], ClassIndex?[..m], NumClasses, ClassNames, RandomFlip);
+    }
+
     /// <summary>The same images and labels, with random flips switched on or off.</summary>
     public ImageDataset WithRandomFlip(bool on) => new(Images, ClassIndex, NumClasses, ClassNames, on);
 

@@ -22,6 +22,8 @@ internal sealed class DistillationGrid : IDisposable
     /// <summary>Images per row on each side (per class when conditional).</summary>
     public int PerRow { get; }
     readonly int rows;
+    readonly int[] shape;
+    readonly long firstSeed;
 
     /// <summary>
     /// Samples the teacher part once: <paramref name="perRow"/> images per class (Heun, 2N-1 NFE) from noise seeds
@@ -31,6 +33,7 @@ internal sealed class DistillationGrid : IDisposable
     public DistillationGrid(IDenoiser teacher, NetworkSpec spec, int perRow = 6, int heunSteps = 18, long firstSeed = 0)
     {
         PerRow = perRow;
+        (shape, this.firstSeed) = (spec.SampleShape, firstSeed);
         rows = spec.LabelDim > 0 ? spec.LabelDim : perRow;
         Z = ImageSampling.SeededNoise(spec.SampleShape, firstSeed, rows * perRow);
         Y = spec.LabelDim > 0 ? ImageSampling.ClassMajorLabels(spec.LabelDim, perRow) : null;
@@ -40,11 +43,11 @@ internal sealed class DistillationGrid : IDisposable
         Training.TrainingUtils.ReleaseFreedMemory();
     }
 
-    /// <summary>The generator's samples for the grid's noise (one step, no gradient).</summary>
+    /// <summary>The generator's samples for the grid's noise (all its steps, no gradient).</summary>
     public Tensor Student(OneStepGenerator g)
     {
         using var _ = no_grad();
-        return g.Generate(Z, Y);
+        return g.Generate(Z, Y, OneStepGenerator.SeededStepNoise(shape, firstSeed, (int)Z.shape[0], g.Steps));
     }
 
     /// <summary>Writes teacher | student, one row per class, tiles enlarged twice.</summary>

@@ -51,6 +51,14 @@ public sealed record DmdConfig
     public double SigmaMin { get; init; } = 0.002;
     /// <summary>generator input noise level</summary>
     public double SigmaMax { get; init; } = 80.0;
+    /// <summary>
+    /// generator steps K (DMD2 section 4.4): 1 = the one-step generator; K &gt; 1 = the same network on K noise levels
+    /// from sigma-max down to generator-sigma-min, trained by backward simulation (each update's input made by the
+    /// current generator's own chain to a random one of its levels, without gradient)
+    /// </summary>
+    public int GeneratorSteps { get; init; } = 1;
+    /// <summary>lowest noise level of a K-step generator; its levels are geometric from sigma-max to it (4 steps: 80, 18.6, 4.31, 1)</summary>
+    public double GeneratorSigmaMin { get; init; } = 1.0;
     /// <summary>CFG scale of the real score (1 = none)</summary>
     public double GuidanceReal { get; init; } = 1.0;
     /// <summary>fake-denoiser updates per generator update, each after the first on a fresh generated batch (DMD: 1; DMD2: 5)</summary>
@@ -96,6 +104,10 @@ public sealed record DmdConfig
     [System.Text.Json.Serialization.JsonIgnore]
     public bool UsesPairs => Mode == DmdMode.RegressionOnly || (Mode == DmdMode.Full && LambdaReg > 0);
 
+    /// <summary>The generator's noise levels: sigma-max alone, or K levels from it to <see cref="GeneratorSigmaMin"/>.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public double[] GeneratorSigmas => OneStepGenerator.Levels(SigmaMax, GeneratorSigmaMin, GeneratorSteps);
+
     /// <summary>Whether the run trains DMD2's GAN head (<see cref="GanWeight"/> &gt; 0) and so needs real data.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public bool UsesGan => GanWeight > 0;
@@ -118,6 +130,9 @@ public sealed record DmdConfig
         Settings.AtLeast("grid-levels", GridLevels, 2);
         Settings.Positive("sigma-min", SigmaMin);
         if (!(SigmaMax > SigmaMin)) throw new DmdInputException($"sigma-max {SigmaMax}: must be larger than sigma-min {SigmaMin}");
+        Settings.AtLeast("generator-steps", GeneratorSteps, 1);
+        if (GeneratorSteps > 1 && !(GeneratorSigmaMin > 0 && GeneratorSigmaMin < SigmaMax))
+            throw new DmdInputException($"generator-sigma-min {GeneratorSigmaMin:G}: must lie between 0 and sigma-max {SigmaMax:G} for a {GeneratorSteps}-step generator");
         Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         Settings.Positive("fake-lr-scale", FakeLrScale);

@@ -92,7 +92,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Config = config;
         batch = DataParallel.Share(config.BatchSize, "batch-size");
         regressionBatch = pairs is null ? 0 : DataParallel.Share(config.RegressionBatchSize, "regression-batch-size");
-        Spec = spec with { Dropout = 0 }; // DESIGN.md: dropout off in all three networks
+        Spec = spec.WithoutDropout(); // DESIGN.md: dropout off in all three networks
         this.device = device ?? CPU;
         this.pairs = pairs;
         sampleShape = spec.SampleShape.Select(s => (long)s).ToArray();
@@ -108,7 +108,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         TrainingUtils.CopyWeights(Real, Fake);
         var genNet = build(); genNet.to(this.device);
         TrainingUtils.CopyWeights(Real, genNet);
-        Generator = new OneStepGenerator(genNet, config.SigmaMax);
+        Generator = new OneStepGenerator(genNet, config.GeneratorSigmas);
         // a resumed run takes its weights from the checkpoint, so the starting model need not be there any more
         initPending = config.InitGenerator is not null && !File.Exists(config.InitGenerator) && !Directory.Exists(config.InitGenerator);
         if (config.InitGenerator is not null && !initPending)
@@ -118,7 +118,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var emaNet = build(); emaNet.to(this.device);
             TrainingUtils.CopyWeights(genNet, emaNet);
             TrainingUtils.Freeze(emaNet);
-            Ema = new OneStepGenerator(emaNet, config.SigmaMax);
+            Ema = new OneStepGenerator(emaNet, config.GeneratorSigmas);
         }
 
         if (config.UsesGan) // initialised from torch's global generator, seeded above; DMD2 trains it with the fake denoiser
@@ -199,8 +199,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     EdmPrecond InitialGenerator(string path)
     {
         var (net, spec) = DenoiserFile.Load(path, "generator.safetensors");
-        if (spec with { Dropout = 0 } != Spec)
-            throw new DmdInputException($"--init-generator {path} has another architecture than the teacher ({spec.Kind}, {spec.ModelChannels} channels); start from a generator distilled from this teacher");
+        if (spec.WithoutDropout() != Spec)
+            throw new DmdInputException($"--init-generator {path} has another architecture than the teacher ({spec}); start from a generator distilled from this teacher");
         return net;
     }
 
@@ -253,7 +253,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         // ---- generator update: loss_G = loss_dm + lambda_reg loss_reg (paper Eq. 9) ----
         var z = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
         var y = Rng.OneHotLabels(Spec.LabelDim, batch, rng, device);
-        var x = Generator.Generate(z, y);
+        var (xIn, level) = GeneratorInput(z, y);
+        var x = Generator.Denoise(xIn, level, y);
         var lossG = zeros(1, device: device).squeeze();
         if (Config.Mode != DmdMode.RegressionOnly)
         {
@@ -268,7 +269,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var zr = pairs.Z.index_select(0, idx).to(device);
             var yr = pairs.Y?.index_select(0, idx).to(device);
             var xr = pairs.X.index_select(0, idx).to(device);
-            var lossReg = regressionDistance(Generator.Generate(zr, yr), xr);
+            // pairs map z to the teacher's ODE output from sigma_max z: the generator's first step (all of a one-step one)
+            var lossReg = regressionDistance(Generator.Generate(zr, yr, steps: 1), xr);
             lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
             losses["loss_reg"] = lossReg.item<float>();
         }
@@ -304,7 +306,11 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 {
                     var zk = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
                     y = Rng.OneHotLabels(Spec.LabelDim, batch, rng, device);
-                    using (no_grad()) xFake = Generator.Generate(zk, y);
+                    using (no_grad())
+                    {
+                        var (xkIn, levelK) = GeneratorInput(zk, y);
+                        xFake = Generator.Denoise(xkIn, levelK, y);
+                    }
                 }
                 var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, batch, rng, device));
                 var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, Spec.SigmaData, rng);
@@ -344,6 +350,19 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (skipped) losses[TrainingLoop.SkippedKey] = 1;
         Step++;
         return losses;
+    }
+
+    /// <summary>
+    /// The generator's input and its level for one batch: sigma_max z at level 0 for a one-step generator (nothing drawn);
+    /// for K steps, DMD2's backward simulation: a level s uniform in [0, K) drawn for the batch, then the current
+    /// generator's own chain run from sigma_max z to level s without gradient, with fresh noise at each re-noising.
+    /// </summary>
+    (Tensor Input, int Level) GeneratorInput(Tensor z, Tensor? y)
+    {
+        if (Generator.Steps == 1) return (Generator.Input(z, y, 0, null), 0);
+        int s = (int)Rng.Integers(0, Generator.Steps, 1, rng).item<long>();
+        var noise = Enumerable.Range(0, s).Select(_ => Rng.Normal(z.shape, rng, device)).ToArray();
+        using (no_grad()) return (Generator.Input(z, y, s, noise), s);
     }
 
     /// <summary>

@@ -6,24 +6,42 @@ using Dmd.Networks;
 namespace Dmd.Distillation;
 
 /// <summary>
-/// The one-step generator G(z, y) = D_gen(sigma_max z, sigma_max, y) (DESIGN.md section 3).
-/// Initialised from the teacher, it is at first exactly the teacher's one-step prediction from pure noise.
+/// The DMD generator. One step (DESIGN.md section 3): G(z, y) = D_gen(sigma_max z, sigma_max, y), initialised from the
+/// teacher, so at first exactly the teacher's one-step prediction from pure noise. K steps (DMD2 section 4.4): the same
+/// network on K fixed noise levels sigma_max = s_0 &gt; s_1 &gt; ... &gt; s_(K-1): x = s_0 z; then K times x0 = D_gen(x, s_k, y)
+/// and, before each further step, x = x0 + s_(k+1) n_k with fresh standard normal noise n_k; the last x0 is the sample.
 /// </summary>
 public sealed class OneStepGenerator
 {
     /// <summary>The generator's denoiser network (trained by DMD).</summary>
     public EdmPrecond Net { get; }
     /// <summary>The noise level the generator maps from: it denoises sigma_max z at noise level sigma_max (EDM's 80 by default).</summary>
-    public double SigmaMax { get; }
+    public double SigmaMax => Sigmas[0];
+    /// <summary>The noise levels of its steps, from <see cref="SigmaMax"/> down: one for a one-step generator.</summary>
+    public IReadOnlyList<double> Sigmas { get; }
+    /// <summary>Network evaluations of a full sample: the number of noise levels it was trained on.</summary>
+    public int Steps => Sigmas.Count;
     /// <summary>The network's description (set by <see cref="Load"/>; needed by <see cref="Sample"/>).</summary>
     public Networks.NetworkSpec? Spec { get; init; }
 
-    /// <summary>Wraps a denoiser as G(z, y) = net(sigma_max z, sigma_max, y); <see cref="Spec"/> stays null unless set.</summary>
-    public OneStepGenerator(EdmPrecond net, double sigmaMax = KarrasSchedule.DefaultSigmaMax)
+    /// <summary>Wraps a denoiser as the one-step G(z, y) = net(sigma_max z, sigma_max, y); <see cref="Spec"/> stays null unless set.</summary>
+    public OneStepGenerator(EdmPrecond net, double sigmaMax = KarrasSchedule.DefaultSigmaMax) : this(net, new[] { sigmaMax }) { }
+
+    /// <summary>Wraps a denoiser as a generator on the given decreasing noise levels (the first is sigma_max).</summary>
+    public OneStepGenerator(EdmPrecond net, IReadOnlyList<double> sigmas)
     {
+        if (sigmas.Count < 1 || sigmas.Any(s => !(s > 0)) || sigmas.Zip(sigmas.Skip(1)).Any(p => !(p.First > p.Second)))
+            throw new DmdInputException($"generator noise levels [{string.Join(", ", sigmas)}]: need at least one, all positive and decreasing");
         Net = net;
-        SigmaMax = sigmaMax;
+        Sigmas = sigmas.ToArray();
     }
+
+    /// <summary>
+    /// The K noise levels of a K-step generator: geometric from <paramref name="sigmaMax"/> down to <paramref name="last"/>
+    /// (4 steps from 80 to 1: 80, 18.6, 4.31, 1); one step: sigma_max alone.
+    /// </summary>
+    public static double[] Levels(double sigmaMax, double last, int steps) =>
+        steps == 1 ? new[] { sigmaMax } : Enumerable.Range(0, steps).Select(k => sigmaMax * Math.Pow(last / sigmaMax, k / (double)(steps - 1))).ToArray();
 
     /// <summary>
     /// Loads a distilled generator: a generator.safetensors (with its .json spec) or a folder holding one,
@@ -35,23 +53,39 @@ public sealed class OneStepGenerator
         var (net, spec) = Networks.DenoiserFile.Load(file);
         Training.TrainingUtils.Freeze(net);
         double sigmaMax = Networks.DenoiserFile.ReadExtra(file, SigmaMaxKey) ?? KarrasSchedule.DefaultSigmaMax; // older files: 80
-        return new OneStepGenerator(net, sigmaMax) { Spec = spec };
+        int steps = (int)(Networks.DenoiserFile.ReadExtra(file, StepsKey) ?? 1);                                 // older files: one step
+        var sigmas = new double[Math.Max(1, steps)];
+        sigmas[0] = sigmaMax;
+        for (int k = 1; k < sigmas.Length; k++)
+            sigmas[k] = Networks.DenoiserFile.ReadExtra(file, $"Sigma{k}") ?? throw new DmdInputException($"{file}: a {steps}-step generator without the noise level of step {k + 1} (Sigma{k}) in its .json; the file is damaged");
+        return new OneStepGenerator(net, sigmas) { Spec = spec };
     }
 
     /// <summary>The generator's file name in a run folder.</summary>
     public const string FileName = "generator.safetensors";
-    const string SigmaMaxKey = "SigmaMax";
+    const string SigmaMaxKey = "SigmaMax", StepsKey = "Steps";
 
-    /// <summary>Writes the generator as a loadable model: weights, the network's spec and the sigma_max it maps noise from.</summary>
-    public void Save(string path, Networks.NetworkSpec spec) =>
-        Networks.DenoiserFile.Save(Net, spec, path, new Dictionary<string, double> { [SigmaMaxKey] = SigmaMax });
+    /// <summary>Writes the generator as a loadable model: weights, the network's spec, the sigma_max it maps noise from
+    /// and, for K steps, K and the further noise levels (Sigma1, Sigma2, ...).</summary>
+    public void Save(string path, Networks.NetworkSpec spec)
+    {
+        var extra = new Dictionary<string, double> { [SigmaMaxKey] = SigmaMax };
+        if (Steps > 1)
+        {
+            extra[StepsKey] = Steps;
+            for (int k = 1; k < Steps; k++) extra[$"Sigma{k}"] = Sigmas[k];
+        }
+        Networks.DenoiserFile.Save(Net, spec, path, extra);
+    }
 
     /// <summary>
     /// One image per requested class (or <paramref name="count"/> images of an unconditional model), in [-1, 1],
-    /// shape (N, C, H, W); image i uses noise seed <paramref name="seed"/> + i as `dmd sample` does.
+    /// shape (N, C, H, W); image i uses noise seed <paramref name="seed"/> + i as `dmd sample` does (and, between steps,
+    /// <see cref="SeededStepNoise"/>). <paramref name="steps"/>: how many of the trained steps to run (default all;
+    /// fewer stops early at the output of that step, which the generator was also trained on).
     /// <c>var images = OneStepGenerator.Load(dir).Sample(new[] { 0, 1, 9 });</c> then <c>ImageGrid.Save("out.png", images, 3)</c>.
     /// </summary>
-    public Tensor Sample(IReadOnlyList<int>? classes = null, int count = 1, long seed = 0)
+    public Tensor Sample(IReadOnlyList<int>? classes = null, int count = 1, long seed = 0, int? steps = null)
     {
         var spec = Spec ?? throw new InvalidOperationException("Sample needs the generator's spec: load it with OneStepGenerator.Load");
         int labelDim = Net.LabelDim;
@@ -59,17 +93,47 @@ public sealed class OneStepGenerator
         if (classes?.FirstOrDefault(c => c < 0 || c >= labelDim, -1) is int bad and >= 0)
             throw new ArgumentException($"class {bad} is out of range: the generator has {labelDim} classes");
         int n = classes?.Count ?? count;
+        int k = CheckSteps(steps);
         var z = ImageSampling.SeededNoise(spec.SampleShape, seed, n);
         var y = labelDim > 0 ? Rng.OneHot(tensor(classes!.Select(c => (long)c).ToArray()), labelDim) : null;
         using var _ = no_grad();
-        return Generate(z, y);
+        return Generate(z, y, SeededStepNoise(spec.SampleShape, seed, n, k), k);
+    }
+
+    /// <summary>The number of steps to run: <paramref name="steps"/> (1..<see cref="Steps"/>) or all trained ones.</summary>
+    public int CheckSteps(int? steps) => steps switch
+    {
+        null => Steps,
+        int s when s >= 1 && s <= Steps => s,
+        int s => throw new DmdInputException($"--steps {s}: this generator was trained for {Steps} step{(Steps == 1 ? "" : "s")}; use 1..{Steps}"),
+    };
+
+    /// <summary>
+    /// The noise re-injected between the steps of a K-step sample, for images seeded <paramref name="firstSeed"/> + i:
+    /// K - 1 tensors shaped (count, shape), image i's drawn from a generator seeded with a fixed mix of firstSeed + i
+    /// (a stream apart from the one its starting noise z comes from). Empty for one step.
+    /// </summary>
+    public static Tensor[] SeededStepNoise(int[] shape, long firstSeed, int count, int steps)
+    {
+        if (steps <= 1) return Array.Empty<Tensor>();
+        var one = shape.Select(s => (long)s).ToArray();
+        var rows = new Tensor[steps - 1][];
+        for (int k = 0; k < steps - 1; k++) rows[k] = new Tensor[count];
+        using var scope = NewDisposeScope();
+        for (int i = 0; i < count; i++)
+        {
+            using var g = new Generator(unchecked((ulong)(firstSeed + i) * 0x9E3779B97F4A7C15UL + 0x2545F4914F6CDD1DUL));
+            for (int k = 0; k < steps - 1; k++) rows[k][i] = randn(one, generator: g);
+        }
+        return rows.Select(r => (count == 0 ? zeros(new long[] { 0 }.Concat(one).ToArray()) : stack(r)).MoveToOuterDisposeScope()).ToArray();
     }
 
     /// <summary>
     /// <see cref="Generate"/> over many samples, <paramref name="batch"/> at a time, without gradients, each batch in
     /// its own dispose scope; <paramref name="onBatch"/> gets (done, total) after each batch.
     /// </summary>
-    public Tensor GenerateInBatches(Tensor z, Tensor? labels, int batch, Action<int, int>? onBatch = null)
+    public Tensor GenerateInBatches(Tensor z, Tensor? labels, int batch, Action<int, int>? onBatch = null,
+                                    IReadOnlyList<Tensor>? stepNoise = null, int? steps = null)
     {
         var parts = new List<Tensor>();
         using var _ = no_grad();
@@ -78,13 +142,40 @@ public sealed class OneStepGenerator
         {
             int j = Math.Min(n, i + batch);
             using var scope = NewDisposeScope();
-            parts.Add(Generate(z[i..j], labels?[i..j]).MoveToOuterDisposeScope());
+            parts.Add(Generate(z[i..j], labels?[i..j], stepNoise?.Select(t => t[i..j]).ToArray(), steps).MoveToOuterDisposeScope());
             onBatch?.Invoke(j, n);
         }
         return parts.Count == 0 ? z.clone() : cat(parts);
     }
 
-    /// <summary>Maps standard normal noise <paramref name="z"/> (and labels) to samples in one network evaluation.</summary>
-    public Tensor Generate(Tensor z, Tensor? labels = null) =>
-        Net.Denoise(z * DenoiserExtensions.Const(SigmaMax, z), DenoiserExtensions.Full(SigmaMax, z), labels);
+    /// <summary>
+    /// Maps standard normal noise <paramref name="z"/> (and labels) to samples: one network evaluation per step.
+    /// A K-step generator needs <paramref name="stepNoise"/>, the standard normal noise added before steps 2..K (each
+    /// shaped as z; e.g. <see cref="SeededStepNoise"/>); <paramref name="steps"/> runs only the first ones.
+    /// </summary>
+    public Tensor Generate(Tensor z, Tensor? labels = null, IReadOnlyList<Tensor>? stepNoise = null, int? steps = null)
+    {
+        int k = CheckSteps(steps);
+        return Denoise(Input(z, labels, k - 1, stepNoise), k - 1, labels);
+    }
+
+    /// <summary>One step: the generator's clean estimate from <paramref name="x"/> at its noise level number <paramref name="level"/>.</summary>
+    public Tensor Denoise(Tensor x, int level, Tensor? labels = null) =>
+        Net.Denoise(x, DenoiserExtensions.Full(Sigmas[level], x), labels);
+
+    /// <summary>
+    /// The input of step <paramref name="level"/> (0-based): sigma_max z for the first; for a later one the generator's own
+    /// chain run to it (DMD2's backward simulation when called without gradient): each earlier step's output re-noised
+    /// with <paramref name="stepNoise"/> to the next level.
+    /// </summary>
+    public Tensor Input(Tensor z, Tensor? labels, int level, IReadOnlyList<Tensor>? stepNoise)
+    {
+        if (level < 0 || level >= Steps) throw new ArgumentOutOfRangeException(nameof(level), $"level {level}: the generator has {Steps} levels");
+        if (level > 0 && (stepNoise is null || stepNoise.Count < level))
+            throw new ArgumentException($"step {level + 1} of a {Steps}-step generator needs the noise of steps 2..{level + 1} (stepNoise)");
+        var x = z * DenoiserExtensions.Const(SigmaMax, z);
+        for (int j = 0; j < level; j++)
+            x = Denoise(x, j, labels) + stepNoise![j] * Sigmas[j + 1];
+        return x;
+    }
 }

@@ -63,7 +63,12 @@ internal sealed class EdmLinear : nn.Module<Tensor, Tensor>
     public long InFeatures { get; }
     public long OutFeatures { get; }
 
-    public override Tensor forward(Tensor x) => nn.functional.linear(x, weight, bias);
+    public override Tensor forward(Tensor x)
+    {
+        var y = nn.functional.linear(x, weight, bias);
+        if (FlopCounter.On) FlopCounter.Add(2 * y.numel() * InFeatures, x, weight);
+        return y;
+    }
 }
 
 /// <summary>
@@ -114,11 +119,11 @@ internal sealed class EdmConv2d : nn.Module<Tensor, Tensor>
         {
             x = nn.functional.conv_transpose2d(x, f!.mul(4).tile(new[] { InChannels, 1, 1, 1 }), groups: InChannels,
                 strides: two, padding: Pad(Math.Max(fPad - wPad, 0)));
-            x = nn.functional.conv2d(x, w, padding: Pad(Math.Max(wPad - fPad, 0)));
+            x = Conv(x, w, Pad(Math.Max(wPad - fPad, 0)));
         }
         else if (fusedResample && down && w is not null)
         {
-            x = nn.functional.conv2d(x, w, padding: Pad(wPad + fPad));
+            x = Conv(x, w, Pad(wPad + fPad));
             x = nn.functional.conv2d(x, f!.tile(new[] { OutChannels, 1, 1, 1 }), groups: OutChannels, strides: two);
         }
         else
@@ -130,7 +135,7 @@ internal sealed class EdmConv2d : nn.Module<Tensor, Tensor>
                 x = nn.functional.conv2d(x, f!.tile(new[] { InChannels, 1, 1, 1 }), groups: InChannels,
                     strides: two, padding: Pad(fPad));
             if (w is not null)
-                x = nn.functional.conv2d(x, w, padding: Pad(wPad));
+                x = Conv(x, w, Pad(wPad));
         }
         if (bias is not null)
             x = x + bias.reshape(1, -1, 1, 1);
@@ -138,6 +143,14 @@ internal sealed class EdmConv2d : nn.Module<Tensor, Tensor>
     }
 
     private static long[] Pad(long p) => new[] { p, p };
+
+    /// <summary>The layer's own convolution, counted by <see cref="FlopCounter"/> when it counts.</summary>
+    private static Tensor Conv(Tensor x, Tensor w, long[] padding)
+    {
+        var y = nn.functional.conv2d(x, w, padding: padding);
+        if (FlopCounter.On) FlopCounter.Add(2 * y.numel() * w.shape[1] * w.shape[2] * w.shape[3], x, w);
+        return y;
+    }
 }
 
 /// <summary>

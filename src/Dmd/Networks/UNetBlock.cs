@@ -126,6 +126,12 @@ internal sealed class UNetBlock : nn.Module<Tensor, Tensor, Tensor>
         var weights = q.to(ScalarType.Float32).transpose(1, 2)
             .matmul(kScaled.to(ScalarType.Float32)).softmax(2).to(q.dtype);     // (B heads, HW_q, HW_k)
         var a = v.matmul(weights.transpose(1, 2));                              // (B heads, d, HW_q)
+        if (FlopCounter.On)
+        {
+            long products = 2 * q.shape[0] * q.shape[2] * k.shape[2] * q.shape[1]; // each of the two products
+            FlopCounter.Add(products, q, k);
+            FlopCounter.Add(products, v, q);
+        }
         return a.reshape(b, c, h, w).MoveToOuterDisposeScope();
     }
 }

@@ -14,7 +14,14 @@ public sealed record ModelSpeed(string Model, string Sampler, int Nfe, int Batch
 /// <summary>What `dmd bench` measured (written as JSON).</summary>
 public sealed record BenchResult(string Machine, int Threads, List<ModelSpeed> Models, double? SpeedUp,
                                  double? DmdIterationMs, int? DmdBatch, long PeakRssMb,
-                                 double? TrainImagesPerSecond = null, int? TrainBatch = null, RssTrend? Rss = null);
+                                 double? TrainImagesPerSecond = null, int? TrainBatch = null, RssTrend? Rss = null,
+                                 List<DmdIterationSpeed>? DmdIterations = null, double? ConvPeakGflops = null);
+
+/// <summary>
+/// One DMD iteration of a recipe: its time, the work <see cref="Networks.FlopCounter"/> counts in it (GFLOP, forward and
+/// backward) and the rate that makes; <paramref name="PeakFraction"/> = that rate / the machine's measured convolution peak.
+/// </summary>
+public sealed record DmdIterationSpeed(string Recipe, int Batch, double Ms, double Gflop, double AchievedGflops, double? PeakFraction);
 
 /// <summary>RSS of a logged run (the rss_mb column of losses.csv): at 10 % and at 100 % of its steps, and the peak.</summary>
 public sealed record RssTrend(string Log, int FromStep, int ToStep, double RssAt10PercentMb, double RssAtEndMb, double GrowthPercent, double PeakMb)
@@ -80,15 +87,70 @@ public static class Benchmark
         return DmdIterationMs(trainer, 5, iterations);
     }
 
-    /// <summary>DMD iteration time for a teacher with random pairs: <paramref name="batch"/> generated samples and as many pairs.</summary>
-    public static double DmdIterationMsOnRandomPairs(ModelDraw teacher, int batch, int iterations)
+    /// <summary>
+    /// The two recipes `bench --distill` times on a teacher with <paramref name="batch"/> generated samples: the paper's DMD
+    /// (one fake update on the generator's batch, lambda_reg 0.25 on as many random pairs) and DMD2 (5 fake updates on
+    /// fresh batches, the GAN head at DMD2's weights on random real samples of the teacher's shape, no pairs). Each: median
+    /// over <paramref name="iterations"/> after 3 warm-up ones, then one more iteration counted by <see cref="Networks.FlopCounter"/>.
+    /// <paramref name="peakGflops"/> (<see cref="ConvPeakGflops"/>) gives each its fraction of the machine's peak.
+    /// </summary>
+    public static List<DmdIterationSpeed> DmdIterations(ModelDraw teacher, int batch, int iterations, double? peakGflops)
     {
         var shape = new long[] { 4 * batch }.Concat(teacher.Spec.SampleShape.Select(s => (long)s)).ToArray();
+        int classes = teacher.Spec.LabelDim;
         using var g = new Generator(1);
-        var pairs = new RegressionPairs(randn(shape), randn(shape).clamp(-1, 1), Rng.OneHotLabels(teacher.Spec.LabelDim, 4 * batch, g),
+        var pairs = new RegressionPairs(randn(shape, generator: g), randn(shape, generator: g).clamp(-1, 1), Rng.OneHotLabels(classes, 4 * batch, g),
                                         new PairInfo("random", 0, 0, 1, 0, 4 * batch));
-        using var trainer = new DmdTrainer(teacher.Net, teacher.Spec, new DmdConfig { BatchSize = batch, RegressionBatchSize = batch, WarmupSteps = 1 }, pairs);
-        return DmdIterationMs(trainer, 3, iterations);
+        var labels = classes > 0 ? randint(0, classes, 4 * batch, generator: g) : null;
+        IDataSource real = teacher.Spec.IsImage
+            ? new ImageDataset(randint(0, 256, shape, dtype: ScalarType.Byte, generator: g), labels, classes)
+            : new PointSet(randn(shape, generator: g), labels, classes);
+        var paper = new DmdConfig { BatchSize = batch, RegressionBatchSize = batch, WarmupSteps = 1, FakeUpdatesPerStep = 1 };
+        var dmd2 = new DmdConfig { BatchSize = batch, WarmupSteps = 1, LambdaReg = 0, FakeUpdatesPerStep = 5, GanWeight = 3e-3 };
+        var result = new List<DmdIterationSpeed>();
+        foreach (var (name, cfg) in new[] { ("DMD (1 fake update, pairs)", paper), ("DMD2 (5 fake updates, GAN, no pairs)", dmd2) })
+        {
+            using var trainer = new DmdTrainer(teacher.Net, teacher.Spec, cfg, cfg.UsesPairs ? pairs : null, realData: cfg.UsesGan ? real : null);
+            for (int i = 0; i < 3; i++) trainer.TrainStep();
+            var times = new List<double>();
+            for (int i = 0; i < iterations; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                trainer.TrainStep();
+                times.Add(sw.Elapsed.TotalMilliseconds);
+            }
+            times.Sort();
+            double ms = times[times.Count / 2];
+            long flops;
+            using (Networks.FlopCounter.Count()) { trainer.TrainStep(); flops = Networks.FlopCounter.Total; }
+            double rate = flops / 1e9 / (ms / 1000);
+            result.Add(new DmdIterationSpeed(name, batch, ms, flops / 1e9, rate, peakGflops is double p && p > 0 && flops > 0 ? rate / p : null));
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// This machine's convolution peak at the current thread count: GFLOP/s of one large fp32 convolution (batch 16,
+    /// 128 -> 128 channels, 3x3, 32x32; 4.8 GFLOP), median of 7 after 2 warm-up runs.
+    /// </summary>
+    public static double ConvPeakGflops()
+    {
+        using var scope = NewDisposeScope();
+        using var g = new Generator(3);
+        var x = randn(new long[] { 16, 128, 32, 32 }, generator: g);
+        var w = randn(new long[] { 128, 128, 3, 3 }, generator: g);
+        double flops = 2.0 * 16 * 128 * 32 * 32 * 128 * 9;
+        using var _ = no_grad();
+        for (int i = 0; i < 2; i++) nn.functional.conv2d(x, w, padding: new long[] { 1, 1 }).Dispose();
+        var times = new List<double>();
+        for (int i = 0; i < 7; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            nn.functional.conv2d(x, w, padding: new long[] { 1, 1 }).Dispose();
+            times.Add(sw.Elapsed.TotalSeconds);
+        }
+        times.Sort();
+        return flops / 1e9 / times[times.Count / 2];
     }
 
     /// <summary>Teacher training images/s (EDM loss, Adam) on synthetic images of the model's shape, after 3 warm-up steps.</summary>

@@ -37,7 +37,7 @@ public static class Evaluation
         using var g = new Generator((ulong)seed);
         var z = Rng.Normal(new long[] { count }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
         var y = Rng.OneHotLabels(m.Spec.LabelDim, count, g);
-        var (x, secs) = DrawShare(m, z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch);
+        var (x, secs) = DrawShare(m, z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch, seed);
 
         var metrics = new Dictionary<string, double>();
         double[]? perClass = null;
@@ -69,13 +69,14 @@ public static class Evaluation
     }
 
     /// <summary>This rank's slice of the samples, gathered from all ranks (an MPI job), or all of them (one process); with the wall time.</summary>
-    static (Tensor X, double Seconds) DrawShare(ModelDraw m, Tensor z, Tensor? y, int batch, Action<int, int>? onBatch)
+    /// Sample i's noise between the steps of a K-step generator is seeded seed + i, so a slice from row lo starts at seed + lo.
+    static (Tensor X, double Seconds) DrawShare(ModelDraw m, Tensor z, Tensor? y, int batch, Action<int, int>? onBatch, long seed)
     {
-        if (Mpi.Size == 1) return m.Draw(z, y, batch, onBatch);
+        if (Mpi.Size == 1) return m.Draw(z, y, batch, onBatch, seed);
         long n = z.shape[0], lo = n * Mpi.Rank / Mpi.Size, hi = n * (Mpi.Rank + 1) / Mpi.Size;
         Mpi.Barrier();
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var (part, _) = m.Draw(z.narrow(0, lo, hi - lo), y?.narrow(0, lo, hi - lo), batch, onBatch is null ? null : (d, t) => onBatch(d, t));
+        var (part, _) = m.Draw(z.narrow(0, lo, hi - lo), y?.narrow(0, lo, hi - lo), batch, onBatch, seed + lo);
         var all = zeros(z.shape, dtype: part.dtype);
         all.narrow(0, lo, hi - lo).copy_(part);
         all = Mpi.AllreduceSum(all); // the other ranks add zeros to each slice: exact

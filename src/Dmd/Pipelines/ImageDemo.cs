@@ -123,7 +123,7 @@ public sealed class ImageDemo
         var initial = new OneStepGenerator(teacher, Config.Dmd.SigmaMax);
         rows.Add(Measure("teacher, 1 step", 1, Draw(initial, z, y, out _), y, judge, double.NaN));
         var student = Draw(trainer.Output, z, y, out double studentRate);
-        rows.Add(Measure("DMD student", 1, student, y, judge, studentRate));
+        rows.Add(Measure("DMD student", trainer.Output.Steps, student, y, judge, studentRate));
         double speedUp = studentRate / teacherRate;
 
         var res = new ImageDemoResults(rows, n, trainer.Step, dmdSeconds, pairSeconds, clock.Elapsed.TotalSeconds, speedUp, trainer.RegressionLoss,
@@ -147,7 +147,7 @@ public sealed class ImageDemo
     static Tensor Draw(OneStepGenerator g, Tensor z, Tensor? y, out double imagesPerSecond)
     {
         var sw = Stopwatch.StartNew();
-        var x = g.GenerateInBatches(z, y, batch: 64);
+        var x = g.GenerateInBatches(z, y, batch: 64, stepNoise: OneStepGenerator.SeededStepNoise(z.shape.Skip(1).Select(d => (int)d).ToArray(), 1_000_000, (int)z.shape[0], g.Steps));
         imagesPerSecond = z.shape[0] / sw.Elapsed.TotalSeconds;
         return x;
     }
@@ -167,7 +167,7 @@ public sealed class ImageDemo
         var sb = new StringBuilder();
         var inv = CultureInfo.InvariantCulture;
         sb.AppendLine("# DMD demo: one-step Fashion-MNIST generator from a 35-NFE teacher").AppendLine();
-        sb.AppendLine(string.Create(inv, $"Teacher `{Config.Teacher}` ({spec.Kind}, {spec.ModelChannels} channels). {r.Samples} regression pairs ({Config.PairSteps}-step Heun) in {r.PairSeconds:F0} s; ")
+        sb.AppendLine(string.Create(inv, $"Teacher `{Config.Teacher}` ({spec}). {r.Samples} regression pairs ({Config.PairSteps}-step Heun) in {r.PairSeconds:F0} s; ")
           + string.Create(inv, $"DMD for {r.DmdSteps} steps in {r.DmdSeconds:F0} s (batch {cfg.BatchSize} + {cfg.RegressionBatchSize} pairs, lr {cfg.LearningRate}, regression loss {r.RegressionLoss}, ")
           + string.Create(inv, $"{cfg.FakeUpdatesPerStep} fake update(s) per step, real-score CFG {r.Guidance}); whole demo {r.TotalSeconds / 60:F1} min on {torch.get_num_threads()} thread(s), ")
           + string.Create(inv, $"peak RSS {r.PeakRssMb} MB (teacher, fake denoiser and generator resident).")).AppendLine();

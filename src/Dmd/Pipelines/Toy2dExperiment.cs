@@ -95,7 +95,7 @@ public sealed class Toy2dExperiment
         if (!Config.Conditional) heldOut = heldOut.WithoutLabels();
 
         // 1. teacher
-        var spec = NetworkSpec.ForPoints(train, Config.Width, Config.Depth);
+        var spec = MlpSpec.ForPoints(train, Config.Width, Config.Depth);
         var teacherDir = Path.Combine(outDir, "teacher");
         var teacherPath = Path.Combine(teacherDir, "teacher.safetensors");
         if (File.Exists(teacherPath)) OnMessage?.Invoke($"reusing the teacher in {teacherDir} (delete it to retrain)");
@@ -154,7 +154,11 @@ public sealed class Toy2dExperiment
         var teacherOneStep = new OneStepGenerator(teacher, Config.Dmd.SigmaMax);
         Add("teacher (1 step)", () => { using var _ = no_grad(); return (teacherOneStep.Generate(z, y), 1); });
         foreach (var (mode, gen) in generators)
-            Add(ModeTitle(mode), () => { using var _ = no_grad(); return (gen.Generate(z, y), 1); });
+            Add(ModeTitle(mode), () =>
+            {
+                using var _ = no_grad();
+                return (gen.Generate(z, y, OneStepGenerator.SeededStepNoise(spec.SampleShape, 12345, Config.EvalSamples, gen.Steps)), gen.Steps);
+            });
 
         double Ed(string prefix) => rows.First(r => r.Model.StartsWith(prefix)).EnergyDistance;
         double edData = EnergyDistance.Compute(train.Points.narrow(0, 0, Math.Min(train.Count, Config.EvalSamples)), heldOut.Points);

@@ -10,6 +10,21 @@ namespace Dmd.Training;
 /// <summary>What a classifier run saves beside its checkpoints.</summary>
 internal sealed record ClassifierRunConfig(FmnistClassifierConfig Config, string Data);
 
+/// <summary>What a finished classifier run measured, saved beside the weights as training.json.</summary>
+/// <param name="Config">The run's settings.</param>
+/// <param name="Parameters">Trainable parameters of the classifier.</param>
+/// <param name="FeatureDim">Width of the features FD-FMNIST compares.</param>
+/// <param name="TestAccuracy">Share of the test split classified correctly.</param>
+/// <param name="TestAccuracyPerClass">The same per class.</param>
+/// <param name="TrainSeconds">Wall-clock seconds of the training call that finished the run (a resumed run counts only its last part).</param>
+/// <param name="Threads">libtorch CPU threads.</param>
+/// <param name="Machine">Cores and operating system.</param>
+/// <param name="StatsImages">Test images behind the feature statistics.</param>
+/// <param name="DataFolder">The Fashion-MNIST folder.</param>
+public sealed record ClassifierRunInfo(FmnistClassifierConfig Config, long Parameters, int FeatureDim, double TestAccuracy,
+                                       double[] TestAccuracyPerClass, double TrainSeconds, int Threads, string Machine,
+                                       int StatsImages, string DataFolder);
+
 /// <summary>
 /// Trains <see cref="FmnistClassifier"/> on the Fashion-MNIST training split only (Adam, cosine learning-rate decay,
 /// random flips and shifts, cross-entropy), with every random draw seeded, through the one run loop
@@ -27,6 +42,9 @@ public sealed class ClassifierTrainer : IResumableTrainer, IDisposable
     public int StepsPerEpoch { get; }
     /// <summary>Adam steps of the whole run.</summary>
     public int TotalSteps => StepsPerEpoch * Config.Epochs;
+
+    /// <summary>Images in the training set.</summary>
+    public long TrainImages => train.Count;
 
     private readonly ImageDataset train;
     private readonly Generator g;
@@ -50,6 +68,55 @@ public sealed class ClassifierTrainer : IResumableTrainer, IDisposable
         Net = new FmnistClassifier(config.Dropout);
         opt = optim.Adam(Net.parameters(), config.LearningRate, weight_decay: config.WeightDecay);
         StepsPerEpoch = (int)(train.Count / config.BatchSize);
+    }
+
+    /// <summary>The <c>--data</c> text the training split came from (written to config.json).</summary>
+    public string DataName { get; init; } = "custom";
+
+    /// <summary>Labelled test images for <see cref="RunAndSave"/> (null: none given).</summary>
+    public ImageDataset? Test { get; init; }
+
+    /// <summary>The Fashion-MNIST folder the images came from, recorded in training.json (null: Debian's).</summary>
+    public string? DataFolder { get; init; }
+
+    /// <summary>
+    /// A trainer on the Fashion-MNIST training split that <paramref name="data"/> names (<c>fashion-mnist</c> or
+    /// <c>fashion-mnist:FOLDER</c>, padded to 32x32), with the test split held for <see cref="RunAndSave"/>.
+    /// </summary>
+    public static ClassifierTrainer ForFashionMnist(string data, FmnistClassifierConfig config)
+    {
+        var folder = DataSource.Parse(data).FashionMnistFolder("the classifier");
+        return new ClassifierTrainer(FashionMnist.Load(test: false, folder, padTo32: true), config)
+        {
+            DataName = data, DataFolder = folder, Test = FashionMnist.Load(test: true, folder, padTo32: true),
+        };
+    }
+
+    /// <summary>
+    /// <see cref="Run"/>, and when the run is finished: the test accuracy (reported through <see cref="RunOptions.OnMessage"/>), then the weights
+    /// (<see cref="FdFmnist.WeightsFile"/>), the test split's feature statistics (<see cref="FdFmnist.StatsFile"/>, FD-FMNIST's
+    /// reference) and training.json written to <paramref name="outDir"/>: a folder <see cref="FdFmnist.Load"/> reads, as the
+    /// shipped models/fmnist-classifier. Returns null when the run was stopped before its end (a checkpoint is written).
+    /// </summary>
+    public ClassifierRunInfo? RunAndSave(string outDir, RunOptions? options = null)
+    {
+        var test = Test ?? throw new InvalidOperationException("RunAndSave measures on a test split: set Test, or make the trainer with ForFashionMnist");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        if (!Run(outDir, DataName, options)) return null;
+        double seconds = clock.Elapsed.TotalSeconds;
+        if (TrainingUtils.ParameterCount(Net) != FmnistClassifier.ParameterCount)
+            throw new InvalidOperationException("FmnistClassifier.ParameterCount is out of date");
+        var acc = FmnistClassifierTrainer.Evaluate(Net, test);
+        options?.OnMessage?.Invoke($"test accuracy: {acc}");
+        Checkpoint.SaveModule(Net, Path.Combine(outDir, FdFmnist.WeightsFile));
+        var (mu, sigma) = FdFmnist.ReferenceStatistics(Net, test);
+        FrechetDistance.SaveStatistics(Path.Combine(outDir, FdFmnist.StatsFile), mu, sigma);
+        var info = new ClassifierRunInfo(Config, FmnistClassifier.ParameterCount, FmnistClassifier.FeatureDim, acc.Overall, acc.PerClass,
+                                         Math.Round(seconds, 1), get_num_threads(),
+                                         $"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
+                                         (int)test.Count, DataFolder ?? FashionMnist.DebianFolder);
+        Checkpoint.SaveJson(info, Path.Combine(outDir, "training.json"));
+        return info;
     }
 
     /// <summary>One Adam step; a new epoch starts with a fresh shuffle. Returns loss, epoch mean loss, lr and epoch.</summary>

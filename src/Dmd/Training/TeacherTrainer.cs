@@ -86,6 +86,8 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     public TeacherConfig Config { get; }
     /// <summary>Optimiser steps done so far.</summary>
     public int Step { get; private set; }
+    /// <summary>The training data batches are drawn from.</summary>
+    public IDataSource Data => data;
 
     private readonly IDataSource data;
     private readonly optim.Optimizer opt;
@@ -115,6 +117,29 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         TrainingUtils.CopyWeights(Net, Ema);
         TrainingUtils.Freeze(Ema);
         opt = optim.Adam(Net.parameters(), config.LearningRate);
+    }
+
+    /// <summary>
+    /// An MLP teacher for points (`dmd train-teacher`): <paramref name="points"/> draws (seed 1) of the built-in
+    /// distribution <paramref name="data"/> names, or a CSV's points; labels kept when <paramref name="conditional"/>;
+    /// sigma_data from the data (<see cref="MlpSpec.ForPoints"/>).
+    /// </summary>
+    public static TeacherTrainer ForPoints(string data, int points, bool conditional, int width, int depth, TeacherConfig config,
+                                           Device? device = null)
+    {
+        var set = DataSource.Parse(data).LoadPoints(points, seed: 1);
+        if (!conditional) set = set.WithoutLabels();
+        return new TeacherTrainer(MlpSpec.ForPoints(set, width, depth), config, set, device);
+    }
+
+    /// <summary>
+    /// A U-Net teacher for images (`dmd train-image-teacher`): loads the images <paramref name="data"/> names and builds
+    /// the network <paramref name="unet"/> describes for their shape and classes.
+    /// </summary>
+    public static TeacherTrainer ForImages(ImageDataOptions data, UNetOptions unet, TeacherConfig config, Device? device = null)
+    {
+        var set = data.Load();
+        return new TeacherTrainer(unet.For(set), config, set, device);
     }
 
     /// <summary>Whether the last <see cref="TrainStep"/> left the weights alone because its loss or a gradient was not finite.</summary>
@@ -156,8 +181,9 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
 
     /// <summary>
     /// Trains to <see cref="TeacherConfig.Steps"/> (or until <paramref name="options"/> stops it), resuming from
-    /// <paramref name="outDir"/> if it holds a checkpoint of the same run; writes teacher.safetensors at the end and,
-    /// with <paramref name="grids"/>, sample grids of the EMA network.
+    /// <paramref name="outDir"/> if it holds a checkpoint of the same run; writes teacher.safetensors at the end, losses.png
+    /// (the logged loss so far) whenever it returns and, with <paramref name="grids"/>, sample grids of the EMA network
+    /// (rows labelled with the data's class names unless the grids name their own).
     /// Returns false when the run was stopped before its last step.
     /// </summary>
     public bool Run(string outDir, string dataName, RunOptions? options = null, TeacherGrids? grids = null)
@@ -173,11 +199,12 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
             if (grids is null || !DataParallel.IsRoot || !(grids.Every > 0 && step % grids.Every == 0 || step == Config.Steps)) return;
             var clock = System.Diagnostics.Stopwatch.StartNew();
             ClassGrid.Save(Path.Combine(outDir, $"samples-{step:D6}.png"), Ema, Spec.SampleShape, grids.PerClass, "heun", grids.SamplerSteps,
-                           grids.Guidance, firstSeed: 0, classNames: grids.ClassNames, scale: 2);
+                           grids.Guidance, firstSeed: 0, classNames: grids.ClassNames ?? (data as ImageDataset)?.ClassNames, scale: 2);
             GridSeconds += clock.Elapsed.TotalSeconds;
         }
         bool finished = TrainingLoop.Run(this, outDir, resumed, Config.Steps, Config.LogEvery, Config.CheckpointEvery, options, Grid);
         if (Step == Config.Steps && DataParallel.IsRoot) DenoiserFile.Save(Ema, Spec, Path.Combine(outDir, "teacher.safetensors"));
+        if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
         return finished;
     }
 

@@ -58,7 +58,9 @@ public static class TrainingLoop
     /// Refuses to continue a run whose saved settings (<c>config.json</c>) differ from <paramref name="now"/>, apart from
     /// the fields in <paramref name="mayChange"/> (paths like <c>Config.Steps</c>), unless the caller allows changes.
     /// Fields in <paramref name="pathFields"/> are file paths and compare as full paths. A field the saved file lacks (a
-    /// setting added after the run was saved) counts as unchanged when its value is the one in <paramref name="defaults"/>.
+    /// setting added after the run was saved) counts as unchanged when its value is the one in <paramref name="defaults"/>; a
+    /// field the settings no longer have beside fields they still have (another network kind's fields in a spec saved
+    /// before each kind had its own record) is not compared.
     /// </summary>
     public static void CheckSameRun<T>(string outDir, T now, RunOptions options, string[] mayChange, string[] pathFields, T? defaults = default)
     {
@@ -71,8 +73,10 @@ public static class TrainingLoop
         var after = Flatten(JsonSerializer.SerializeToNode(now, Checkpoint.Json));
         var usual = defaults is null ? new() : Flatten(JsonSerializer.SerializeToNode(defaults, Checkpoint.Json));
         string Norm(string key, string? v) => v is not null && pathFields.Contains(key) ? Path.GetFullPath(v) : v ?? "none";
+        bool Dropped(string key) => !after.ContainsKey(key) && key.LastIndexOf('.') is int dot and > 0 &&
+                                     after.Keys.Any(k => k.StartsWith(key[..(dot + 1)], StringComparison.Ordinal));
         var diffs = before.Keys.Union(after.Keys)
-            .Where(k => !mayChange.Contains(k))
+            .Where(k => !mayChange.Contains(k) && !Dropped(k))
             .Where(k => before.ContainsKey(k) || !usual.TryGetValue(k, out var d) || d != after.GetValueOrDefault(k))
             .Where(k => Norm(k, before.GetValueOrDefault(k)) != Norm(k, after.GetValueOrDefault(k)))
             .Select(k => $"{k.Replace("Config.", "")} {before.GetValueOrDefault(k) ?? "none"} -> {after.GetValueOrDefault(k) ?? "none"}")

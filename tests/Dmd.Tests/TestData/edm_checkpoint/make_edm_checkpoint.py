@@ -27,17 +27,18 @@ libtorch float32 results whose last bits may differ between CPUs (~1e-7).
 """
 import argparse
 import copy
-import json
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import tempfile
 
 EDM_COMMIT = "008a4e5316c8e3bfe61a62f874bddba254295afb"
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONVERTER = os.path.normpath(os.path.join(HERE, "..", "..", "..", "..", "tools", "convert_edm_checkpoint.py"))
+TOOLS = os.path.normpath(os.path.join(HERE, "..", "..", "..", "..", "tools"))
+CONVERTER = os.path.join(TOOLS, "convert_edm_checkpoint.py")
+sys.path.insert(0, TOOLS)
+from safetensors_io import save_safetensors  # noqa: E402  (the repository's one safetensors writer)
 
 # train.py's network_kwargs for --arch=ddpmpp / --arch=adm with --precond=edm, made tiny with --cbase / --cres, plus
 # num_blocks 1 and attention at 8x8 (16x16 images), which train.py leaves at the networks' defaults.
@@ -61,24 +62,6 @@ SNAPSHOTS = {
 SIGMAS = [0.002, 0.3, 2.5, 80.0]   # EDM's sigma_min, two mid-range levels, sigma_max
 CLASSES = [0, 3, 1, 2]
 PERTURB_STD = 0.05
-
-
-def save_safetensors(tensors, path):
-    """safetensors: 8-byte little-endian header length, JSON header (padded with spaces to 8 bytes), raw data."""
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        assert t.dtype == torch.float32, name
-        data = t.detach().contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def write_snapshot(cfg, pkl_path):

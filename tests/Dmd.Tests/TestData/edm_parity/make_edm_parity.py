@@ -11,7 +11,7 @@ the same on every run and machine; the outputs are computed by libtorch's float3
 differ between CPUs/builds in the last bits (a rerun elsewhere can differ by ~1e-7, far below the 2e-5 the tests
 allow). The script checks each float32 output against the same network run in float64.
 
-File layout (safetensors, float32, no metadata): the module's state_dict() under EDM's names (no prefix), every
+File layout (safetensors written by tools/safetensors_io.py, float32): the module's state_dict() under EDM's names (no prefix), every
 parameter moved off EDM's init by N(0, 0.05^2) (so the zero-/1e-5-initialised layers carry signal; buffers such
 as resample_filter and map_noise.freqs are kept), then
   io.x                 (2, 3, 16, 16) ~ N(0, 1)
@@ -22,11 +22,12 @@ as resample_filter and map_noise.freqs are kept), then
   io.output_no_augment net(x, c_noise, labels)
 """
 import argparse
-import json
 import math
 import os
-import struct
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "tools"))
+from safetensors_io import save_safetensors  # noqa: E402  (the repository's one safetensors writer)
 
 EDM_COMMIT = "008a4e5316c8e3bfe61a62f874bddba254295afb"
 COMMON = dict(img_resolution=16, in_channels=3, label_dim=4, augment_dim=9, num_blocks=1, attn_resolutions=[8], dropout=0)
@@ -41,24 +42,6 @@ NETWORKS = {  # file suffix: (EDM class, constructor arguments beyond COMMON)
 }
 SEEDS = {"ddpmpp": 1001, "ncsnpp": 1002, "song_skip": 1003, "adm": 1004}
 PERTURB_STD = 0.05
-
-
-def save_safetensors(tensors, path):
-    """safetensors: 8-byte little-endian header length, JSON header (padded with spaces to 8 bytes), raw data."""
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors.items():
-        assert t.dtype == torch.float32, name
-        data = t.detach().contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 def make(kind):

@@ -1,0 +1,197 @@
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.Networks;
+using Dmd.Pipelines;
+using Dmd.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Tests;
+
+/// <summary>
+/// DMD2's few-step generator (section 4.4): the chain on fixed noise levels, backward simulation in training (the
+/// generator's own chain, without gradient, to a random level), and the levels travelling with the saved model.
+/// </summary>
+public class FewStepGeneratorTests
+{
+    static readonly NetworkSpec Spec = TestUtil.TinyPointSpec;
+
+    static EdmPrecond PerturbedNet(long seed)
+    {
+        var net = Spec.Build();
+        TestUtil.Perturb(net, seed, 0.1);
+        return net;
+    }
+
+    [Fact]
+    public void LevelsAreGeometricFromSigmaMaxToTheLastAndOneStepIsSigmaMaxAlone()
+    {
+        var four = OneStepGenerator.Levels(80, 1, 4);
+        Assert.Equal(new[] { 80.0, 18.566, 4.309, 1.0 }, four.Select(v => Math.Round(v, 3)));
+        Assert.Equal(new[] { 40.0 }, OneStepGenerator.Levels(40, 1, 1));
+        Assert.Equal(new[] { 80.0, 18.566, 4.309, 1.0 }, new DmdConfig { GeneratorSteps = 4 }.GeneratorSigmas.Select(v => Math.Round(v, 3)));
+        Assert.Throws<DmdInputException>(() => new DmdConfig { GeneratorSteps = 3, GeneratorSigmaMin = 90 }.Validate());
+        Assert.Throws<DmdInputException>(() => new OneStepGenerator(Spec.Build(), new[] { 5.0, 5.0 }));
+    }
+
+    /// <summary>x = s0 z; x0 = D(x, s_k); x = x0 + s_(k+1) n_k; the last x0 is the sample, computed by hand.</summary>
+    [Fact]
+    public void GenerateRunsTheChainOnItsLevelsWithTheGivenNoise()
+    {
+        var net = PerturbedNet(1);
+        var levels = new[] { 8.0, 2.0, 0.5 };
+        var g = new OneStepGenerator(net, levels);
+        using var rng = new Generator(3);
+        var z = randn(new long[] { 16, 2 }, generator: rng);
+        var y = Rng.OneHotLabels(3, 16, rng);
+        var noise = new[] { randn(new long[] { 16, 2 }, generator: rng), randn(new long[] { 16, 2 }, generator: rng) };
+        using var _ = no_grad();
+        Tensor D(Tensor x, double s) => net.Denoise(x, full(16, s), y);
+        var a = D(8 * z, 8);
+        var b = D(a + 2 * noise[0], 2);
+        var c = D(b + 0.5 * noise[1], 0.5);
+        Assert.True(allclose(c, g.Generate(z, y, noise), rtol: 1e-5, atol: 1e-6), "three steps");
+        Assert.True(allclose(b, g.Generate(z, y, noise, steps: 2), rtol: 1e-5, atol: 1e-6), "the first two of three steps");
+        Assert.True(TestUtil.Same(a, g.Generate(z, y, steps: 1)), "one step needs no noise");
+        Assert.True(TestUtil.Same(new OneStepGenerator(net, 8).Generate(z, y), g.Generate(z, y, steps: 1)), "step one is the one-step generator");
+        Assert.Throws<ArgumentException>(() => g.Generate(z, y));
+        Assert.Throws<DmdInputException>(() => g.Generate(z, y, noise, steps: 4));
+    }
+
+    /// <summary>Records, for each call of the wrapped network, its noise level and whether autograd was on.</summary>
+    sealed class RecordingBackbone : EdmBackbone
+    {
+        private readonly EdmBackbone inner;
+        public readonly List<(double Sigma, double Spread, bool Grad)> Calls = new();
+        public RecordingBackbone(EdmBackbone inner) : base(nameof(RecordingBackbone))
+        {
+            this.inner = inner;
+            RegisterComponents();
+        }
+        public override int LabelDim => inner.LabelDim;
+        public override Tensor forward(Tensor x, Tensor cNoise, Tensor? labels)
+        {
+            var s = (cNoise.to(ScalarType.Float64) * 4).exp();
+            Calls.Add((s.mean().item<double>(), (s.max() - s.min()).item<double>(), is_grad_enabled()));
+            return inner.forward(x, cNoise, labels);
+        }
+    }
+
+    /// <summary>
+    /// In every step the generator network is called as DMD2's backward simulation calls it: for the generator update,
+    /// its own chain at levels 0..s-1 without gradient and then level s with gradient; for each further fake update a
+    /// fresh chain 0..s' entirely without gradient. Every call is at one of the generator's levels, and the trained level
+    /// varies from step to step.
+    /// </summary>
+    [Fact]
+    public void BackwardSimulationRunsWithoutGradientAndLandsOnTheGeneratorsLevels()
+    {
+        var nets = new List<RecordingBackbone>();
+        EdmPrecond Build()
+        {
+            var rec = new RecordingBackbone(Spec.Build().Backbone);
+            nets.Add(rec);
+            return new EdmPrecond(rec, Spec.SigmaData);
+        }
+        var config = new DmdConfig
+        {
+            Mode = DmdMode.DmOnly, BatchSize = 8, LearningRate = 1e-4, WarmupSteps = 0, FakeUpdatesPerStep = 3, Seed = 11,
+            Steps = 20, GeneratorSteps = 4, SigmaMax = 80, GeneratorSigmaMin = 1,
+        };
+        var teacherRec = new EdmPrecond(new RecordingBackbone(Spec.Build().Backbone), Spec.SigmaData);
+        TestUtil.Perturb(teacherRec, 2, 0.1);
+        TrainingUtils.Freeze(teacherRec);
+        using var trainer = new DmdTrainer(teacherRec, Spec, config, pairs: null, buildNetwork: Build);
+        Assert.Equal(2, nets.Count); // fake, then generator
+        var gen = nets[1];
+        var levels = config.GeneratorSigmas;
+        var trained = new HashSet<int>();
+        for (int step = 0; step < 20; step++)
+        {
+            gen.Calls.Clear();
+            trainer.TrainStep();
+            Assert.All(gen.Calls, c => Assert.True(c.Spread <= 1e-6 * c.Sigma, "one noise level per generator call"));
+            var calls = gen.Calls.Select(c => (Level: Array.FindIndex(levels, l => Math.Abs(l - c.Sigma) <= 1e-4 * l), c.Grad)).ToList();
+            Assert.All(calls, c => Assert.True(c.Level >= 0, "a generator call off the generator's levels"));
+            // the generator update: 0..s-1 without gradient, then s with it
+            int s = calls.FindIndex(c => c.Grad);
+            Assert.True(s >= 0, "the generator update calls the network with gradient");
+            Assert.Equal(Enumerable.Range(0, s + 1), calls.Take(s + 1).Select(c => c.Level));
+            Assert.All(calls.Take(s), c => Assert.False(c.Grad));
+            trained.Add(calls[s].Level);
+            // two fresh batches for fake updates 2 and 3: each a chain 0..s' without gradient
+            var rest = calls.Skip(s + 1).ToList();
+            Assert.All(rest, c => Assert.False(c.Grad));
+            int chains = 0;
+            for (int i = 0; i < rest.Count; i++)
+            {
+                if (rest[i].Level == 0) chains++;
+                else Assert.Equal(rest[i - 1].Level + 1, rest[i].Level);
+            }
+            Assert.Equal(2, chains);
+        }
+        Assert.True(trained.Count >= 3, $"the trained level should vary over 20 steps: saw {string.Join(",", trained)}");
+    }
+
+    [Fact]
+    public void AOneStepGeneratorStepIsUnchangedByTheFewStepMachinery()
+    {
+        // GeneratorSteps 1 draws nothing extra: the same run with and without the (default) setting written out is identical
+        var teacher = PerturbedNet(4);
+        TrainingUtils.Freeze(teacher);
+        var cfg = new DmdConfig { Mode = DmdMode.DmOnly, BatchSize = 8, WarmupSteps = 0, FakeUpdatesPerStep = 2, Seed = 2, Steps = 3 };
+        using var a = new DmdTrainer(teacher, Spec, cfg, null);
+        using var b = new DmdTrainer(teacher, Spec, cfg with { GeneratorSteps = 1, GeneratorSigmaMin = 0.3 }, null);
+        for (int i = 0; i < 3; i++) { a.TrainStep(); b.TrainStep(); }
+        foreach (var (pa, pb) in a.Generator.Net.parameters().Zip(b.Generator.Net.parameters())) Assert.True(TestUtil.Same(pa, pb));
+    }
+
+    /// <summary>A K-step run saves K and its levels; Load and Sample use them; `sample`/`eval` count K NFE; resume is bit for bit.</summary>
+    [Fact]
+    public void AFewStepRunSavesItsLevelsSamplesWithThemAndResumesBitForBit()
+    {
+        var dir = TestUtil.TempDir();
+        try
+        {
+            var teacherPath = Path.Combine(dir, "teacher.safetensors");
+            DenoiserFile.Save(PerturbedNet(5), Spec, teacherPath);
+            var cfg = new DmdConfig
+            {
+                Mode = DmdMode.DmOnly, BatchSize = 8, WarmupSteps = 0, FakeUpdatesPerStep = 2, Seed = 9, Steps = 4,
+                GeneratorSteps = 3, SigmaMax = 20, GeneratorSigmaMin = 0.5, CheckpointEvery = 2, LogEvery = 1,
+            };
+            var straight = Path.Combine(dir, "straight");
+            using (var t = new DmdTrainer(DenoiserFile.Load(teacherPath).Net, Spec, cfg, null)) t.Run(straight, teacherPath, null);
+            var resumed = Path.Combine(dir, "resumed");
+            using (var t = new DmdTrainer(DenoiserFile.Load(teacherPath).Net, Spec, cfg, null)) t.Run(resumed, teacherPath, null, new RunOptions { StopAfter = 2 });
+            using (var t = new DmdTrainer(DenoiserFile.Load(teacherPath).Net, Spec, cfg, null)) t.Run(resumed, teacherPath, null);
+
+            var g = OneStepGenerator.Load(straight);
+            Assert.Equal(3, g.Steps);
+            Assert.Equal(cfg.GeneratorSigmas, g.Sigmas);
+            var r = OneStepGenerator.Load(resumed);
+            foreach (var (pa, pb) in g.Net.parameters().Zip(r.Net.parameters())) Assert.True(TestUtil.Same(pa, pb), "resumed run differs");
+
+            var classes = new[] { 0, 2, 1, 1 };
+            var z = ImageSampling.SeededNoise(Spec.SampleShape, 7, 4);
+            var y = Rng.OneHot(tensor(classes.Select(c => (long)c).ToArray()), 3);
+            var noise = OneStepGenerator.SeededStepNoise(Spec.SampleShape, 7, 4, 3);
+            using (no_grad())
+            {
+                Assert.True(TestUtil.Same(g.Generate(z, y, noise), g.Sample(classes, seed: 7)));
+                Assert.True(TestUtil.Same(g.Generate(z, y, steps: 1), g.Sample(classes, seed: 7, steps: 1)));
+            }
+            Assert.Throws<DmdInputException>(() => g.Sample(classes, steps: 4));
+            // the noise between steps of image i depends on its seed alone, and differs from its starting noise
+            var first = OneStepGenerator.SeededStepNoise(Spec.SampleShape, 8, 1, 3);
+            Assert.True(TestUtil.Same(noise[1][1..2], first[1]));
+            Assert.False(TestUtil.Same(noise[0][1..2], ImageSampling.SeededNoise(Spec.SampleShape, 8, 1)));
+
+            var m = ModelDraw.Load(straight, null, null, 1);
+            Assert.Equal(3, m.Nfe);
+            Assert.Equal(2, ModelDraw.Load(straight, null, 2, 1).Nfe);
+            Assert.Throws<DmdInputException>(() => ModelDraw.Load(straight, null, 5, 1));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
