@@ -37,29 +37,22 @@ internal static class DistillCommand
         {
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var teacherPath = r.GetValue(teacher)!;
-            var (net, spec) = DenoiserFile.Load(teacherPath);
-            Threads.Apply(r, smallModel: !spec.IsImage);
-            var p = r.GetValue(pairs) is string pp ? RegressionPairs.Load(pp) : null;
-            // the GAN's real data: --gan-data, or the data the teacher's run learned
-            var ganText = cfg.UsesGan ? r.GetValue(ganData) ?? DmdTrainer.TeacherData(teacherPath) : null;
-            if (ganText is not null && r.GetValue(ganData) is null) AnsiConsole.MarkupLine(Markup.Escape($"GAN data: {ganText} (the teacher's training data)"));
-            var real = ganText is null ? null : DmdTrainer.LoadRealData(ganText, spec);
-            using var trainer = new DmdTrainer(net, spec, cfg, p, realData: real);
+            Threads.Apply(r, smallModel: !DenoiserFile.Load(teacherPath).Spec.IsImage);
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");
-            var clock = Stopwatch.StartNew();
-            double limit = (r.GetValue(minutes) ?? double.PositiveInfinity) * 60;
+            var (trainer, ganText) = DmdTrainer.FromFiles(teacherPath, r.GetValue(pairs), r.GetValue(ganData), cfg, m => AnsiConsole.MarkupLine(Markup.Escape(m)));
+            using var _ = trainer;
             using var signal = new StopSignal();
-            int firstStep = -1; // a --minutes budget ends a run only after it made a step, so every call moves the run on
+            var options = Common.RunOptions(r, allow, (s, n, l) => { }, () => signal.Requested) with
+            {
+                TimeBudget = r.GetValue(minutes) is double min ? TimeSpan.FromMinutes(min) : null,
+            };
             var ranks = new RankReport();
             ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs),
-                Common.RunOptions(r, allow, (s, n, l) => { ranks.Step(); report($"dmd {cfg.Mode}", s, n, l); },
-                                  () => signal.Requested || (trainer.Step > (firstStep < 0 ? firstStep = trainer.Step : firstStep) && clock.Elapsed.TotalSeconds > limit)),
-                ganText));
+                options with { OnStep = (s, n, l) => { ranks.Step(); report($"dmd {cfg.Mode}", s, n, l); } }, ganText));
             if (trainer.Step < cfg.Steps)
                 AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
             ranks.Print(trainer.Generator.Net, trainer.Fake, trainer.Ema?.Net, trainer.GanHead);
-            if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
             AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "generator.safetensors")}");
             return 0;
         });

@@ -192,6 +192,23 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                             : source.LoadPoints(RealPoints, seed: 1, expectedDim: spec.SampleShape[0]);
     }
 
+    /// <summary>
+    /// A trainer from files, as `dmd distill` makes it: the teacher (a .safetensors or its run folder), the regression pairs
+    /// (when the config uses them), and for the GAN its real data: <paramref name="ganData"/>, or when null the data the
+    /// teacher's run learned (<see cref="TeacherData"/>; <paramref name="onMessage"/> says so). Returns the trainer and the
+    /// GAN data's text (null when the GAN is off), which <see cref="Run"/> records.
+    /// </summary>
+    public static (DmdTrainer Trainer, string? GanData) FromFiles(string teacherPath, string? pairsPath, string? ganData, DmdConfig config,
+                                                                  Action<string>? onMessage = null)
+    {
+        var (net, spec) = DenoiserFile.Load(teacherPath);
+        var pairs = pairsPath is not null ? RegressionPairs.Load(pairsPath) : null;
+        var ganText = config.UsesGan ? ganData ?? TeacherData(teacherPath) : null;
+        if (ganText is not null && ganData is null) onMessage?.Invoke($"GAN data: {ganText} (the teacher's training data)");
+        var real = ganText is null ? null : LoadRealData(ganText, spec);
+        return (new DmdTrainer(net, spec, config, pairs, realData: real), ganText);
+    }
+
     /// <summary>Points drawn from a built-in distribution for the GAN (`dmd train-teacher`'s default --train-points).</summary>
     public const int RealPoints = 50_000;
 
@@ -406,6 +423,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             afterStep: step => { if (grids is not null && (step % Config.GridEvery == 0 || step == end)) grids.Save(GridPath(step), Output); });
         if (!finished) grids?.Save(GridPath(Step), Output); // stopped early: show what was reached
         if ((Step == Config.Steps || !finished) && DataParallel.IsRoot) SaveGenerator(Path.Combine(outDir, "generator.safetensors"));
+        if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
         return finished;
     }
 

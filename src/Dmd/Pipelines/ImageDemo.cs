@@ -110,7 +110,6 @@ public sealed class ImageDemo
             Stop = () => trainer.Step > 0 && clock.Elapsed.TotalSeconds > budget - ReserveSeconds(budget),
         }, ganData);
         double dmdSeconds = dmdClock.Elapsed.TotalSeconds;
-        Plots.LossCurves(Path.Combine(dmdDir, "losses.png"), new[] { ("DMD", Path.Combine(dmdDir, "losses.csv")) });
 
         // 3. measurements: same labels for all rows; the teacher's samples are the pairs' x_ref
         int n = (int)pairs.Count;

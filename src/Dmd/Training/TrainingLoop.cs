@@ -36,6 +36,11 @@ public sealed record RunOptions
     public int? StopAfter { get; init; }
     /// <summary>Continue a run in a folder even though its settings differ from the saved ones.</summary>
     public bool AllowChanges { get; init; }
+    /// <summary>
+    /// Stop cleanly once this much time has passed since the loop started (checkpoint written; the run continues when
+    /// run again), but only after at least one step, so every call moves the run on. Null = no limit.
+    /// </summary>
+    public TimeSpan? TimeBudget { get; init; }
 }
 
 /// <summary>
@@ -155,9 +160,12 @@ public static class TrainingLoop
             lastSaved = trainer.Step;
         }
 
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        int firstStep = trainer.Step;
+        bool OverBudget() => options.TimeBudget is TimeSpan budget && trainer.Step > firstStep && clock.Elapsed > budget;
         while (trainer.Step < end)
         {
-            if (DataParallel.Any(options.Stop?.Invoke() ?? false))
+            if (DataParallel.Any((options.Stop?.Invoke() ?? false) || OverBudget())) // every rank stops after the same step
             {
                 if (unlogged is not null) log?.Write(trainer.Step, unlogged); // a stopped run's last step is in its log
                 Save();
