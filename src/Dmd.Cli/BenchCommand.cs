@@ -34,92 +34,37 @@ internal static class BenchCommand
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, steps, batch, repeats, iters, trainBatch, distillBatch);
-            if (r.GetValue(rssLog) is string logPath && (r.GetValue(models)?.Length ?? 0) == 0 && r.GetValue(run) is null)
+            var req = new BenchRequest(r.GetValue(models) ?? Array.Empty<string>(), r.GetValue(run), r.GetValue(sampler), r.GetValue(steps),
+                                       r.GetValue(batch), r.GetValue(repeats), r.GetValue(iters), r.GetValue(train), r.GetValue(trainBatch),
+                                       r.GetValue(distill), r.GetValue(distillBatch), r.GetValue(rssLog), r.GetValue(rssSteps), r.GetValue(outOpt));
+            if (req.RssOnly)
             {
-                var trend = Trend(logPath, r.GetValue(rssSteps));
-                AnsiConsole.MarkupLine(Markup.Escape(RssLine(trend)));
-                Checkpoint.SaveJson(trend, r.GetValue(outOpt) ?? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(logPath))!, "rss.json"));
+                var trend = Benchmark.RunRssOnly(req);
+                AnsiConsole.MarkupLine(Markup.Escape(trend.Describe()));
                 return trend.GrowthPercent < 5 ? 0 : 1;
             }
-            var dir = r.GetValue(run);
-            var paths = dir is not null
-                ? new[] { Path.Combine(dir, "teacher", "teacher.safetensors"), Path.Combine(dir, "dmd-full", "generator.safetensors") }
-                : r.GetValue(models) ?? Array.Empty<string>();
-            if (paths.Length is < 1 or > 2) throw new DmdInputException("give one or two --model paths, or --run RUN_FOLDER");
-            var outPath = r.GetValue(outOpt) ?? (dir is not null ? Path.Combine(dir, "bench.json") : "runs/bench.json");
-            Checkpoint.EnsureWritableFile(outPath, "--out");
-            var draws = paths.Select(p => ModelDraw.IsGenerator(p) ? ModelDraw.Load(p, null, null, 1.0)
-                                                                   : ModelDraw.Load(p, r.GetValue(sampler), r.GetValue(steps), 1.0)).ToList();
+            var draws = Benchmark.LoadModels(req);
             Threads.Apply(r, smallModel: !draws[0].Spec.IsImage);
-            int b = r.GetValue(batch) ?? (draws[0].Spec.IsImage ? 64 : 4096), n = r.GetValue(repeats);
-
-            var speeds = new List<ModelSpeed>();
-            foreach (var m in draws)
-            {
-                Console.WriteLine($"timing {m.Path}: {m.Sampler}, {m.Nfe} NFE, {n} batches of {b} after a warm-up one ({torch.get_num_threads()} threads)");
-                speeds.Add(Benchmark.SamplingSpeed(m, b, n));
-            }
-            double? ratio = speeds.Count == 2 ? speeds[1].SamplesPerSecond / speeds[0].SamplesPerSecond : null;
-
-            double? iterMs = null; int? dmdBatch = null;
-            if (dir is not null)
-            {
-                iterMs = Benchmark.ToyRunDmdIterationMs(dir, draws[0], r.GetValue(iters), out int tb0);
-                dmdBatch = tb0;
-            }
-            List<DmdIterationSpeed>? recipes = null;
-            double? peak = null;
-            if (r.GetValue(distill) is int dIters and > 0)
-            {
-                dmdBatch = r.GetValue(distillBatch);
-                peak = Benchmark.ConvPeakGflops();
-                recipes = Benchmark.DmdIterations(draws[0], dmdBatch.Value, dIters, peak);
-                iterMs = recipes[0].Ms;
-            }
-            double? trainRate = null; int? tb = null;
-            if (r.GetValue(train) is int tSteps and > 0)
-            {
-                tb = r.GetValue(trainBatch);
-                trainRate = Benchmark.TeacherTrainingImagesPerSecond(draws[0], tb.Value, tSteps);
-            }
-            var rss = r.GetValue(rssLog) is string lp ? Trend(lp, r.GetValue(rssSteps)) : null;
-
-            var res = new BenchResult($"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
-                                      torch.get_num_threads(), speeds, ratio, iterMs, dmdBatch, Process.GetCurrentProcess().PeakWorkingSet64 >> 20,
-                                      trainRate, tb, rss, recipes, peak);
+            var res = Benchmark.Run(req, draws, m => Console.WriteLine(m));
             var t = new Table().AddColumns("model", "NFE", "batch ms (median / p90)", "samples/s");
-            foreach (var s in speeds)
+            foreach (var s in res.Models)
                 t.AddRow(Markup.Escape(Path.GetFileName(s.Model)), s.Nfe.ToString(), $"{s.MedianBatchMs:F1} / {s.P90BatchMs:F1}", $"{s.SamplesPerSecond:N0}");
             AnsiConsole.Write(t);
-            if (ratio is double q) AnsiConsole.MarkupLine($"speed ratio (second / first): [bold]{q:F1}x[/]");
-            if (recipes is not null)
+            if (res.SpeedUp is double q) AnsiConsole.MarkupLine($"speed ratio (second / first): [bold]{q:F1}x[/]");
+            if (res.DmdIterations is { } recipes)
             {
-                AnsiConsole.MarkupLine($"convolution peak: {peak:F0} GFLOP/s (one 4.8 GFLOP fp32 convolution, {torch.get_num_threads()} threads)");
+                AnsiConsole.MarkupLine($"convolution peak: {res.ConvPeakGflops:F0} GFLOP/s (one 4.8 GFLOP fp32 convolution, {res.Threads} threads)");
                 foreach (var d in recipes)
                     AnsiConsole.MarkupLine(Markup.Escape($"{d.Recipe}, batch {d.Batch}: {d.Ms:F0} ms per iteration, {d.Gflop:F1} GFLOP, " +
                                                          $"{d.AchievedGflops:F0} GFLOP/s" + (d.PeakFraction is double f ? $" = {100 * f:F0} % of the peak" : " (FLOPs counted for the U-Nets only)")));
             }
-            else if (iterMs is double ms) AnsiConsole.MarkupLine($"DMD iteration: {ms:F1} ms (batch {dmdBatch})");
-            if (trainRate is double tr) AnsiConsole.MarkupLine($"teacher training: {tr:F1} images/s (batch {tb})");
-            if (rss is not null) AnsiConsole.MarkupLine(Markup.Escape(RssLine(rss)));
+            else if (res.DmdIterationMs is double ms) AnsiConsole.MarkupLine($"DMD iteration: {ms:F1} ms (batch {res.DmdBatch})");
+            if (res.TrainImagesPerSecond is double tr) AnsiConsole.MarkupLine($"teacher training: {tr:F1} images/s (batch {res.TrainBatch})");
+            if (res.Rss is not null) AnsiConsole.MarkupLine(Markup.Escape(res.Rss.Describe()));
             AnsiConsole.MarkupLine($"peak RSS {res.PeakRssMb} MB, {res.Threads} thread(s)");
-            Checkpoint.SaveJson(res, outPath);
-            AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(req.OutPath)}");
             return 0;
         });
         return cmd;
     }
-
-    static RssTrend Trend(string log, string? window)
-    {
-        if (window is null) return RssTrend.FromLog(log);
-        var parts = window.Split(':');
-        if (parts.Length != 2 || !int.TryParse(parts[0], out int a) || !int.TryParse(parts[1], out int b))
-            throw new DmdInputException($"--rss-steps '{window}': write FROM:TO, e.g. 3500:5300");
-        return RssTrend.FromLog(log, a, b);
-    }
-
-    static string RssLine(RssTrend t) =>
-        $"RSS of {t.Log} (steps {t.FromStep}-{t.ToStep}): {t.RssAt10PercentMb:F0} MB at 10 %, {t.RssAtEndMb:F0} MB at the end: " +
-        $"{t.GrowthPercent:+0.0;-0.0} % ({(t.GrowthPercent < 5 ? "flat, under 5 %" : "GROWS by 5 % or more")}); peak {t.PeakMb:F0} MB";
 }

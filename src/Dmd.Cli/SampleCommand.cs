@@ -26,7 +26,7 @@ internal static class SampleCommand
         var cls = new Option<int?>("--class") { Description = "class index for a conditional model (default: random for points, one row per class for images)" };
         var seed = new Option<long>("--seed") { Description = "random seed (images: image i uses seed + i, as EDM's --seeds)", DefaultValueFactory = _ => 0 };
         var each = new Option<bool>("--each") { Description = "images: also write one PNG per image into a folder named after --out" };
-        var batch = new Option<int>("--batch") { Description = "images sampled per batch", DefaultValueFactory = _ => 256 };
+        var batch = new Option<int>("--batch") { Description = "samples per batch", DefaultValueFactory = _ => 256 };
         var scale = new Option<int>("--scale") { Description = "images: enlarge the grid's tiles this many times", DefaultValueFactory = _ => 1 };
         var outOpt = new Option<string>("--out", "-o") { Description = "output file (.csv for points, .png for images)", DefaultValueFactory = _ => "runs/samples.csv" };
         foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
@@ -34,64 +34,24 @@ internal static class SampleCommand
         {
             Common.RequirePositive(r, n, steps, batch, scale);
             var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance));
-            var (spec, which) = (m.Spec, m.Sampler);
-            Threads.Apply(r, smallModel: !spec.IsImage);
-            int? classIndex = r.GetValue(cls);
-            if (classIndex is int ci && spec.LabelDim > 0 && (ci < 0 || ci >= spec.LabelDim))
-                throw new DmdInputException($"--class {ci} is out of range: the model has {spec.LabelDim} classes (0..{spec.LabelDim - 1})");
-            if (spec.IsImage) return SampleImages(m, r.GetValue(n) ?? 100, classIndex,
-                                                  r.GetValue(seed), r.GetValue(each), r.GetValue(batch), r.GetValue(scale), r.GetValue(outOpt)!);
-
-            using var g = new torch.Generator((ulong)r.GetValue(seed));
-            int count = r.GetValue(n) ?? 2000;
-            var z = Rng.Normal(new long[] { count }.Concat(spec.SampleShape.Select(s => (long)s)).ToArray(), g);
-            Tensor? y = null;
-            if (spec.LabelDim > 0)
-                y = classIndex is int c ? Rng.OneHot(torch.full(count, c, ScalarType.Int64), spec.LabelDim) : Rng.OneHotLabels(spec.LabelDim, count, g);
-            var (x, secs) = m.Draw(z, y, count, seed: r.GetValue(seed));
-            int nfe = m.Nfe;
+            Threads.Apply(r, smallModel: !m.Spec.IsImage);
             var outPath = r.GetValue(outOpt)!;
-            Checkpoint.EnsureWritableFile(outPath, "--out");
-            var flat = x.reshape(count, -1);
-            PointSet.ToCsv(outPath, flat, y?.argmax(1));
-            if (flat.shape[1] >= 2) Plots.ScatterPanels(Path.ChangeExtension(outPath, ".png"), new[] { ($"{which}, {nfe} NFE", flat) }, flat);
-            AnsiConsole.MarkupLine($"{count} samples, {nfe} NFE, {count / secs:N0} samples/s; wrote {outPath} and {Path.ChangeExtension(outPath, ".png")}");
+            var guided = m.Guidance != 1 && m.Sampler != "onestep" ? string.Create(CultureInfo.InvariantCulture, $", guidance {m.Guidance}") : "";
+            if (m.Spec.IsImage)
+            {
+                ImageSampleResult res = null!;
+                ProgressView.Run(report => res = m.WriteImages(outPath, r.GetValue(n) ?? 100, r.GetValue(cls), r.GetValue(seed), r.GetValue(batch),
+                                                               r.GetValue(scale), r.GetValue(each), (d, t) => report("sample", d, t, null)));
+                var also = res.EachFolder is null ? "" : $" and {res.Count} PNGs in {res.EachFolder}";
+                AnsiConsole.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
+                    $"{res.Count} images, {m.Sampler}, {m.Nfe} NFE{guided}, {res.ImagesPerSecond:F1} images/s ({torch.get_num_threads()} threads); wrote {res.GridPath}{also}")));
+                return 0;
+            }
+            int count = r.GetValue(n) ?? 2000;
+            double rate = m.WritePoints(outPath, count, r.GetValue(cls), r.GetValue(seed), r.GetValue(batch));
+            AnsiConsole.MarkupLine(Markup.Escape($"{count} samples, {m.Nfe} NFE{guided}, {rate:N0} samples/s; wrote {outPath} and {Path.ChangeExtension(outPath, ".png")}"));
             return 0;
         });
         return cmd;
-    }
-
-    /// <summary>
-    /// Images: per-image seeds; for a conditional model without --class, the count is rounded up to whole rows
-    /// and the grid has one row per class; otherwise a square-ish grid.
-    /// </summary>
-    static int SampleImages(ModelDraw m, int count, int? classIndex, long seed, bool each, int batch, int scale, string outPath)
-    {
-        var (spec, which, guidance) = (m.Spec, m.Sampler, m.Guidance);
-        if (count < 1 || batch < 1 || scale < 1) throw new DmdInputException("--n, --batch and --scale must be positive");
-        if (!outPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) outPath = Path.ChangeExtension(outPath, ".png");
-        Checkpoint.EnsureWritableFile(outPath, "--out");
-        bool rows = spec.LabelDim > 0 && classIndex is null;
-        int perClass = rows ? (count + spec.LabelDim - 1) / spec.LabelDim : 0;
-        if (rows) count = perClass * spec.LabelDim;
-        var z = ImageSampling.SeededNoise(spec.SampleShape, seed, count);
-        Tensor? y = spec.LabelDim == 0 ? null
-            : rows ? ImageSampling.ClassMajorLabels(spec.LabelDim, perClass)
-            : Rng.OneHot(torch.full(count, classIndex!.Value, ScalarType.Int64), spec.LabelDim);
-        Tensor samples = null!; double secs = 0;
-        ProgressView.Run(report => (samples, secs) = m.Draw(z, y, batch, (d, t) => report("sample", d, t, null), seed));
-        var res = new SampleResult(samples, m.Nfe);
-        int columns = rows ? perClass : (int)Math.Ceiling(Math.Sqrt(count));
-        ImageGrid.Save(outPath, res.Samples, columns, scale, rowLabels: rows ? Enumerable.Range(0, spec.LabelDim).Select(c => c.ToString()).ToArray() : null);
-        string also = "";
-        if (each)
-        {
-            var folder = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(outPath))!, Path.GetFileNameWithoutExtension(outPath));
-            ImageGrid.SaveEach(folder, res.Samples, first: (int)seed); // named by seed, as EDM
-            also = $" and {count} PNGs in {folder}";
-        }
-        AnsiConsole.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-            $"{count} images, {which}, {res.Nfe} NFE{(guidance != 1 && which != "onestep" ? $", guidance {guidance}" : "")}, {count / secs:F1} images/s ({torch.get_num_threads()} threads); wrote {outPath}{also}")));
-        return 0;
     }
 }

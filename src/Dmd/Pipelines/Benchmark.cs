@@ -23,9 +23,60 @@ public sealed record BenchResult(string Machine, int Threads, List<ModelSpeed> M
 /// </summary>
 public sealed record DmdIterationSpeed(string Recipe, int Batch, double Ms, double Gflop, double AchievedGflops, double? PeakFraction);
 
+/// <summary>
+/// What `dmd bench` is asked to measure: one or two models (or the teacher and full-DMD generator of a `toy2d` run
+/// folder), and optionally teacher training, DMD iterations and a run log's RSS trend.
+/// </summary>
+/// <param name="Models">Model files or folders (one or two; none with <paramref name="Run"/> or for an RSS check alone).</param>
+/// <param name="Run">A `dmd toy2d` run folder: its teacher (Heun) against its full-DMD generator, and its DMD iteration.</param>
+/// <param name="Sampler">Sampler of teachers (heun or euler; generators run their own steps).</param>
+/// <param name="Steps">Teacher sampler steps (null: Heun 18).</param>
+/// <param name="Batch">Samples per timed batch (null: 64 images or 4096 points).</param>
+/// <param name="Repeats">Timed batches per model after a warm-up one.</param>
+/// <param name="DmdIterations">With <paramref name="Run"/>: timed DMD iterations.</param>
+/// <param name="Train">Teacher training steps to time (0 = none).</param>
+/// <param name="TrainBatch">Their batch.</param>
+/// <param name="Distill">DMD iterations per recipe to time (0 = none); see <see cref="Benchmark.DmdIterations"/>.</param>
+/// <param name="DistillBatch">Their batch.</param>
+/// <param name="RssLog">A run's losses.csv whose RSS trend to judge.</param>
+/// <param name="RssSteps">Its window FROM:TO in steps.</param>
+/// <param name="Out">The JSON file (null: bench.json in the run folder, else runs/bench.json; rss.json beside the log for an RSS check alone).</param>
+public sealed record BenchRequest(IReadOnlyList<string> Models, string? Run = null, string? Sampler = null, int? Steps = null, int? Batch = null,
+                                  int Repeats = 5, int DmdIterations = 30, int Train = 0, int TrainBatch = 64, int Distill = 0,
+                                  int DistillBatch = 16, string? RssLog = null, string? RssSteps = null, string? Out = null)
+{
+    /// <summary>Only a run log's RSS trend is asked for.</summary>
+    public bool RssOnly => RssLog is not null && Models.Count == 0 && Run is null;
+
+    /// <summary>The models timed: the run folder's two, or <see cref="Models"/>.</summary>
+    public IReadOnlyList<string> Paths => Run is not null
+        ? new[] { Path.Combine(Run, "teacher", "teacher.safetensors"), Path.Combine(Run, "dmd-full", "generator.safetensors") }
+        : Models;
+
+    /// <summary>Where the result goes.</summary>
+    public string OutPath => Out ?? (RssOnly ? Path.Combine(Path.GetDirectoryName(Path.GetFullPath(RssLog!))!, "rss.json")
+                                   : Run is not null ? Path.Combine(Run, "bench.json") : "runs/bench.json");
+
+    /// <summary>The RSS trend of <see cref="RssLog"/> over <see cref="RssSteps"/> (FROM:TO), or null without a log.</summary>
+    public RssTrend? Trend()
+    {
+        if (RssLog is null) return null;
+        if (RssSteps is null) return RssTrend.FromLog(RssLog);
+        var parts = RssSteps.Split(':');
+        if (parts.Length != 2 || !int.TryParse(parts[0], out int a) || !int.TryParse(parts[1], out int b))
+            throw new DmdInputException($"--rss-steps '{RssSteps}': write FROM:TO, e.g. 3500:5300");
+        return RssTrend.FromLog(RssLog, a, b);
+    }
+}
+
 /// <summary>RSS of a logged run (the rss_mb column of losses.csv): at 10 % and at 100 % of its steps, and the peak.</summary>
 public sealed record RssTrend(string Log, int FromStep, int ToStep, double RssAt10PercentMb, double RssAtEndMb, double GrowthPercent, double PeakMb)
 {
+    /// <summary>One line: the window, RSS at 10 % and at the end, the growth and its verdict (flat under 5 %), the peak.</summary>
+    public string Describe() =>
+        $"RSS of {Log} (steps {FromStep}-{ToStep}): {RssAt10PercentMb:F0} MB at 10 %, {RssAtEndMb:F0} MB at the end: " +
+        $"{GrowthPercent:+0.0;-0.0} % ({(GrowthPercent < 5 ? "flat, under 5 %" : "GROWS by 5 % or more")}); peak {PeakMb:F0} MB";
+
     /// <summary>Reads a losses.csv; growth = (median RSS of the last 5 % of rows) / (median RSS around 10 %) - 1.</summary>
     public static RssTrend FromLog(string csvPath, int fromStep = 0, int toStep = int.MaxValue)
     {
@@ -85,6 +136,68 @@ public static class Benchmark
                                            RegressionPairs.Load(Path.Combine(runDir, "pairs", "pairs.safetensors")));
         batch = cfg.BatchSize;
         return DmdIterationMs(trainer, 5, iterations);
+    }
+
+    /// <summary>`dmd bench --rss-log` alone: the trend of the log, written to <see cref="BenchRequest.OutPath"/>.</summary>
+    public static RssTrend RunRssOnly(BenchRequest req)
+    {
+        var trend = req.Trend()!;
+        Checkpoint.SaveJson(trend, req.OutPath);
+        return trend;
+    }
+
+    /// <summary>Loads the request's one or two models (teachers with its sampler and steps, generators with their own steps),
+    /// after checking that the result file can be written.</summary>
+    public static List<ModelDraw> LoadModels(BenchRequest req)
+    {
+        if (req.Paths.Count is < 1 or > 2) throw new DmdInputException("give one or two --model paths, or --run RUN_FOLDER");
+        Checkpoint.EnsureWritableFile(req.OutPath, "--out");
+        return req.Paths.Select(p => ModelDraw.IsGenerator(p) ? ModelDraw.Load(p, null, null, 1.0)
+                                                              : ModelDraw.Load(p, req.Sampler, req.Steps, 1.0)).ToList();
+    }
+
+    /// <summary>
+    /// Everything a request asks for, on the loaded <paramref name="draws"/> at the current thread count: sampling speed of
+    /// each model and their ratio, the run's or the recipes' DMD iterations, teacher training, the RSS trend; writes the
+    /// result to <see cref="BenchRequest.OutPath"/>. <paramref name="onMessage"/> hears what is being timed.
+    /// </summary>
+    public static BenchResult Run(BenchRequest req, IReadOnlyList<ModelDraw> draws, Action<string>? onMessage = null)
+    {
+        int b = req.Batch ?? (draws[0].Spec.IsImage ? 64 : 4096);
+        var speeds = new List<ModelSpeed>();
+        foreach (var m in draws)
+        {
+            onMessage?.Invoke($"timing {m.Path}: {m.Sampler}, {m.Nfe} NFE, {req.Repeats} batches of {b} after a warm-up one ({get_num_threads()} threads)");
+            speeds.Add(SamplingSpeed(m, b, req.Repeats));
+        }
+        double? ratio = speeds.Count == 2 ? speeds[1].SamplesPerSecond / speeds[0].SamplesPerSecond : null;
+        double? iterMs = null; int? dmdBatch = null;
+        if (req.Run is not null)
+        {
+            iterMs = ToyRunDmdIterationMs(req.Run, draws[0], req.DmdIterations, out int tb0);
+            dmdBatch = tb0;
+        }
+        List<DmdIterationSpeed>? recipes = null;
+        double? peak = null;
+        if (req.Distill > 0)
+        {
+            onMessage?.Invoke($"timing DMD iterations of two recipes, batch {req.DistillBatch}, and the convolution peak");
+            dmdBatch = req.DistillBatch;
+            peak = ConvPeakGflops();
+            recipes = DmdIterations(draws[0], req.DistillBatch, req.Distill, peak);
+            iterMs = recipes[0].Ms;
+        }
+        double? trainRate = null; int? tb = null;
+        if (req.Train > 0)
+        {
+            tb = req.TrainBatch;
+            trainRate = TeacherTrainingImagesPerSecond(draws[0], req.TrainBatch, req.Train);
+        }
+        var res = new BenchResult($"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
+                                  get_num_threads(), speeds, ratio, iterMs, dmdBatch, Process.GetCurrentProcess().PeakWorkingSet64 >> 20,
+                                  trainRate, tb, req.Trend(), recipes, peak);
+        Checkpoint.SaveJson(res, req.OutPath);
+        return res;
     }
 
     /// <summary>

@@ -75,4 +75,69 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
         else x = ImageSampling.Generate(Net, z, y, Sampler, Steps, Guidance, batch, onBatch).Samples;
         return (x, sw.Elapsed.TotalSeconds);
     }
+
+    /// <summary>Refuses a class index the model does not have (any index for an unconditional model is ignored).</summary>
+    void CheckClass(int? classIndex)
+    {
+        if (classIndex is int c && Spec.LabelDim > 0 && (c < 0 || c >= Spec.LabelDim))
+            throw new DmdInputException($"--class {c} is out of range: the model has {Spec.LabelDim} classes (0..{Spec.LabelDim - 1})");
+    }
+
+    /// <summary>
+    /// `dmd sample` for point data: <paramref name="count"/> samples whose noise, then labels (class <paramref name="classIndex"/>,
+    /// or uniform), come from one generator seeded <paramref name="seed"/>, in batches of <paramref name="batch"/>; writes
+    /// them as CSV (with a label column for a conditional model) and, for 2 or more coordinates, a scatter plot beside it
+    /// (.png). Returns the samples/s.
+    /// </summary>
+    public double WritePoints(string csvPath, int count, int? classIndex, long seed, int batch)
+    {
+        CheckClass(classIndex);
+        if (count < 1 || batch < 1) throw new DmdInputException("--n and --batch must be positive");
+        Checkpoint.EnsureWritableFile(csvPath, "--out");
+        using var g = new Generator((ulong)seed);
+        var z = Rng.Normal(new long[] { count }.Concat(Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
+        Tensor? y = Spec.LabelDim == 0 ? null
+            : classIndex is int c ? Rng.OneHot(full(count, c, ScalarType.Int64), Spec.LabelDim) : Rng.OneHotLabels(Spec.LabelDim, count, g);
+        var (x, secs) = Draw(z, y, batch, seed: seed);
+        var flat = x.reshape(count, -1);
+        Data.PointSet.ToCsv(csvPath, flat, y?.argmax(1));
+        if (flat.shape[1] >= 2) Plots.ScatterPanels(System.IO.Path.ChangeExtension(csvPath, ".png"), new[] { ($"{Sampler}, {Nfe} NFE", flat) }, flat);
+        return count / secs;
+    }
+
+    /// <summary>
+    /// `dmd sample` for images: image i from noise seed <paramref name="seed"/> + i; a conditional model without
+    /// <paramref name="classIndex"/> gets whole rows, one per class (<paramref name="count"/> rounded up), else a square-ish
+    /// grid. Writes the grid (tiles enlarged <paramref name="scale"/> times) to <paramref name="pngPath"/> and with
+    /// <paramref name="each"/> one PNG per image, named by its seed, into a folder named after it.
+    /// </summary>
+    public ImageSampleResult WriteImages(string pngPath, int count, int? classIndex, long seed, int batch, int scale, bool each,
+                                         Action<int, int>? onBatch = null)
+    {
+        CheckClass(classIndex);
+        if (count < 1 || batch < 1 || scale < 1) throw new DmdInputException("--n, --batch and --scale must be positive");
+        if (!pngPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) pngPath = System.IO.Path.ChangeExtension(pngPath, ".png");
+        Checkpoint.EnsureWritableFile(pngPath, "--out");
+        bool rows = Spec.LabelDim > 0 && classIndex is null;
+        int perClass = rows ? (count + Spec.LabelDim - 1) / Spec.LabelDim : 0;
+        if (rows) count = perClass * Spec.LabelDim;
+        var z = ImageSampling.SeededNoise(Spec.SampleShape, seed, count);
+        Tensor? y = Spec.LabelDim == 0 ? null
+            : rows ? ImageSampling.ClassMajorLabels(Spec.LabelDim, perClass)
+            : Rng.OneHot(full(count, classIndex!.Value, ScalarType.Int64), Spec.LabelDim);
+        var (images, secs) = Draw(z, y, batch, onBatch, seed);
+        int columns = rows ? perClass : (int)Math.Ceiling(Math.Sqrt(count));
+        ImageGrid.Save(pngPath, images, columns, scale, rowLabels: rows ? Enumerable.Range(0, Spec.LabelDim).Select(c => c.ToString()).ToArray() : null);
+        string? folder = null;
+        if (each)
+        {
+            folder = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(pngPath))!, System.IO.Path.GetFileNameWithoutExtension(pngPath));
+            ImageGrid.SaveEach(folder, images, first: (int)seed); // named by seed, as EDM
+        }
+        return new ImageSampleResult(pngPath, count, count / secs, folder);
+    }
 }
+
+/// <summary>What <see cref="ModelDraw.WriteImages"/> wrote: the grid, the number of images (rounded up to whole rows),
+/// images/s, and the folder of single PNGs (or null).</summary>
+public sealed record ImageSampleResult(string GridPath, int Count, double ImagesPerSecond, string? EachFolder);
