@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Diagnostics;
 using System.Globalization;
 using Dmd.Data;
 using Dmd.Diffusion;
@@ -8,6 +9,49 @@ using Dmd.Training;
 using Spectre.Console;
 
 namespace Dmd.Cli;
+
+/// <summary>
+/// What each rank of a data-parallel job (mpirun/srun) prints at the end of a training command, on stdout, even the ranks
+/// whose other output is silenced: <c>rank R/N weights HEX</c> (a checksum of the trained weights: equal on every rank),
+/// the steps this process made and their rate, and the time spent in all-reduce per step. Nothing without a launcher.
+/// </summary>
+internal sealed class RankReport
+{
+    readonly Stopwatch clock = new();
+    int steps;
+
+    /// <summary>Call after each step (the clock starts at the first, so start-up is not counted).</summary>
+    public void Step()
+    {
+        if (steps++ == 0) { clock.Restart(); allreduceAtStart = Mpi.AllreduceSeconds; }
+    }
+    double allreduceAtStart;
+
+    public void Print(params TorchSharp.torch.nn.Module?[] trained)
+    {
+        if (!Mpi.Active) return;
+        double secs = clock.Elapsed.TotalSeconds;
+        string rate = steps > 1 ? string.Create(CultureInfo.InvariantCulture, $"; {steps} steps, {(steps - 1) / secs:F2} it/s after the first, all-reduce {1000 * (Mpi.AllreduceSeconds - allreduceAtStart) / (steps - 1):F2} ms/step (with waiting for the slowest rank)") : "";
+        Console.WriteLine($"rank {Mpi.Rank}/{Mpi.Size} weights {DataParallel.Checksum(trained)}{rate}{(steps > 1 && Mpi.Size > 1 ? "; " + TransferTime(trained) : "")}");
+    }
+
+    /// <summary>The all-reduce of one flat buffer the size of the trained networks' parameters, after a barrier: the transfer alone (median of 10).</summary>
+    static string TransferTime(TorchSharp.torch.nn.Module?[] trained)
+    {
+        long n = trained.Where(m => m is not null).Sum(m => m!.parameters().Where(p => p.requires_grad).Sum(p => p.numel()));
+        var buf = new float[n];
+        var times = new List<double>();
+        for (int i = 0; i < 11; i++)
+        {
+            Mpi.Barrier();
+            var c = Stopwatch.StartNew();
+            Mpi.AllreduceSum(buf);
+            if (i > 0) times.Add(c.Elapsed.TotalMilliseconds);
+        }
+        times.Sort();
+        return string.Create(CultureInfo.InvariantCulture, $"one all-reduce of all trained parameters ({n:N0} floats, {n * 4 / 1e6:F2} MB) alone: {times[times.Count / 2]:F2} ms");
+    }
+}
 
 internal static class Common
 {

@@ -47,10 +47,12 @@ internal static class DistillCommand
             {
                 TimeBudget = r.GetValue(minutes) is double min ? TimeSpan.FromMinutes(min) : null,
             };
+            var ranks = new RankReport();
             ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs),
-                options with { OnStep = (s, n, l) => report($"dmd {cfg.Mode}", s, n, l) }, ganText));
+                options with { OnStep = (s, n, l) => { ranks.Step(); report($"dmd {cfg.Mode}", s, n, l); } }, ganText));
             if (trainer.Step < cfg.Steps)
                 AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
+            ranks.Print(trainer.Generator.Net, trainer.Fake, trainer.Ema?.Net, trainer.GanHead);
             AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "generator.safetensors")}");
             return 0;
         });

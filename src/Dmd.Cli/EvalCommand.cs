@@ -43,7 +43,7 @@ internal static class EvalCommand
             AnsiConsole.Write(t);
             if (perClass is not null)
                 AnsiConsole.MarkupLine("per class: " + string.Join(", ", perClass.Select((a, c) => double.IsNaN(a) ? $"{c}: - (no samples)" : $"{c}: {100 * a:F1} %")));
-            Checkpoint.SaveJson(res, outPath);
+            if (Mpi.IsRoot) Checkpoint.SaveJson(res, outPath);
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
             return 0;
         });

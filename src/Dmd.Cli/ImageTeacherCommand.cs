@@ -69,13 +69,16 @@ internal static class ImageTeacherCommand
             int firstStep = -1, lastStep = 0;
             using var signal = new StopSignal();
             bool finished = true;
+            var ranks = new RankReport();
             ProgressView.Run(report => finished = trainer.Run(outDir, dataOpts.Data, Common.RunOptions(r, allow, (s, n, l) =>
             {
+                ranks.Step();
                 if (firstStep < 0) firstStep = s - 1;
                 lastStep = s;
                 report("teacher", s, n, l);
             }, () => signal.Requested), grids));
             train.Stop();
+            ranks.Print(trainer.Net, trainer.Ema);
             int done = lastStep - Math.Max(firstStep, 0);
             if (done > 0)
             {

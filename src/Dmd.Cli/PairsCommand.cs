@@ -39,7 +39,7 @@ internal static class PairsCommand
             ProgressView.Run(report => pairs = RegressionPairs.Generate(net, spec.SampleShape, r.GetValue(count), r.GetValue(steps), r.GetValue(guidance), r.GetValue(seed),
                                                                         batchSize: b, onBatch: (d, n) => report("pairs", d, n, null), shardDir: file ? null : outPath,
                                                                         sigmaMax: r.GetValue(sigmaMax)));
-            if (file) pairs!.Save(outPath);
+            if (file && Mpi.IsRoot) pairs!.Save(outPath);
             AnsiConsole.MarkupLine($"wrote {pairs!.Count:N0} pairs ({pairs.Info.Nfe} NFE each) to {outPath} in {sw.Elapsed.TotalSeconds:F0} s");
             return 0;
         });

@@ -26,7 +26,16 @@ root.Subcommands.Add(ClassifierCommand.Build());
 
 try
 {
-    return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    // under mpirun/srun: one process of a data-parallel job (see Dmd.Training.DataParallel); rank 0 alone prints
+    Mpi.Init();
+    if (!Mpi.IsRoot) AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) });
+    var parsed = root.Parse(args);
+    if (Mpi.Size > 1 && parsed.CommandResult.Command.Name is "demo" or "toy2d" or "sample" or "bench" or "train-classifier")
+        throw new DmdInputException($"dmd {parsed.CommandResult.Command.Name} does not run data-parallel: run it without mpirun/srun " +
+                                    "(train-teacher, train-image-teacher, distill, pairs and eval do)");
+    int exit = parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    Mpi.Shutdown();
+    return exit;
 }
 catch (Exception e)
 {
@@ -41,7 +50,14 @@ catch (Exception e)
         IOException io => (74, $"{io.Message} (check the path and that the disk has room)"),
         _ => (70, $"unexpected {inner.GetType().Name}: {inner.Message} (set DMD_DEBUG=1 for the stack trace; please report it)"),
     };
-    Console.Error.WriteLine($"error: {text.ReplaceLineEndings(" ")}");
+    // in a job of several processes, bad input fails every rank alike: rank 0 says it; other failures name their rank.
+    // A failed rank exits without MPI_Finalize, and the launcher then ends the whole job with a non-zero code.
+    if (Mpi.Size > 1 && !Mpi.IsRoot && inner is DmdInputException)
+    {
+        Thread.Sleep(5000); // give rank 0 the time to say it before the launcher ends the job for this rank's exit
+        return code;
+    }
+    Console.Error.WriteLine($"error: {(Mpi.Size > 1 ? $"rank {Mpi.Rank}/{Mpi.Size}: " : "")}{text.ReplaceLineEndings(" ")}");
     if (Environment.GetEnvironmentVariable("DMD_DEBUG") is "1") Console.Error.WriteLine(e);
     return code;
 }

@@ -12,6 +12,7 @@ internal sealed class ProgressView
 {
     public static void Run(Action<Action<string, int, int, IReadOnlyDictionary<string, double>?>> work)
     {
+        if (!Mpi.IsRoot) { work((_, _, _, _) => { }); return; } // in an MPI job rank 0 alone shows progress
         if (AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected)
         {
             AnsiConsole.Progress()

@@ -35,7 +35,9 @@ internal static class TeacherCommand
             Checkpoint.EnsureWritableFolder(outDir, "--out");
             using var signal = new StopSignal();
             bool finished = true;
-            ProgressView.Run(report => finished = trainer.Run(outDir, dataName, Common.RunOptions(r, allow, (s, n, l) => report("teacher", s, n, l), () => signal.Requested)));
+            var ranks = new RankReport();
+            ProgressView.Run(report => finished = trainer.Run(outDir, dataName, Common.RunOptions(r, allow, (s, n, l) => { ranks.Step(); report("teacher", s, n, l); }, () => signal.Requested)));
+            ranks.Print(trainer.Net, trainer.Ema);
             if (!finished)
             {
                 AnsiConsole.MarkupLine($"stopped on request at step {trainer.Step} of {cfg.Steps} (checkpoint written); the same command continues the run");

@@ -24,7 +24,17 @@ internal static class Threads
         int max = 4 * Environment.ProcessorCount;
         if (r.GetValue(Option) is int n && (n < 1 || n > max))
             throw new DmdInputException($"--threads {n}: give 1 to {max} (this machine has {Environment.ProcessorCount} cores)");
-        torch.set_num_threads(r.GetValue(Option) ?? (smallModel ? 1 : IdleCores()));
+        // set explicitly in every case: under mpirun libtorch otherwise starts with one thread per rank
+        torch.set_num_threads(r.GetValue(Option) ?? (smallModel ? 1 : Math.Max(1, IdleCores() / RanksOnThisMachine())));
+    }
+
+    /// <summary>Processes of an MPI job on this machine (they share its cores); 1 outside a job.</summary>
+    static int RanksOnThisMachine()
+    {
+        if (!Mpi.Active) return 1;
+        foreach (var v in new[] { "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE" })
+            if (int.TryParse(Environment.GetEnvironmentVariable(v), out int n) && n > 0) return n;
+        return 1;
     }
 
     /// <summary>Cores not busy with other work, from two readings of /proc/stat 200 ms apart (all cores where it cannot tell).</summary>

@@ -22,6 +22,8 @@ internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Tea
 /// denoiser's features learns, with the fake denoiser, to tell noised real data from noised generated samples, and the
 /// generator is trained to fool it.
 /// All randomness flows from one generator, saved with the checkpoint, so a resumed run continues bit for bit.
+/// In a data-parallel run (<see cref="DataParallel"/>) each rank draws its share of every batch and the gradients of
+/// each trained network are averaged over the ranks before its optimiser step.
 /// </summary>
 public sealed class DmdTrainer : IResumableTrainer, IDisposable
 {
@@ -59,6 +61,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     private readonly Device device;
     private readonly long[] sampleShape;
     private readonly bool initPending; // InitGenerator named but absent: fine for a resume, an error for a fresh start
+    private readonly int batch, regressionBatch; // this rank's shares of the batches (all of them in one process)
 
     /// <param name="teacher">The real denoiser (frozen).</param>
     /// <param name="spec">The teacher's description: sample shape, classes, sigma_data, and how to build its copies.</param>
@@ -87,6 +90,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (!config.UsesPairs) pairs = null; // DM only: pairs given anyway are not used
         if (pairs is not null) CheckPairsMatch(pairs.Info, config);
         Config = config;
+        batch = DataParallel.Share(config.BatchSize, "batch-size");
+        regressionBatch = pairs is null ? 0 : DataParallel.Share(config.RegressionBatchSize, "regression-batch-size");
         Spec = spec.WithoutDropout(); // DESIGN.md: dropout off in all three networks
         this.device = device ?? CPU;
         this.pairs = pairs;
@@ -260,23 +265,24 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (optH is not null) TrainingUtils.SetLearningRate(optH, lr * Config.FakeLrScale);
         Generator.Net.train();
         Fake.train();
+        DataParallel.SeedStep(rng, Config.Seed, Step);
 
         // ---- generator update: loss_G = loss_dm + lambda_reg loss_reg (paper Eq. 9) ----
-        var z = Rng.Normal(new long[] { Config.BatchSize }.Concat(sampleShape).ToArray(), rng, device);
-        var y = Rng.OneHotLabels(Spec.LabelDim, Config.BatchSize, rng, device);
+        var z = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
+        var y = Rng.OneHotLabels(Spec.LabelDim, batch, rng, device);
         var (xIn, level) = GeneratorInput(z, y);
         var x = Generator.Denoise(xIn, level, y);
         var lossG = zeros(1, device: device).squeeze();
         if (Config.Mode != DmdMode.RegressionOnly)
         {
-            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, Config.MaxStep + 1, Config.BatchSize, rng, device));
+            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, Config.MaxStep + 1, batch, rng, device));
             var lossDm = DmdLoss.DistributionMatching(x, realGuided, Fake, sigma, y, rng);
             lossG = lossG + lossDm;
             losses["loss_dm"] = lossDm.item<float>();
         }
         if (Config.UsesPairs)
         {
-            var idx = Rng.Integers(0, pairs!.Count, Config.RegressionBatchSize, rng);
+            var idx = Rng.Integers(0, pairs!.Count, regressionBatch, rng);
             var zr = pairs.Z.index_select(0, idx).to(device);
             var yr = pairs.Y?.index_select(0, idx).to(device);
             var xr = pairs.X.index_select(0, idx).to(device);
@@ -297,6 +303,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         }
         optG.zero_grad();
         lossG.backward();
+        DataParallel.AverageGradients(Generator.Net);
         bool skipped = !TrainingUtils.UpdateIsFinite(lossG, Generator.Net); // a non-finite loss or gradient: no update
         if (!skipped)
         {
@@ -314,20 +321,21 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             {
                 if (k > 0)
                 {
-                    var zk = Rng.Normal(new long[] { Config.BatchSize }.Concat(sampleShape).ToArray(), rng, device);
-                    y = Rng.OneHotLabels(Spec.LabelDim, Config.BatchSize, rng, device);
+                    var zk = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
+                    y = Rng.OneHotLabels(Spec.LabelDim, batch, rng, device);
                     using (no_grad())
                     {
                         var (xkIn, levelK) = GeneratorInput(zk, y);
                         xFake = Generator.Denoise(xkIn, levelK, y);
                     }
                 }
-                var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, Config.BatchSize, rng, device));
+                var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, batch, rng, device));
                 var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, Spec.SigmaData, rng);
                 if (GanHead is null)
                 {
                     optF.zero_grad();
                     lossFake.backward();
+                    DataParallel.AverageGradients(Fake);
                     losses["loss_fake"] = lossFake.item<float>();
                     if (!TrainingUtils.UpdateIsFinite(lossFake, Fake)) { skipped = true; continue; }
                     TrainingUtils.ClipGradNorm(Fake, Config.GradClip);
@@ -336,7 +344,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 }
                 // DMD2's guidance update: + cls_loss_weight (softplus(-D(real)) + softplus(D(fake))), head and fake
                 // denoiser together, one gradient clip over both
-                var (xReal, yReal) = realData!.Batch(Config.BatchSize, rng);
+                var (xReal, yReal) = realData!.Batch(batch, rng);
                 var logitsReal = GanLogits(xReal.to(device), Spec.LabelDim > 0 ? yReal!.to(device) : null);
                 var logitsFake = GanLogits(xFake.detach(), y);
                 var lossGanD = DmdLoss.GanDiscriminator(logitsReal, logitsFake);
@@ -344,6 +352,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 optF.zero_grad();
                 optH!.zero_grad();
                 lossF.backward();
+                DataParallel.AverageGradients(Fake, GanHead);
                 losses["loss_fake"] = lossFake.item<float>();
                 losses["loss_gan_d"] = lossGanD.item<float>();
                 losses["gan_logit_real"] = logitsReal.mean().item<float>();
@@ -405,16 +414,16 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         TrainingLoop.CheckSameRun(outDir, info, options, MayChange, PathFields, defaults: info with { Config = new DmdConfig() });
         bool resumed = TrainingLoop.Resume(this, outDir, options);
         CheckInitialGenerator();
-        Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
-        using var grids = Spec.IsImage && Config.GridEvery > 0 ? new DistillationGrid(realGuided, Spec) : null;
+        if (DataParallel.IsRoot) Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
+        using var grids = Spec.IsImage && Config.GridEvery > 0 && DataParallel.IsRoot ? new DistillationGrid(realGuided, Spec) : null;
         int end = Math.Min(Config.Steps, options.StopAfter ?? int.MaxValue);
         string GridPath(int step) => Path.Combine(outDir, $"samples-{step:D6}.png");
         if (grids is not null && !resumed) grids.Save(GridPath(Step), Output);
         bool finished = TrainingLoop.Run(this, outDir, resumed, Config.Steps, Config.LogEvery, Config.CheckpointEvery, options,
             afterStep: step => { if (grids is not null && (step % Config.GridEvery == 0 || step == end)) grids.Save(GridPath(step), Output); });
         if (!finished) grids?.Save(GridPath(Step), Output); // stopped early: show what was reached
-        if (Step == Config.Steps || !finished) SaveGenerator(Path.Combine(outDir, "generator.safetensors"));
-        Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
+        if ((Step == Config.Steps || !finished) && DataParallel.IsRoot) SaveGenerator(Path.Combine(outDir, "generator.safetensors"));
+        if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
         return finished;
     }
 

@@ -45,6 +45,8 @@ public sealed class RegressionPairs
     /// after each batch (done, total). With <paramref name="shardDir"/>, each batch is written as a shard
     /// as soon as it is done, and shards already there (from a stopped run with the same settings) are
     /// read instead of recomputed.
+    /// In an MPI job (<see cref="Mpi"/>) every rank draws the same noise, rank r computes (and writes) the shards
+    /// r, r + N, r + 2N, ..., and the outputs are gathered, so the shards and the returned set are those of one process.
     /// </summary>
     public static RegressionPairs Generate(IDenoiser teacher, int[] shape, int count, int steps = 18, double guidance = 1.0,
                                            long seed = 1, int batchSize = 1024, Action<int, int>? onBatch = null, Device? device = null,
@@ -57,7 +59,7 @@ public sealed class RegressionPairs
         using var g = new Generator((ulong)seed);
         var net = GuidedDenoiser.Wrap(teacher, guidance);
         var info = new PairInfo("heun", steps, 2 * steps - 1, guidance, seed, count, shardDir is null ? 0 : batchSize, sigmaMax);
-        if (shardDir is not null) PrepareShardDir(shardDir, info);
+        if (shardDir is not null) PrepareShardDir(shardDir, info, allRanks: true);
         var zs = new List<Tensor>(); var xs = new List<Tensor>(); var ys = new List<Tensor>();
         for (int done = 0, shard = 0; done < count; shard++)
         {
@@ -66,7 +68,8 @@ public sealed class RegressionPairs
             var y = Rng.OneHotLabels(teacher.LabelDim, b, g);
             var shardPath = shardDir is null ? null : ShardPath(shardDir, shard);
             Tensor x;
-            if (shardPath is not null && File.Exists(shardPath))
+            if (shard % Mpi.Size != Mpi.Rank) x = zeros_like(z); // another rank's shard: its values arrive with the gather below
+            else if (shardPath is not null && File.Exists(shardPath))
             {
                 var saved = Checkpoint.LoadTensors(shardPath, "z", "x");
                 if (!saved["z"].shape.SequenceEqual(z.shape) || !saved["z"].eq(z).all().item<bool>())
@@ -84,22 +87,26 @@ public sealed class RegressionPairs
             done += b;
             onBatch?.Invoke(done, count);
         }
-        return new RegressionPairs(cat(zs.ToArray()), cat(xs.ToArray()), ys.Count > 0 ? cat(ys.ToArray()) : null, info);
+        var all = cat(xs.ToArray());
+        if (Mpi.Size > 1) all = Mpi.AllreduceSum(all); // each value is one rank's, the others add zeros: exact
+        return new RegressionPairs(cat(zs.ToArray()), all, ys.Count > 0 ? cat(ys.ToArray()) : null, info);
     }
 
     static string ShardPath(string dir, int shard) => Path.Combine(dir, $"shard-{shard:D5}.safetensors");
 
-    static void PrepareShardDir(string dir, PairInfo info)
+    static void PrepareShardDir(string dir, PairInfo info, bool allRanks = false)
     {
         Directory.CreateDirectory(dir);
         var infoPath = Path.Combine(dir, InfoFile);
-        if (File.Exists(infoPath))
+        bool exists = File.Exists(infoPath);
+        if (exists)
         {
             var old = Checkpoint.LoadJson<PairInfo>(infoPath);
             if (old != info)
                 throw new DmdInputException($"{dir} holds pairs made with other settings ({old}); use another --out folder or delete it");
         }
-        else Checkpoint.SaveJson(info, infoPath);
+        if (allRanks) Mpi.Barrier(); // in an MPI job: every rank has read it before rank 0 writes it
+        if (!exists && (!allRanks || Mpi.IsRoot)) Checkpoint.SaveJson(info, infoPath);
     }
 
     static void SaveTensors(string path, Tensor z, Tensor x, Tensor? y)

@@ -27,6 +27,8 @@ public static class Evaluation
     /// <summary>
     /// Samples <paramref name="count"/> (at least 10) with noise and labels from <paramref name="seed"/> and measures them.
     /// <paramref name="data"/> names the points' reference (null: the data of the model's run, see <see cref="RunData"/>).
+    /// In an MPI job (<see cref="Mpi"/>) every rank draws the same noise and labels, samples its own contiguous slice of
+    /// them, and the samples are gathered on every rank before they are measured: the same samples as one process draws.
     /// </summary>
     public static EvalResult Run(ModelDraw m, int count, long seed, int? batch = null, string? data = null,
                                  Action<int, int>? onBatch = null, Action<string>? onMessage = null)
@@ -35,7 +37,7 @@ public static class Evaluation
         using var g = new Generator((ulong)seed);
         var z = Rng.Normal(new long[] { count }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
         var y = Rng.OneHotLabels(m.Spec.LabelDim, count, g);
-        var (x, secs) = m.Draw(z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch, seed);
+        var (x, secs) = DrawShare(m, z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch, seed);
 
         var metrics = new Dictionary<string, double>();
         double[]? perClass = null;
@@ -64,6 +66,21 @@ public static class Evaluation
             if (row.ModesCovered is int mc) { metrics["modes_covered"] = mc; metrics["in_mode"] = row.HighQuality!.Value; }
         }
         return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName);
+    }
+
+    /// <summary>This rank's slice of the samples, gathered from all ranks (an MPI job), or all of them (one process); with the wall time.</summary>
+    /// Sample i's noise between the steps of a K-step generator is seeded seed + i, so a slice from row lo starts at seed + lo.
+    static (Tensor X, double Seconds) DrawShare(ModelDraw m, Tensor z, Tensor? y, int batch, Action<int, int>? onBatch, long seed)
+    {
+        if (Mpi.Size == 1) return m.Draw(z, y, batch, onBatch, seed);
+        long n = z.shape[0], lo = n * Mpi.Rank / Mpi.Size, hi = n * (Mpi.Rank + 1) / Mpi.Size;
+        Mpi.Barrier();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var (part, _) = m.Draw(z.narrow(0, lo, hi - lo), y?.narrow(0, lo, hi - lo), batch, onBatch, seed + lo);
+        var all = zeros(z.shape, dtype: part.dtype);
+        all.narrow(0, lo, hi - lo).copy_(part);
+        all = Mpi.AllreduceSum(all); // the other ranks add zeros to each slice: exact
+        return (all, clock.Elapsed.TotalSeconds);
     }
 
     /// <summary>

@@ -93,6 +93,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     private readonly optim.Optimizer opt;
     private readonly Generator rng;
     private readonly Device device;
+    private readonly int batch; // this rank's share of the batch (all of it in one process)
 
     /// <summary>
     /// Builds the network (initialised from <see cref="TeacherConfig.Seed"/>), its EMA copy and an Adam optimiser on
@@ -102,6 +103,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     public TeacherTrainer(NetworkSpec spec, TeacherConfig config, IDataSource data, Device? device = null)
     {
         config.Validate();
+        batch = DataParallel.Share(config.BatchSize, "batch-size");
         Spec = spec;
         Config = config;
         this.data = data;
@@ -143,12 +145,13 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
     /// <summary>Whether the last <see cref="TrainStep"/> left the weights alone because its loss or a gradient was not finite.</summary>
     public bool LastStepSkipped { get; private set; }
 
-    /// <summary>One optimiser step; returns the loss.</summary>
+    /// <summary>One optimiser step; returns the loss (in a data-parallel run its mean over the ranks, whose gradients are averaged).</summary>
     public double TrainStep()
     {
         using var scope = NewDisposeScope();
         Net.train();
-        var (x, y) = data.Batch(Config.BatchSize, rng);
+        DataParallel.SeedStep(rng, Config.Seed, Step);
+        var (x, y) = data.Batch(batch, rng);
         x = x.to(device);
         if (y is not null)
         {
@@ -162,6 +165,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         opt.zero_grad();
         var loss = EdmLoss.Compute(Net, x, y, Spec.SigmaData, rng);
         loss.backward();
+        DataParallel.AverageGradients(Net);
         LastStepSkipped = !TrainingUtils.UpdateIsFinite(loss, Net);
         if (!LastStepSkipped)
         {
@@ -169,7 +173,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
             TrainingUtils.UpdateEma(Ema, Net, Math.Pow(0.5, 1.0 / Math.Max(1e-8, Config.EmaHalfLifeSteps)));
         }
         Step++;
-        return loss.item<float>();
+        return DataParallel.Mean(loss.item<float>());
     }
 
     /// <summary>Seconds this trainer spent drawing grids (so callers can time training alone).</summary>
@@ -189,18 +193,18 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         var info = new TeacherRunInfo(Spec, Config, dataName);
         TrainingLoop.CheckSameRun(outDir, info, options, MayChange, pathFields: Array.Empty<string>());
         bool resumed = TrainingLoop.Resume(this, outDir, options);
-        Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
+        if (DataParallel.IsRoot) Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
         void Grid(int step)
         {
-            if (grids is null || !(grids.Every > 0 && step % grids.Every == 0 || step == Config.Steps)) return;
+            if (grids is null || !DataParallel.IsRoot || !(grids.Every > 0 && step % grids.Every == 0 || step == Config.Steps)) return;
             var clock = System.Diagnostics.Stopwatch.StartNew();
             ClassGrid.Save(Path.Combine(outDir, $"samples-{step:D6}.png"), Ema, Spec.SampleShape, grids.PerClass, "heun", grids.SamplerSteps,
                            grids.Guidance, firstSeed: 0, classNames: grids.ClassNames ?? (data as ImageDataset)?.ClassNames, scale: 2);
             GridSeconds += clock.Elapsed.TotalSeconds;
         }
         bool finished = TrainingLoop.Run(this, outDir, resumed, Config.Steps, Config.LogEvery, Config.CheckpointEvery, options, Grid);
-        if (Step == Config.Steps) DenoiserFile.Save(Ema, Spec, Path.Combine(outDir, "teacher.safetensors"));
-        Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
+        if (Step == Config.Steps && DataParallel.IsRoot) DenoiserFile.Save(Ema, Spec, Path.Combine(outDir, "teacher.safetensors"));
+        if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("teacher", Path.Combine(outDir, "losses.csv")) });
         return finished;
     }
 

@@ -119,10 +119,11 @@ public static class TrainingLoop
     public static bool Resume(IResumableTrainer trainer, string outDir, RunOptions options)
     {
         var reader = new CheckpointStore(outDir).Open();
-        if (reader is null) return false;
+        if (reader is null) { Mpi.Barrier(); return false; }
         trainer.ReadCheckpoint(reader);
         if (reader.Has(GlobalRngFile)) Checkpoint.RestoreGenerator(TorchSharp.torch.Generator.Default, reader.Json<string>(GlobalRngFile));
         options.OnMessage?.Invoke($"resuming from step {trainer.Step} ({reader.Folder})");
+        Mpi.Barrier(); // every rank has read the run's files before rank 0 writes any
         return true;
     }
 
@@ -131,13 +132,16 @@ public static class TrainingLoop
     /// losses.csv every <paramref name="logEvery"/> steps and at the last step made, and checkpointing every <paramref name="checkpointEvery"/>
     /// steps and at the end. <paramref name="afterStep"/> runs after each step (grids). Returns true when the run
     /// reached <paramref name="steps"/> or StopAfter, false when it was asked to stop.
+    /// In a data-parallel run (<see cref="DataParallel"/>) every rank runs this loop; the logged values are the means over
+    /// the ranks, a stop request on any rank stops all of them, and rank 0 alone writes the log and the checkpoints.
     /// </summary>
     public static bool Run(IResumableTrainer trainer, string outDir, bool resumed, int steps, int logEvery, int checkpointEvery,
                            RunOptions options, Action<int>? afterStep = null)
     {
         var logPath = Path.Combine(outDir, "losses.csv");
-        if (resumed) CsvLog.TruncateAfter(logPath, trainer.Step);
-        var log = new CsvLog(logPath, append: resumed);
+        bool root = DataParallel.IsRoot;
+        if (resumed && root) CsvLog.TruncateAfter(logPath, trainer.Step);
+        var log = root ? new CsvLog(logPath, append: resumed) : null;
         var store = new CheckpointStore(outDir);
         int lastSaved = resumed ? trainer.Step : -1, skippedInARow = 0;
         int end = Math.Min(steps, options.StopAfter ?? int.MaxValue);
@@ -148,7 +152,7 @@ public static class TrainingLoop
             if (lastSaved == trainer.Step) return;
             if (!trainer.WeightsFinite())
                 throw Diverged("the weights are no longer finite", lastSaved);
-            store.Save(trainer.Step, w =>
+            if (root) store.Save(trainer.Step, w =>
             {
                 trainer.WriteCheckpoint(w);
                 w.Json(GlobalRngFile, Checkpoint.GeneratorState(TorchSharp.torch.Generator.Default)); // dropout draws from it
@@ -161,13 +165,13 @@ public static class TrainingLoop
         bool OverBudget() => options.TimeBudget is TimeSpan budget && trainer.Step > firstStep && clock.Elapsed > budget;
         while (trainer.Step < end)
         {
-            if ((options.Stop?.Invoke() ?? false) || OverBudget())
+            if (DataParallel.Any((options.Stop?.Invoke() ?? false) || OverBudget())) // every rank stops after the same step
             {
-                if (unlogged is not null) log.Write(trainer.Step, unlogged); // a stopped run's last step is in its log
+                if (unlogged is not null) log?.Write(trainer.Step, unlogged); // a stopped run's last step is in its log
                 Save();
                 return false;
             }
-            var values = trainer.TrainStep();
+            var values = DataParallel.Mean(trainer.TrainStep());
             TrainingUtils.FreeFinalizableNatives(); // keeps RSS flat (see there)
             int step = trainer.Step;
             if (values.ContainsKey(SkippedKey))
@@ -184,7 +188,7 @@ public static class TrainingLoop
                     if (!double.IsFinite(v)) throw Diverged($"{k} = {v} at step {step}", lastSaved);
             }
             var row = new Dictionary<string, double>(values) { ["rss_mb"] = TrainingUtils.RssMb() };
-            if (step % logEvery == 0 || step == end) { log.Write(step, row); unlogged = null; }
+            if (step % logEvery == 0 || step == end) { log?.Write(step, row); unlogged = null; }
             else unlogged = row;
             options.OnStep?.Invoke(step, steps, values);
             afterStep?.Invoke(step);
