@@ -37,7 +37,12 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
         if (isGen)
         {
             var g = OneStepGenerator.Load(path);
-            if (which == "onestep") return new ModelDraw(path, g.Net, g.Spec!, which, g.CheckSteps(steps), guidance, g);
+            if (which == "onestep")
+            {
+                if (guidance != 1)
+                    throw new DmdInputException($"--guidance {guidance:G}: a generator samples without guidance (its guidance is the one it was distilled with); leave the option out, or give --sampler heun to use its network as a denoiser");
+                return new ModelDraw(path, g.Net, g.Spec!, which, g.CheckSteps(steps), guidance, g);
+            }
             return new ModelDraw(path, g.Net, g.Spec!, which, steps ?? DefaultTeacherSteps, guidance); // its network as a denoiser
         }
         if (which == "onestep") throw new DmdInputException($"--sampler onestep needs a generator (generator.safetensors); {path} is a teacher: use heun or euler");
