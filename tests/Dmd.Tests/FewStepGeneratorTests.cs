@@ -133,6 +133,29 @@ public class FewStepGeneratorTests
         Assert.True(trained.Count >= 3, $"the trained level should vary over 20 steps: saw {string.Join(",", trained)}");
     }
 
+    /// <summary>Fresh batches cost one generator pass per further fake update; without them every update reuses the step's batch.</summary>
+    [Theory]
+    [InlineData(true, 3)]
+    [InlineData(false, 1)]
+    public void FakeUpdatesDrawFreshBatchesOnlyWhenAsked(bool fresh, int generatorCalls)
+    {
+        var nets = new List<RecordingBackbone>();
+        EdmPrecond Build()
+        {
+            var rec = new RecordingBackbone(Spec.Build().Backbone);
+            nets.Add(rec);
+            return new EdmPrecond(rec, Spec.SigmaData);
+        }
+        var teacher = new EdmPrecond(new RecordingBackbone(Spec.Build().Backbone), Spec.SigmaData);
+        TestUtil.Perturb(teacher, 6, 0.1);
+        TrainingUtils.Freeze(teacher);
+        var cfg = new DmdConfig { Mode = DmdMode.DmOnly, BatchSize = 8, WarmupSteps = 0, FakeUpdatesPerStep = 3, FakeFreshBatches = fresh, Seed = 1 };
+        using var trainer = new DmdTrainer(teacher, Spec, cfg, null, buildNetwork: Build);
+        trainer.TrainStep();
+        Assert.Equal(generatorCalls, nets[1].Calls.Count);
+        Assert.Equal(1 + 3, nets[0].Calls.Count); // the fake: its DM call, then one denoising call per update
+    }
+
     [Fact]
     public void AOneStepGeneratorStepIsUnchangedByTheFewStepMachinery()
     {

@@ -63,6 +63,11 @@ public sealed record DmdConfig
     public double GuidanceReal { get; init; } = 1.0;
     /// <summary>fake-denoiser updates per generator update, each after the first on a fresh generated batch (DMD: 1; DMD2: 5)</summary>
     public int FakeUpdatesPerStep { get; init; } = 1;
+    /// <summary>
+    /// fake updates after the first draw a fresh generated batch (DMD2); false = all of them on the generator step's batch
+    /// (the rule this project used before DMD2's, which the shipped Fashion-MNIST student was trained with)
+    /// </summary>
+    public bool FakeFreshBatches { get; init; } = true;
     /// <summary>fake-denoiser lr / generator lr (paper: 1)</summary>
     public double FakeLrScale { get; init; } = 1.0;
     /// <summary>

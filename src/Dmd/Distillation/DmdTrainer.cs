@@ -319,7 +319,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var xFake = x.detach();
             for (int k = 0; k < Config.FakeUpdatesPerStep; k++)
             {
-                if (k > 0)
+                if (k > 0 && Config.FakeFreshBatches)
                 {
                     var zk = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
                     y = Rng.OneHotLabels(Spec.LabelDim, batch, rng, device);
