@@ -154,7 +154,7 @@ public sealed class Toy2dExperiment
         var teacherOneStep = new OneStepGenerator(teacher, Config.Dmd.SigmaMax);
         Add("teacher (1 step)", () => { using var _ = no_grad(); return (teacherOneStep.Generate(z, y), 1); });
         foreach (var (mode, gen) in generators)
-            Add(ModeTitle(mode), () =>
+            Add(ModeTitle(mode, gen.Steps), () =>
             {
                 using var _ = no_grad();
                 return (gen.Generate(z, y, OneStepGenerator.SeededStepNoise(spec.SampleShape, 12345, Config.EvalSamples, gen.Steps)), gen.Steps);
@@ -163,7 +163,7 @@ public sealed class Toy2dExperiment
         double Ed(string prefix) => rows.First(r => r.Model.StartsWith(prefix)).EnergyDistance;
         double edData = EnergyDistance.Compute(train.Points.narrow(0, 0, Math.Min(train.Count, Config.EvalSamples)), heldOut.Points);
         var results = new Toy2dResults(Config.Data, edData, rows,
-            Ed(ModeTitle(DmdMode.Full)) / Ed("teacher (Heun"), Ed(ModeTitle(DmdMode.Full)) / Ed("teacher (1 step)"));
+            Ed(ModeTitle(DmdMode.Full, Config.Dmd.GeneratorSteps)) / Ed("teacher (Heun"), Ed(ModeTitle(DmdMode.Full, Config.Dmd.GeneratorSteps)) / Ed("teacher (1 step)"));
         Checkpoint.SaveJson(results, Path.Combine(outDir, "results.json"));
         Plots.ScatterPanels(Path.Combine(outDir, "samples.png"), panels, heldOut.Points);
         var curves = modes.Select(m => ("dmd-" + ModeSlug(m), Path.Combine(outDir, "dmd-" + ModeSlug(m), "losses.csv"))).ToList();
@@ -198,6 +198,7 @@ public sealed class Toy2dExperiment
 
     /// <summary>A mode's folder suffix: "full", "regression-only" or "dm-only".</summary>
     public static string ModeSlug(DmdMode m) => m switch { DmdMode.Full => "full", DmdMode.RegressionOnly => "regression-only", _ => "dm-only" };
-    /// <summary>A mode's student in tables and plots, e.g. "DMD (1 NFE)".</summary>
-    public static string ModeTitle(DmdMode m) => m switch { DmdMode.Full => "DMD (1 NFE)", DmdMode.RegressionOnly => "regression only (1 NFE)", _ => "DM only (1 NFE)" };
+    /// <summary>A mode's student in tables and plots, e.g. "DMD (1 NFE)" (<paramref name="nfe"/>: its generator's steps).</summary>
+    public static string ModeTitle(DmdMode m, int nfe = 1) =>
+        (m switch { DmdMode.Full => "DMD", DmdMode.RegressionOnly => "regression only", _ => "DM only" }) + $" ({nfe} NFE)";
 }
