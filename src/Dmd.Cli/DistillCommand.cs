@@ -37,7 +37,7 @@ internal static class DistillCommand
         {
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var teacherPath = r.GetValue(teacher)!;
-            Threads.Apply(r, smallModel: !DenoiserFile.Load(teacherPath).Spec.IsImage);
+            Threads.Apply(r, smallModel: !DenoiserFile.LoadSpec(teacherPath).IsImage); // the spec alone: FromFiles loads the network
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");
             var (trainer, ganText) = DmdTrainer.FromFiles(teacherPath, r.GetValue(pairs), r.GetValue(ganData), cfg, m => AnsiConsole.MarkupLine(Markup.Escape(m)));

@@ -38,12 +38,19 @@ public static class DenoiserFile
     public static (EdmPrecond Net, NetworkSpec Spec) Load(string path, string defaultName = "teacher.safetensors")
     {
         path = Resolve(path, defaultName);
-        if (!File.Exists(path))
-            throw new DmdInputException($"model not found: {path} (train one first, e.g. `dmd train-teacher`, or pass the .safetensors file)");
-        var spec = Checkpoint.LoadJson<NetworkSpec>(SpecPath(path));
+        var spec = LoadSpec(path);
         var net = spec.Build();
         Checkpoint.LoadModule(net, path);
         net.eval();
         return (net, spec);
+    }
+
+    /// <summary>The spec of a saved denoiser without building or loading the network (a directory means its default file).</summary>
+    public static NetworkSpec LoadSpec(string path, string defaultName = "teacher.safetensors")
+    {
+        path = Resolve(path, defaultName);
+        if (!File.Exists(path))
+            throw new DmdInputException($"model not found: {path} (train one first, e.g. `dmd train-teacher`, or pass the .safetensors file)");
+        return Checkpoint.LoadJson<NetworkSpec>(SpecPath(path));
     }
 }
