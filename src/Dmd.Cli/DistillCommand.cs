@@ -33,6 +33,7 @@ internal static class DistillCommand
         var allow = Common.AllowChanges();
         foreach (var o in new Option[] { teacher, pairs, ganData, minutes, outOpt, cfgFile, allow }) cmd.Options.Add(o);
         var opts = new ConfigOptions<DmdConfig>(cmd);
+        cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             var cfg = Common.LoadConfig(r, cfgFile, opts);
@@ -40,7 +41,7 @@ internal static class DistillCommand
             Threads.Apply(r, smallModel: !DenoiserFile.LoadSpec(teacherPath).IsImage); // the spec alone: FromFiles loads the network
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");
-            var (trainer, ganText) = DmdTrainer.FromFiles(teacherPath, r.GetValue(pairs), r.GetValue(ganData), cfg, m => AnsiConsole.MarkupLine(Markup.Escape(m)));
+            var (trainer, ganText) = DmdTrainer.FromFiles(teacherPath, r.GetValue(pairs), r.GetValue(ganData), cfg, m => AnsiConsole.MarkupLine(Markup.Escape(m)), Devices.Get(r));
             using var _ = trainer;
             using var signal = new StopSignal();
             var options = Common.RunOptions(r, allow, (s, n, l) => { }, () => signal.Requested) with

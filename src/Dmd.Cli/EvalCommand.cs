@@ -24,10 +24,11 @@ internal static class EvalCommand
         var data = new Option<string?>("--data") { Description = "points: the reference distribution (built-in name or csv:PATH; default: the data the model's run learned, from its config.json)" };
         var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file for the results (default: runs/eval/MODEL.json; never inside the model's folder unless named here)" };
         foreach (var o in new Option[] { model, sampler, steps, guidance, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
+        cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, steps, batch);
-            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance));
+            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r));
             var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(m.Path);
             Checkpoint.EnsureWritableFile(outPath, "--out");
             Threads.Apply(r, smallModel: !m.Spec.IsImage);

@@ -41,6 +41,7 @@ internal static class ImageTeacherCommand
                                          gridEvery, gridSteps, gridPerClass, gridGuidance, outOpt, cfgFile, allow })
             cmd.Options.Add(o);
         var opts = new ConfigOptions<TeacherConfig>(cmd, defaults: TeacherConfig.Images);
+        cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Threads.Apply(r, smallModel: false);
@@ -56,7 +57,7 @@ internal static class ImageTeacherCommand
                 ChannelMult = r.GetValue(channelMult) is string cm ? IntList("--channel-mult", cm) : null,
                 AttnResolutions = r.GetValue(attn) is string at ? at == "none" ? Array.Empty<int>() : IntList("--attn-resolutions", at) : null,
             };
-            using var trainer = TeacherTrainer.ForImages(dataOpts, unet, cfg);
+            using var trainer = TeacherTrainer.ForImages(dataOpts, unet, cfg, Devices.Get(r));
             var (spec, set) = (trainer.Spec, trainer.Data);
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");

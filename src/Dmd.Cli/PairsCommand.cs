@@ -3,6 +3,7 @@ using System.Diagnostics;
 using Dmd.Data;
 using Dmd.Diffusion;
 using Dmd.Distillation;
+using TorchSharp;
 using Dmd.IO;
 using Dmd.Networks;
 using Spectre.Console;
@@ -25,11 +26,14 @@ internal static class PairsCommand
         var batch = new Option<int?>("--batch") { Description = "pairs per shard (default 1024 for points, 64 for images)" };
         var outOpt = new Option<string>("--out", "-o") { Description = "a folder of shards, or one .safetensors file (no resume)", DefaultValueFactory = _ => "runs/pairs" };
         foreach (var o in new Option[] { teacher, count, steps, guidance, sigmaMax, seed, batch, outOpt }) cmd.Options.Add(o);
+        cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, count, steps, batch);
             var (net, spec) = DenoiserFile.Load(r.GetValue(teacher)!);
             Threads.Apply(r, smallModel: !spec.IsImage);
+            var device = Devices.Get(r);
+            net.to(device);
             var outPath = r.GetValue(outOpt)!;
             bool file = outPath.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
             if (file) Checkpoint.EnsureWritableFile(outPath, "--out"); else Checkpoint.EnsureWritableFolder(outPath, "--out");
@@ -38,7 +42,7 @@ internal static class PairsCommand
             var sw = Stopwatch.StartNew();
             ProgressView.Run(report => pairs = RegressionPairs.Generate(net, spec.SampleShape, r.GetValue(count), r.GetValue(steps), r.GetValue(guidance), r.GetValue(seed),
                                                                         batchSize: b, onBatch: (d, n) => report("pairs", d, n, null), shardDir: file ? null : outPath,
-                                                                        sigmaMax: r.GetValue(sigmaMax)));
+                                                                        sigmaMax: r.GetValue(sigmaMax), device: device));
             if (file && Mpi.IsRoot) pairs!.Save(outPath);
             AnsiConsole.MarkupLine($"wrote {pairs!.Count:N0} pairs ({pairs.Info.Nfe} NFE each) to {outPath} in {sw.Elapsed.TotalSeconds:F0} s");
             return 0;

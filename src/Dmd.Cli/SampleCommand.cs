@@ -30,10 +30,11 @@ internal static class SampleCommand
         var scale = new Option<int>("--scale") { Description = "images: enlarge the grid's tiles this many times", DefaultValueFactory = _ => 1 };
         var outOpt = new Option<string>("--out", "-o") { Description = "output file (.csv for points, .png for images)", DefaultValueFactory = _ => "runs/samples.csv" };
         foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
+        cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, n, steps, batch, scale);
-            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance));
+            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r));
             Threads.Apply(r, smallModel: !m.Spec.IsImage);
             var outPath = r.GetValue(outOpt)!;
             var guided = m.Guidance != 1 && m.Sampler != "onestep" ? string.Create(CultureInfo.InvariantCulture, $", guidance {m.Guidance}") : "";

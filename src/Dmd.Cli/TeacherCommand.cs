@@ -22,13 +22,14 @@ internal static class TeacherCommand
         var allow = Common.AllowChanges();
         foreach (var o in new Option[] { data, points, cond, width, depth, outOpt, cfgFile, allow }) cmd.Options.Add(o);
         var opts = new ConfigOptions<TeacherConfig>(cmd);
+        cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Threads.Apply(r, smallModel: true);
             Common.RequirePositive(r, points, width, depth);
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var dataName = r.GetValue(data)!;
-            using var trainer = TeacherTrainer.ForPoints(dataName, r.GetValue(points), r.GetValue(cond), r.GetValue(width), r.GetValue(depth), cfg);
+            using var trainer = TeacherTrainer.ForPoints(dataName, r.GetValue(points), r.GetValue(cond), r.GetValue(width), r.GetValue(depth), cfg, Devices.Get(r));
             var set = trainer.Data;
             AnsiConsole.MarkupLine($"teacher: {TrainingUtils.ParameterCount(trainer.Net):N0} parameters, {set.Count:N0} points of dim {set.Shape[0]}, {set.NumClasses} classes");
             var outDir = r.GetValue(outOpt)!;

@@ -124,6 +124,13 @@ public class ReliabilityTests
             Assert.Contains("Teacher", Assert.Throws<DmdInputException>(() => b.Run(dir, otherTeacher, null)).Message);
         Assert.Equal(configBefore, File.ReadAllText(Path.Combine(dir, "config.json"))); // not rewritten to claim the new settings
 
+        // the same numbers spelled otherwise (5e-05 by hand or an older writer, 5E-05 by this one) are the same settings
+        var configPath = Path.Combine(dir, "config.json");
+        var respelled = System.Text.RegularExpressions.Regex.Replace(configBefore, @"(""LearningRate"": )([-0-9.Ee+]+)",
+            m => m.Groups[1].Value + (m.Groups[2].Value.Contains('E') ? m.Groups[2].Value.Replace('E', 'e') : m.Groups[2].Value + (m.Groups[2].Value.Contains('.') ? "0" : ".0")));
+        Assert.NotEqual(configBefore, respelled);
+        File.WriteAllText(configPath, respelled);
+
         // longer runs and other report intervals are the same run; other settings go on when asked for
         using (var c = new DmdTrainer(DenoiserFile.Load(tPath).Net, spec, Cfg with { Steps = 4, LogEvery = 1 }, pairs)) c.Run(dir, tPath, null);
         Assert.Equal(4, TestUtil.CheckpointStep(dir));

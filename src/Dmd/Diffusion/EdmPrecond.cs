@@ -57,6 +57,9 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
     /// <summary>Number of classes of the wrapped network (0 = unconditional).</summary>
     public int LabelDim => model.LabelDim;
 
+    /// <summary>The device of the network's weights (where <c>Module.to</c> last moved it).</summary>
+    public Device Device => parameters().FirstOrDefault()?.device ?? CPU;
+
     /// <summary>D(x, sigma, labels): the same as <c>forward</c>.</summary>
     public Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null) => forward(x, sigma, labels);
 

@@ -24,6 +24,9 @@ public sealed class GuidedDenoiser : IDenoiser
     /// <summary>Number of classes of the wrapped denoiser.</summary>
     public int LabelDim => inner.LabelDim;
 
+    /// <summary>The wrapped denoiser's device.</summary>
+    public Device Device => inner.Device;
+
     /// <summary>
     /// D_cfg(x, sigma, labels), the unconditional branch fed all-zero label rows. Without labels, or with scale 1, it is the
     /// wrapped denoiser's output (one pass of batch B).

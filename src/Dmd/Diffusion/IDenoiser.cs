@@ -19,6 +19,12 @@ public interface IDenoiser
 
     /// <summary>Number of classes the denoiser is conditioned on (0 = unconditional).</summary>
     int LabelDim { get; }
+
+    /// <summary>
+    /// Where the denoiser computes (its weights' device; the CPU for one without weights): callers that draw noise on the
+    /// host move each batch there before sampling and the results back (<see cref="ImageSampling.Generate"/>).
+    /// </summary>
+    Device Device => CPU;
 }
 
 /// <summary>Helpers shared by everything that calls a denoiser.</summary>

@@ -32,6 +32,7 @@ public static class ImageSampling
     /// <summary>
     /// Runs a multi-step sampler ("heun" or "euler") with classifier-free guidance scale <paramref name="guidance"/>
     /// over <paramref name="z"/> in batches of <paramref name="batch"/>; returns all samples and the NFE per sample.
+    /// Each batch runs on the network's device (<see cref="IDenoiser.Device"/>); the samples come back on z's.
     /// </summary>
     public static SampleResult Generate(IDenoiser net, Tensor z, Tensor? labels, string sampler, int steps, double guidance = 1.0,
                                         int batch = 256, Action<int, int>? onBatch = null)
@@ -42,8 +43,8 @@ public static class ImageSampling
         for (int i = 0; i < n; i += batch)
         {
             int j = Math.Min(n, i + batch);
-            var res = Samplers.Run(sampler, d, z[i..j], labels?[i..j], steps);
-            parts.Add(res.Samples);
+            var res = Samplers.Run(sampler, d, z[i..j].to(net.Device), labels?[i..j].to(net.Device), steps);
+            parts.Add(res.Samples.to(z.device)); // the network's device holds one batch at a time
             nfe = res.Nfe;
             onBatch?.Invoke(j, n);
         }

@@ -47,7 +47,7 @@ internal sealed class DistillationGrid : IDisposable
     public Tensor Student(OneStepGenerator g)
     {
         using var _ = no_grad();
-        return g.Generate(Z, Y, OneStepGenerator.SeededStepNoise(shape, firstSeed, (int)Z.shape[0], g.Steps));
+        return g.GenerateInBatches(Z, Y, (int)Z.shape[0], stepNoise: OneStepGenerator.SeededStepNoise(shape, firstSeed, (int)Z.shape[0], g.Steps));
     }
 
     /// <summary>Writes teacher | student, one row per class, tiles enlarged twice.</summary>

@@ -196,17 +196,18 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// A trainer from files, as `dmd distill` makes it: the teacher (a .safetensors or its run folder), the regression pairs
     /// (when the config uses them), and for the GAN its real data: <paramref name="ganData"/>, or when null the data the
     /// teacher's run learned (<see cref="TeacherData"/>; <paramref name="onMessage"/> says so). Returns the trainer and the
-    /// GAN data's text (null when the GAN is off), which <see cref="Run"/> records.
+    /// GAN data's text (null when the GAN is off), which <see cref="Run"/> records. The networks live on <paramref name="device"/>
+    /// (CPU by default); pairs and real data stay on the host and move there batch by batch.
     /// </summary>
     public static (DmdTrainer Trainer, string? GanData) FromFiles(string teacherPath, string? pairsPath, string? ganData, DmdConfig config,
-                                                                  Action<string>? onMessage = null)
+                                                                  Action<string>? onMessage = null, Device? device = null)
     {
         var (net, spec) = DenoiserFile.Load(teacherPath);
         var pairs = pairsPath is not null ? RegressionPairs.Load(pairsPath) : null;
         var ganText = config.UsesGan ? ganData ?? TeacherData(teacherPath) : null;
         if (ganText is not null && ganData is null) onMessage?.Invoke($"GAN data: {ganText} (the teacher's training data)");
         var real = ganText is null ? null : LoadRealData(ganText, spec);
-        return (new DmdTrainer(net, spec, config, pairs, realData: real), ganText);
+        return (new DmdTrainer(net, spec, config, pairs, device, realData: real), ganText);
     }
 
     /// <summary>Points drawn from a built-in distribution for the GAN (`dmd train-teacher`'s default --train-points).</summary>
@@ -278,7 +279,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, Config.MaxStep + 1, batch, rng, device));
             var lossDm = DmdLoss.DistributionMatching(x, realGuided, Fake, sigma, y, rng);
             lossG = lossG + lossDm;
-            losses["loss_dm"] = lossDm.item<float>();
+            losses["loss_dm"] = TrainingUtils.Value(lossDm);
         }
         if (Config.UsesPairs)
         {
@@ -289,7 +290,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             // pairs map z to the teacher's ODE output from sigma_max z: the generator's first step (all of a one-step one)
             var lossReg = regressionDistance(Generator.Generate(zr, yr, steps: 1), xr);
             lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
-            losses["loss_reg"] = lossReg.item<float>();
+            losses["loss_reg"] = TrainingUtils.Value(lossReg);
         }
         if (GanHead is not null)
         {
@@ -299,7 +300,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             using (TrainingUtils.NoParameterGradients(Fake, GanHead)) logits = GanLogits(x, y);
             var lossGanG = DmdLoss.GanGenerator(logits);
             lossG = lossG + DenoiserExtensions.Const(Config.GanWeight, lossGanG) * lossGanG;
-            losses["loss_gan_g"] = lossGanG.item<float>();
+            losses["loss_gan_g"] = TrainingUtils.Value(lossGanG);
         }
         optG.zero_grad();
         lossG.backward();
@@ -336,7 +337,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                     optF.zero_grad();
                     lossFake.backward();
                     DataParallel.AverageGradients(Fake);
-                    losses["loss_fake"] = lossFake.item<float>();
+                    losses["loss_fake"] = TrainingUtils.Value(lossFake);
                     if (!TrainingUtils.UpdateIsFinite(lossFake, Fake)) { skipped = true; continue; }
                     TrainingUtils.ClipGradNorm(Fake, Config.GradClip);
                     optF.step();
@@ -353,10 +354,10 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 optH!.zero_grad();
                 lossF.backward();
                 DataParallel.AverageGradients(Fake, GanHead);
-                losses["loss_fake"] = lossFake.item<float>();
-                losses["loss_gan_d"] = lossGanD.item<float>();
-                losses["gan_logit_real"] = logitsReal.mean().item<float>();
-                losses["gan_logit_fake"] = logitsFake.mean().item<float>();
+                losses["loss_fake"] = TrainingUtils.Value(lossFake);
+                losses["loss_gan_d"] = TrainingUtils.Value(lossGanD);
+                losses["gan_logit_real"] = TrainingUtils.Value(logitsReal.mean());
+                losses["gan_logit_fake"] = TrainingUtils.Value(logitsFake.mean());
                 if (!TrainingUtils.UpdateIsFinite(lossF, Fake) || !TrainingUtils.UpdateIsFinite(lossF, GanHead)) { skipped = true; continue; }
                 TrainingUtils.ClipGradNorm(Fake.parameters().Concat(GanHead.parameters()), Config.GradClip);
                 optF.step();

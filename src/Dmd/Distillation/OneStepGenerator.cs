@@ -97,7 +97,8 @@ public sealed class OneStepGenerator
         var z = ImageSampling.SeededNoise(spec.SampleShape, seed, n);
         var y = labelDim > 0 ? Rng.OneHot(tensor(classes!.Select(c => (long)c).ToArray()), labelDim) : null;
         using var _ = no_grad();
-        return Generate(z, y, SeededStepNoise(spec.SampleShape, seed, n, k), k);
+        var dev = Net.Device;
+        return Generate(z.to(dev), y?.to(dev), SeededStepNoise(spec.SampleShape, seed, n, k).Select(t => t.to(dev)).ToArray(), k).cpu();
     }
 
     /// <summary>The number of steps to run: <paramref name="steps"/> (1..<see cref="Steps"/>) or all trained ones.</summary>
@@ -130,7 +131,8 @@ public sealed class OneStepGenerator
 
     /// <summary>
     /// <see cref="Generate"/> over many samples, <paramref name="batch"/> at a time, without gradients, each batch in
-    /// its own dispose scope; <paramref name="onBatch"/> gets (done, total) after each batch.
+    /// its own dispose scope, on the network's device (the results come back on z's); <paramref name="onBatch"/> gets
+    /// (done, total) after each batch.
     /// </summary>
     public Tensor GenerateInBatches(Tensor z, Tensor? labels, int batch, Action<int, int>? onBatch = null,
                                     IReadOnlyList<Tensor>? stepNoise = null, int? steps = null)
@@ -142,7 +144,9 @@ public sealed class OneStepGenerator
         {
             int j = Math.Min(n, i + batch);
             using var scope = NewDisposeScope();
-            parts.Add(Generate(z[i..j], labels?[i..j], stepNoise?.Select(t => t[i..j]).ToArray(), steps).MoveToOuterDisposeScope());
+            var dev = Net.Device; // one batch at a time on the network's device, the results back on z's
+            parts.Add(Generate(z[i..j].to(dev), labels?[i..j].to(dev), stepNoise?.Select(t => t[i..j].to(dev)).ToArray(), steps)
+                .to(z.device).MoveToOuterDisposeScope());
             onBatch?.Invoke(j, n);
         }
         return parts.Count == 0 ? z.clone() : cat(parts);

@@ -23,8 +23,8 @@ public sealed class DhariwalUNet : EdmUNet
     private readonly EdmLinear map_layer0;
     private readonly EdmLinear map_layer1;
     private readonly EdmLinear? map_label;
-    private readonly ModuleDict<nn.Module> enc;
-    private readonly ModuleDict<nn.Module> dec;
+    private readonly NamedModules enc;
+    private readonly NamedModules dec;
     private readonly EdmGroupNorm out_norm;
     private readonly EdmConv2d out_conv;
 
@@ -79,7 +79,7 @@ public sealed class DhariwalUNet : EdmUNet
             : null;
 
         // Encoder.
-        enc = new ModuleDict<nn.Module>();
+        enc = new NamedModules();
         int cout = inChannels;
         var skips = new List<int>();
         for (int level = 0; level < channelMult.Length; level++)
@@ -106,7 +106,7 @@ public sealed class DhariwalUNet : EdmUNet
         }
 
         // Decoder.
-        dec = new ModuleDict<nn.Module>();
+        dec = new NamedModules();
         for (int level = channelMult.Length - 1; level >= 0; level--)
         {
             int res = imgResolution >> level;

@@ -52,8 +52,8 @@ public sealed class SongUNet : EdmUNet
     private readonly EdmLinear? map_augment;
     private readonly EdmLinear map_layer0;
     private readonly EdmLinear map_layer1;
-    private readonly ModuleDict<nn.Module> enc;
-    private readonly ModuleDict<nn.Module> dec;
+    private readonly NamedModules enc;
+    private readonly NamedModules dec;
 
     /// <summary>Builds the network; the defaults are those of EDM's <c>SongUNet</c>.</summary>
     /// <param name="imgResolution">Image resolution at input and output.</param>
@@ -118,7 +118,7 @@ public sealed class SongUNet : EdmUNet
         map_layer1 = new EdmLinear(embChannels, embChannels, init: init);
 
         // Encoder.
-        enc = new ModuleDict<nn.Module>();
+        enc = new NamedModules();
         int cout = inChannels, caux = inChannels;
         var skips = new List<int>();
         for (int level = 0; level < channelMult.Length; level++)
@@ -157,7 +157,7 @@ public sealed class SongUNet : EdmUNet
         }
 
         // Decoder.
-        dec = new ModuleDict<nn.Module>();
+        dec = new NamedModules();
         for (int level = channelMult.Length - 1; level >= 0; level--)
         {
             int res = imgResolution >> level;
@@ -201,7 +201,8 @@ public sealed class SongUNet : EdmUNet
     {
         // Mapping.
         var emb = map_noise.forward(cNoise);
-        emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape); // swap sin/cos
+        long half = emb.shape[1] / 2; // swap sin/cos (EDM: reshape(-1, 2, C/2).flip(1)); libtorch's flip has no meta kernel
+        emb = cat(new[] { emb.narrow(1, half, half), emb.narrow(1, 0, half) }, 1);
         if (map_label is not null)
         {
             var y = labels ?? zeros(x.shape[0], LabelDim, device: x.device);

@@ -28,8 +28,16 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     /// <summary>
     /// Loads a model; the sampler defaults to the generator's own steps for generator files and Heun otherwise;
     /// <paramref name="steps"/> null = the generator's trained steps, or <see cref="DefaultTeacherSteps"/> for a teacher.
+    /// The network is moved to <paramref name="device"/> (CPU by default); samples come back on the CPU.
     /// </summary>
-    public static ModelDraw Load(string path, string? sampler, int? steps, double guidance)
+    public static ModelDraw Load(string path, string? sampler, int? steps, double guidance, Device? device = null)
+    {
+        var draw = LoadOnCpu(path, sampler, steps, guidance);
+        if (device is not null) draw.Net.to(device);
+        return draw;
+    }
+
+    static ModelDraw LoadOnCpu(string path, string? sampler, int? steps, double guidance)
     {
         bool isGen = IsGenerator(path);
         var which = sampler ?? (isGen ? "onestep" : "heun");

@@ -173,7 +173,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
             TrainingUtils.UpdateEma(Ema, Net, Math.Pow(0.5, 1.0 / Math.Max(1e-8, Config.EmaHalfLifeSteps)));
         }
         Step++;
-        return DataParallel.Mean(loss.item<float>());
+        return DataParallel.Mean(TrainingUtils.Value(loss));
     }
 
     /// <summary>Seconds this trainer spent drawing grids (so callers can time training alone).</summary>

@@ -102,6 +102,10 @@ public static class TrainingLoop
             case JsonArray a:
                 into[prefix] = a.ToJsonString();
                 break;
+            case JsonValue v when v.GetValueKind() == JsonValueKind.Number:
+                // by value: 5e-05 (a hand-written or older file) and 5E-05 (this serializer) are the same setting
+                into[prefix] = v.GetValue<double>().ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+                break;
             default:
                 into[prefix] = node?.ToString();
                 break;

@@ -19,20 +19,25 @@ internal static class TrainingUtils
     public static double WarmupLr(double lr, int step, int warmup) => warmup <= 0 ? lr : lr * Math.Min(1.0, (step + 1) / (double)warmup);
 
     /// <summary>Clips the global gradient norm of a module's parameters; returns the norm before clipping.</summary>
-    public static double ClipGradNorm(nn.Module m, double maxNorm)
-    {
-        var ps = m.parameters().Where(p => p.requires_grad && p.grad is not null).ToList();
-        if (ps.Count == 0 || maxNorm <= 0) return 0;
-        return nn.utils.clip_grad_norm_(ps, maxNorm);
-    }
+    public static double ClipGradNorm(nn.Module m, double maxNorm) => ClipGradNorm(m.parameters(), maxNorm);
 
-    /// <summary>Clips the global gradient norm of several modules' parameters together (one norm over all); returns the norm before clipping.</summary>
+    /// <summary>
+    /// Clips the global gradient norm of several modules' parameters together (one norm over all); returns the norm
+    /// before clipping (NaN on the meta device, whose tensors have no values: the device-placement tests run there).
+    /// </summary>
     public static double ClipGradNorm(IEnumerable<Parameter> parameters, double maxNorm)
     {
         var ps = parameters.Where(p => p.requires_grad && p.grad is not null).ToList();
         if (ps.Count == 0 || maxNorm <= 0) return 0;
+        if (ps[0].device_type == DeviceType.META) return double.NaN;
         return nn.utils.clip_grad_norm_(ps, maxNorm);
     }
+
+    /// <summary>
+    /// The value of a one-element tensor for logging, copied to the host; NaN on the meta device (shapes without values,
+    /// where the tests check that every tensor of a training step is on the networks' device).
+    /// </summary>
+    public static double Value(Tensor t) => t.device_type == DeviceType.META ? double.NaN : t.item<float>();
 
     /// <summary>
     /// Switches off gradients for the parameters of <paramref name="modules"/> until disposed (then restores each one's
@@ -88,6 +93,7 @@ internal static class TrainingUtils
     /// </summary>
     public static bool UpdateIsFinite(Tensor loss, nn.Module m)
     {
+        if (loss.device_type == DeviceType.META) return true; // no values to check
         using var _ = no_grad();
         using (var ok = loss.detach().isfinite().all()) if (!ok.item<bool>()) return false;
         foreach (var p in m.parameters())
@@ -99,6 +105,7 @@ internal static class TrainingUtils
     /// <summary>Whether every floating-point parameter and buffer of a module is finite.</summary>
     public static bool AllFinite(nn.Module m)
     {
+        if (m.parameters().FirstOrDefault()?.device_type == DeviceType.META) return true; // no values to check
         using var _ = no_grad();
         foreach (var (_, t) in m.state_dict())
             if (t.is_floating_point())
