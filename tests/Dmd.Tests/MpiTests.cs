@@ -192,6 +192,23 @@ public class MpiTests
     }
 
     [MpiFact]
+    public void TwoRanksEvaluateTheSamplesOfOneProcessFromGatheredFeatures()
+    {
+        // each rank samples half of the 60 images and computes their classifier features and logits; only those travel
+        var model = Path.Combine(TestUtil.RepoRoot, "models", "fashion-mnist-student");
+        var dir = TestUtil.TempDir();
+        var (code, output) = MpiRun(2, "eval", "--model", model, "--n", "60", "--out", Path.Combine(dir, "two.json"));
+        Assert.True(code == 0, output);
+        var (code1, output1) = CliTests.Run("eval", "--model", model, "--n", "60", "--out", Path.Combine(dir, "one.json"));
+        Assert.True(code1 == 0, output1);
+        double Metric(string file, string name) =>
+            System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, file)))!["Metrics"]![name]!.GetValue<double>();
+        Assert.Equal(Metric("one.json", "class_accuracy"), Metric("two.json", "class_accuracy"));
+        double fd1 = Metric("one.json", "fd_fmnist"), fd2 = Metric("two.json", "fd_fmnist");
+        Assert.True(Math.Abs(fd1 - fd2) <= 1e-4 * fd1, $"FD-FMNIST of 2 ranks {fd2} vs 1 process {fd1}");
+    }
+
+    [MpiFact]
     public void ACheckpointOfTwoRanksResumesOnOneAndTheReverse()
     {
         var dir = TestUtil.TempDir();

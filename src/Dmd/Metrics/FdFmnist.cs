@@ -125,7 +125,14 @@ public sealed class FdFmnist : IDisposable
     /// <summary>FD-FMNIST of images (N, 1, 32, 32) in [-1, 1] against the test split.</summary>
     public double Distance(Tensor images, int batch = 500)
     {
-        var (mu, sigma) = Statistics(images, batch);
+        using var f = Features(images, batch);
+        return DistanceOfFeatures(f);
+    }
+
+    /// <summary>FD-FMNIST of precomputed <see cref="Features"/> (N, 128) against the test split (e.g. gathered from the ranks of a job).</summary>
+    public double DistanceOfFeatures(Tensor features)
+    {
+        var (mu, sigma) = FrechetDistance.Statistics(features);
         using (mu) using (sigma) return Distance(mu, sigma);
     }
 
@@ -138,11 +145,17 @@ public sealed class FdFmnist : IDisposable
     /// </summary>
     public ClassAccuracy ClassAccuracy(Tensor images, Tensor requested, int batch = 500)
     {
-        var labels = requested.dim() == 2 ? requested.argmax(1) : requested;
-        if (labels.dim() != 1 || labels.shape[0] != images.shape[0])
-            throw new DmdInputException($"requested labels must be class indices (N) or one-hot (N, 10) for N = {images.shape[0]} images, " +
-                                        $"got [{string.Join(", ", requested.shape)}]");
         using var logits = Logits(images, batch);
+        return ClassAccuracyOfLogits(logits, requested);
+    }
+
+    /// <summary>The same from precomputed <see cref="Logits"/> (N, 10).</summary>
+    public static ClassAccuracy ClassAccuracyOfLogits(Tensor logits, Tensor requested)
+    {
+        var labels = requested.dim() == 2 ? requested.argmax(1) : requested;
+        if (labels.dim() != 1 || labels.shape[0] != logits.shape[0])
+            throw new DmdInputException($"requested labels must be class indices (N) or one-hot (N, 10) for N = {logits.shape[0]} images, " +
+                                        $"got [{string.Join(", ", requested.shape)}]");
         using var predicted = logits.argmax(1);
         using var l = labels.to(ScalarType.Int64).cpu();
         if (l.numel() > 0 && (l.min().item<long>() < 0 || l.max().item<long>() >= FmnistClassifier.NumClasses))

@@ -27,8 +27,9 @@ public static class Evaluation
     /// <summary>
     /// Samples <paramref name="count"/> (at least 10) with noise and labels from <paramref name="seed"/> and measures them.
     /// <paramref name="data"/> names the points' reference (null: the data of the model's run, see <see cref="RunData"/>).
-    /// In an MPI job (<see cref="Mpi"/>) every rank draws the same noise and labels, samples its own contiguous slice of
-    /// them, and the samples are gathered on every rank before they are measured: the same samples as one process draws.
+    /// In an MPI job (<see cref="Mpi"/>) every rank draws the same noise and labels and samples its own contiguous slice of
+    /// them: the same samples as one process draws. For images each rank also computes its slice's classifier features and
+    /// logits, and those are gathered (128 + 10 numbers per image instead of the image); point samples are gathered as they are.
     /// </summary>
     public static EvalResult Run(ModelDraw m, int count, long seed, int? batch = null, string? data = null,
                                  Action<int, int>? onBatch = null, Action<string>? onMessage = null)
@@ -37,7 +38,7 @@ public static class Evaluation
         using var g = new Generator((ulong)seed);
         var z = Rng.Normal(new long[] { count }.Concat(m.Spec.SampleShape.Select(s => (long)s)).ToArray(), g);
         var y = Rng.OneHotLabels(m.Spec.LabelDim, count, g);
-        var (x, secs) = DrawShare(m, z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch, seed);
+        var (part, lo, secs) = DrawShare(m, z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch, seed);
 
         var metrics = new Dictionary<string, double>();
         double[]? perClass = null;
@@ -45,16 +46,21 @@ public static class Evaluation
         if (m.Spec.IsImage)
         {
             using var fd = FdFmnist.Load();
-            metrics["fd_fmnist"] = fd.Distance(x);
+            var gather = System.Diagnostics.Stopwatch.StartNew();
+            using var features = Gather(fd.Features(part), lo, count);
+            metrics["fd_fmnist"] = fd.DistanceOfFeatures(features);
             if (y is not null && m.Spec.LabelDim == FmnistClassifier.NumClasses)
             {
-                var acc = fd.ClassAccuracy(x, y);
+                using var logits = Gather(fd.Logits(part), lo, count);
+                var acc = FdFmnist.ClassAccuracyOfLogits(logits, y);
                 metrics["class_accuracy"] = acc.Overall;
                 perClass = acc.PerClass;
             }
+            if (Mpi.Size > 1) secs += gather.Elapsed.TotalSeconds; // a job's sampling rate counts the features' gathering
         }
         else
         {
+            var x = Gather(part, lo, count);
             referenceName = data ?? RunData(m.Path)
                 ?? throw new DmdInputException($"cannot tell which data {m.Path} learned (no run config.json beside it): name the reference with --data, e.g. --data ring8 or --data csv:PATH");
             onMessage?.Invoke($"reference: {referenceName}{(data is null ? " (the data of the model's run)" : "")}");
@@ -68,19 +74,29 @@ public static class Evaluation
         return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName);
     }
 
-    /// <summary>This rank's slice of the samples, gathered from all ranks (an MPI job), or all of them (one process); with the wall time.</summary>
-    /// Sample i's noise between the steps of a K-step generator is seeded seed + i, so a slice from row lo starts at seed + lo.
-    static (Tensor X, double Seconds) DrawShare(ModelDraw m, Tensor z, Tensor? y, int batch, Action<int, int>? onBatch, long seed)
+    /// <summary>
+    /// This rank's contiguous slice of the samples (all of them in one process), the index of its first row, and the wall
+    /// time (in a job from a common start, so the slowest rank's). Sample i's noise between the steps of a K-step generator
+    /// is seeded seed + i, so a slice from row lo starts at seed + lo.
+    /// </summary>
+    static (Tensor Part, long Lo, double Seconds) DrawShare(ModelDraw m, Tensor z, Tensor? y, int batch, Action<int, int>? onBatch, long seed)
     {
-        if (Mpi.Size == 1) return m.Draw(z, y, batch, onBatch, seed);
+        if (Mpi.Size == 1) { var (x, secs) = m.Draw(z, y, batch, onBatch, seed); return (x, 0, secs); }
         long n = z.shape[0], lo = n * Mpi.Rank / Mpi.Size, hi = n * (Mpi.Rank + 1) / Mpi.Size;
         Mpi.Barrier();
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var (part, _) = m.Draw(z.narrow(0, lo, hi - lo), y?.narrow(0, lo, hi - lo), batch, onBatch, seed + lo);
-        var all = zeros(z.shape, dtype: part.dtype);
-        all.narrow(0, lo, hi - lo).copy_(part);
-        all = Mpi.AllreduceSum(all); // the other ranks add zeros to each slice: exact
-        return (all, clock.Elapsed.TotalSeconds);
+        Mpi.Barrier();
+        return (part, lo, clock.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Rows [lo, lo + part's rows) of an n-row tensor from every rank, on every rank (one process: the part itself).</summary>
+    static Tensor Gather(Tensor part, long lo, long n)
+    {
+        if (Mpi.Size == 1) return part;
+        var all = zeros(new long[] { n }.Concat(part.shape.Skip(1)).ToArray(), dtype: part.dtype);
+        all.narrow(0, lo, part.shape[0]).copy_(part);
+        return Mpi.AllreduceSum(all); // the other ranks add zeros to each slice: exact
     }
 
     /// <summary>
