@@ -59,15 +59,18 @@ internal static class Checkpoint
     /// <summary>
     /// Loads safetensors weights into a module by name. Missing, unexpected or mis-shaped tensors are
     /// reported together in one clear error (unless <paramref name="strict"/> is false, where only
-    /// mis-shaped tensors are an error and the rest is returned as a report).
+    /// mis-shaped tensors are an error and the rest is returned as a report). Tensors of the file named in
+    /// <paramref name="ignore"/> are skipped (a checkpoint's stale buffers, e.g. CLIP's position_ids).
     /// </summary>
-    public static LoadReport LoadModule(nn.Module module, string path, bool strict = true)
+    public static LoadReport LoadModule(nn.Module module, string path, bool strict = true, IReadOnlyCollection<string>? ignore = null)
     {
         if (!File.Exists(path))
             throw new DmdInputException($"weights file not found: {path} (check the path, or train/convert the model first)");
         Dictionary<string, Tensor> loaded;
         try { loaded = Safetensors.LoadStateDict(path); }
         catch (Exception e) { throw new DmdInputException($"{path} is not a readable safetensors file ({e.Message}); re-save or re-convert it", e); }
+        foreach (var k in ignore ?? Array.Empty<string>())
+            if (loaded.Remove(k, out var skipped)) skipped.Dispose();
 
         var expected = module.state_dict();
         var report = new LoadReport(
