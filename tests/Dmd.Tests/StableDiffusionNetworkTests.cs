@@ -44,6 +44,40 @@ public sealed class StableDiffusionNetworkTests
     }
 
     [Fact]
+    public void UNetMatchesDiffusersOnAnOddSizeWithAScalarTimestep()
+    {
+        // 15 x 13 latents: the stride-2 convolution rounds up, so the upsampler must go back to the skip's size
+        // (diffusers' upsample_size); the timestep is a 0-d tensor broadcast over the batch.
+        using var scope = NewDisposeScope();
+        using var net = UNet2DConditionModel.FromPretrained(Data("unet"));
+        var io = Safetensors.LoadStateDict(Data("unet_io.safetensors"));
+        Assert.Equal(0, io["io.timestep_odd"].dim());
+        using var noGrad = no_grad();
+        var eps = net.forward(io["io.sample_odd"], io["io.timestep_odd"], io["io.encoder_hidden_states_odd"]);
+        double d = MaxDiff(eps, io["io.output_odd"]);
+        output.WriteLine($"UNet 15x13: max |ours - diffusers| = {d:E2}");
+        Assert.True(d < Tolerance, $"max |ours - diffusers| = {d:E2}");
+    }
+
+    [Fact]
+    public void EveryUNetAndVaeParameterGetsAGradient()
+    {
+        // DMD trains a copy of the UNet (the fake score) and backpropagates through the VAE decoder: no detached path.
+        using var scope = NewDisposeScope();
+        using var net = UNet2DConditionModel.FromPretrained(Data("unet"));
+        using var vae = AutoencoderKL.FromPretrained(Data("vae"));
+        var io = Safetensors.LoadStateDict(Data("unet_io.safetensors"));
+        var eps = net.forward(io["io.sample"], io["io.timestep"], io["io.encoder_hidden_states"]);
+        var image = vae.Decode(eps);
+        var loss = eps.square().mean() + image.square().mean() + vae.Encode(image).Mean.square().mean();
+        loss.backward();
+        var none = net.named_parameters().Concat(vae.named_parameters())
+            .Where(p => p.parameter.grad is null || p.parameter.grad.abs().max().item<float>() == 0 || !p.parameter.grad.isfinite().all().item<bool>())
+            .Select(p => p.name).ToList();
+        Assert.True(none.Count == 0, $"no (or a non-finite) gradient for {string.Join(", ", none.Take(8))}");
+    }
+
+    [Fact]
     public void UNetReadsAttentionHeadDimAsTheNumberOfHeads()
     {
         // SD v1.5's config says attention_head_dim 8 and means 8 heads; the fixture's 2 means 2 heads of 8 channels.

@@ -13,7 +13,9 @@ instantiated once to list its parameters (~3.5 GB of memory, a minute).
 Writes, beside this script:
   unet/config.json, unet/diffusion_pytorch_model.safetensors   a tiny UNet2DConditionModel as a diffusers folder
   unet_io.safetensors     io.sample (2,4,16,16) ~ N(0,1), io.timestep [981, 37], io.encoder_hidden_states (2,77,32)
-                          ~ N(0,1), io.output = unet(sample, timestep, encoder_hidden_states).sample (eval mode)
+                          ~ N(0,1), io.output = unet(sample, timestep, encoder_hidden_states).sample (eval mode);
+                          io.sample_odd (1,4,15,13), io.timestep_odd 500 (a 0-d tensor), io.encoder_hidden_states_odd
+                          (1,10,32), io.output_odd: a size the downsampler rounds up (diffusers' upsample_size path)
   vae/config.json, vae/diffusion_pytorch_model.safetensors     a tiny AutoencoderKL as a diffusers folder
   vae_io.safetensors      io.image (2,3,32,32) ~ U(-1,1), io.mean and io.logvar of vae.encode(image).latent_dist,
                           io.latent (2,4,16,16) ~ N(0,1), io.decoded = vae.decode(latent).sample,
@@ -76,7 +78,8 @@ def make_unet():
     sample = torch.randn(2, 4, 16, 16)
     timestep = torch.tensor([981.0, 37.0])
     ehs = torch.randn(2, 77, TINY_UNET["cross_attention_dim"])
-    return net, sample, timestep, ehs
+    odd = (torch.randn(1, 4, 15, 13), torch.tensor(500.0), torch.randn(1, 10, TINY_UNET["cross_attention_dim"]))
+    return net, sample, timestep, ehs, odd
 
 
 def make_vae():
@@ -127,13 +130,19 @@ def main():
     print(f"diffusers {diffusers.__version__}, torch {torch.__version__}")
     torch.set_num_threads(1)
 
-    net, sample, timestep, ehs = make_unet()
+    net, sample, timestep, ehs, odd = make_unet()
     with torch.no_grad():
         out = net(sample, timestep, ehs).sample
-        ref = make_unet()[0].double()(sample.double(), timestep.double(), ehs.double()).sample
+        out_odd = net(*odd).sample
+        net64 = make_unet()[0].double()
+        ref = net64(sample.double(), timestep.double(), ehs.double()).sample
+        ref_odd = net64(*(t.double() for t in odd)).sample
     check("unet", out, ref)
+    check("unet odd size", out_odd, ref_odd)
     save_folder(net, os.path.join(a.out, "unet"))
-    save_safetensors({"io.sample": sample, "io.timestep": timestep, "io.encoder_hidden_states": ehs, "io.output": out},
+    save_safetensors({"io.sample": sample, "io.timestep": timestep, "io.encoder_hidden_states": ehs, "io.output": out,
+                      "io.sample_odd": odd[0], "io.timestep_odd": odd[1], "io.encoder_hidden_states_odd": odd[2],
+                      "io.output_odd": out_odd},
                      os.path.join(a.out, "unet_io.safetensors"))
 
     vae, image, latent = make_vae()
