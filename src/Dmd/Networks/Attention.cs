@@ -52,6 +52,7 @@ internal sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
     /// <summary>Attends from <paramref name="x"/> ([B, N, C] or [B, C, H, W]) to <paramref name="context"/> ([B, M, C'], or null for x itself).</summary>
     public override Tensor forward(Tensor x, Tensor? context)
     {
+        using var scope = NewDisposeScope();
         var residual = x;
         long b = x.shape[0];
         bool spatial = x.dim() == 4;
@@ -65,7 +66,7 @@ internal sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         o = o.transpose(1, 2).flatten(2);                                     // [B, N, heads * d]
         o = to_out[0].forward(o);
         if (spatial) o = o.transpose(1, 2).reshape(residual.shape);
-        return residualConnection ? o + residual : o;
+        return (residualConnection ? o + residual : o).MoveToOuterDisposeScope();
 
         Tensor SplitHeads(Tensor t) => t.view(b, t.shape[1], heads, -1).transpose(1, 2);   // [B, heads, N, d]
     }

@@ -138,11 +138,21 @@ public sealed class AutoencoderKL : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>The posterior q(latent | image) of images [B, in_channels, H, W] in [-1, 1]: latents [B, latent_channels, H/f, W/f].</summary>
-    public DiagonalGaussianDistribution Encode(Tensor image) =>
-        new(quant_conv.forward(encoder.forward(image)));
+    public DiagonalGaussianDistribution Encode(Tensor image)
+    {
+        using var scope = NewDisposeScope();
+        var posterior = new DiagonalGaussianDistribution(quant_conv.forward(encoder.forward(image)));
+        posterior.Mean.MoveToOuterDisposeScope();
+        posterior.LogVar.MoveToOuterDisposeScope();
+        return posterior;
+    }
 
     /// <summary>The image [B, out_channels, H*f, W*f] of latents [B, latent_channels, h, w] (unscaled: divide the diffusion model's by <see cref="ScalingFactor"/>).</summary>
-    public Tensor Decode(Tensor latent) => decoder.forward(post_quant_conv.forward(latent));
+    public Tensor Decode(Tensor latent)
+    {
+        using var scope = NewDisposeScope();
+        return decoder.forward(post_quant_conv.forward(latent)).MoveToOuterDisposeScope();
+    }
 
     /// <summary>Reconstruction: decodes the posterior's mode (diffusers' forward with sample_posterior false).</summary>
     public override Tensor forward(Tensor image) => Decode(Encode(image).Mode());
@@ -202,10 +212,11 @@ internal sealed class Encoder : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        using var scope = NewDisposeScope();
         x = conv_in.forward(x);
         foreach (var b in down_blocks) x = b.forward(x);
         x = mid_block.forward(x);
-        return conv_out.forward(nn.functional.silu(conv_norm_out.forward(x)));
+        return conv_out.forward(nn.functional.silu(conv_norm_out.forward(x))).MoveToOuterDisposeScope();
     }
 }
 
@@ -232,9 +243,10 @@ internal sealed class Decoder : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor z)
     {
+        using var scope = NewDisposeScope();
         z = conv_in.forward(z);
         z = mid_block.forward(z);
         foreach (var b in up_blocks) z = b.forward(z);
-        return conv_out.forward(nn.functional.silu(conv_norm_out.forward(z)));
+        return conv_out.forward(nn.functional.silu(conv_norm_out.forward(z))).MoveToOuterDisposeScope();
     }
 }

@@ -34,11 +34,12 @@ internal sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 
     public override Tensor forward(Tensor x, Tensor? temb)
     {
+        using var scope = NewDisposeScope();   // frees the intermediates (autograd keeps what it needs)
         var h = conv1.forward(nn.functional.silu(norm1.forward(x)));
         if (time_emb_proj is not null && temb is not null)
             h = h + time_emb_proj.forward(nn.functional.silu(temb)).unsqueeze(-1).unsqueeze(-1);
         h = conv2.forward(nn.functional.silu(norm2.forward(h)));   // dropout 0 in SD v1.5
-        return (conv_shortcut is null ? x : conv_shortcut.forward(x)) + h;
+        return ((conv_shortcut is null ? x : conv_shortcut.forward(x)) + h).MoveToOuterDisposeScope();
     }
 }
 
@@ -60,7 +61,11 @@ internal sealed class Downsample2D : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        if (padding == 0) x = nn.functional.pad(x, new long[] { 0, 1, 0, 1 });
+        if (padding == 0)
+        {
+            using var padded = nn.functional.pad(x, new long[] { 0, 1, 0, 1 });
+            return conv.forward(padded);
+        }
         return conv.forward(x);
     }
 }
@@ -81,9 +86,9 @@ internal sealed class Upsample2D : nn.Module<Tensor, long[]?, Tensor>
 
     public override Tensor forward(Tensor x, long[]? size)
     {
-        x = size is null
+        using var up = size is null
             ? nn.functional.interpolate(x, scale_factor: new[] { 2.0, 2.0 }, mode: InterpolationMode.Nearest)
             : nn.functional.interpolate(x, size: size, mode: InterpolationMode.Nearest);
-        return conv.forward(x);
+        return conv.forward(up);
     }
 }

@@ -33,13 +33,14 @@ internal sealed class Transformer2DModel : nn.Module<Tensor, Tensor, Tensor>
     /// <summary>x [B, C, H, W] attending to <paramref name="context"/> [B, M, cross_attention_dim].</summary>
     public override Tensor forward(Tensor x, Tensor context)
     {
+        using var scope = NewDisposeScope();
         long b = x.shape[0], h = x.shape[2], w = x.shape[3];
         var t = proj_in.forward(norm.forward(x));
         long inner = t.shape[1];
         t = t.permute(0, 2, 3, 1).reshape(b, h * w, inner);
         foreach (var block in transformer_blocks) t = block.forward(t, context);
         t = t.reshape(b, h, w, inner).permute(0, 3, 1, 2);
-        return proj_out.forward(t) + x;
+        return (proj_out.forward(t) + x).MoveToOuterDisposeScope();
     }
 }
 
@@ -70,9 +71,10 @@ internal sealed class BasicTransformerBlock : nn.Module<Tensor, Tensor, Tensor>
 
     public override Tensor forward(Tensor x, Tensor context)
     {
+        using var scope = NewDisposeScope();
         x = attn1.forward(norm1.forward(x), null) + x;
         x = attn2.forward(norm2.forward(x), context) + x;
-        return ff.forward(norm3.forward(x)) + x;
+        return (ff.forward(norm3.forward(x)) + x).MoveToOuterDisposeScope();
     }
 }
 

@@ -199,8 +199,9 @@ internal sealed class DownEncoderBlock2D : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor h)
     {
+        using var scope = NewDisposeScope();
         foreach (var r in resnets) h = r.forward(h, null);
-        return downsamplers is null ? h : downsamplers[0].forward(h);
+        return (downsamplers is null ? h : downsamplers[0].forward(h)).MoveToOuterDisposeScope();
     }
 }
 
@@ -221,8 +222,9 @@ internal sealed class UpDecoderBlock2D : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor h)
     {
+        using var scope = NewDisposeScope();
         foreach (var r in resnets) h = r.forward(h, null);
-        return upsamplers is null ? h : upsamplers[0].forward(h, null);
+        return (upsamplers is null ? h : upsamplers[0].forward(h, null)).MoveToOuterDisposeScope();
     }
 }
 

@@ -227,6 +227,7 @@ public sealed class UNet2DConditionModel : nn.Module<Tensor, Tensor, Tensor, Ten
             throw new ArgumentException($"sample must be [B, {Config.InChannels}, H, W], got [{string.Join(", ", sample.shape)}]");
         if (encoderHiddenStates.dim() != 3 || encoderHiddenStates.shape[0] != b || encoderHiddenStates.shape[2] != Config.CrossAttentionDim)
             throw new ArgumentException($"encoder_hidden_states must be [{b}, tokens, {Config.CrossAttentionDim}], got [{string.Join(", ", encoderHiddenStates.shape)}]");
+        using var scope = NewDisposeScope();   // frees the skips and the embedding on return
         var t = timestep.dim() == 0 ? timestep.reshape(1) : timestep;
         t = t.expand(b);
 
@@ -242,7 +243,7 @@ public sealed class UNet2DConditionModel : nn.Module<Tensor, Tensor, Tensor, Ten
             long[]? size = i < up_blocks.Count - 1 ? skips[^(consumed + 1)].shape[2..] : null;
             h = up_blocks[i].Forward(h, skips, emb, encoderHiddenStates, size);
         }
-        return conv_out.forward(nn.functional.silu(conv_norm_out.forward(h)));
+        return conv_out.forward(nn.functional.silu(conv_norm_out.forward(h))).MoveToOuterDisposeScope();
     }
 }
 
