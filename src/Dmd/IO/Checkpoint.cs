@@ -60,9 +60,11 @@ internal static class Checkpoint
     /// Loads safetensors weights into a module by name. Missing, unexpected or mis-shaped tensors are
     /// reported together in one clear error (unless <paramref name="strict"/> is false, where only
     /// mis-shaped tensors are an error and the rest is returned as a report). Tensors of the file named in
-    /// <paramref name="ignore"/> are skipped (a checkpoint's stale buffers, e.g. CLIP's position_ids).
+    /// <paramref name="ignore"/> are skipped (a checkpoint's stale buffers, e.g. CLIP's position_ids);
+    /// <paramref name="rename"/> maps a file's tensor name to the model's (legacy names of an older writer) before matching.
     /// </summary>
-    public static LoadReport LoadModule(nn.Module module, string path, bool strict = true, IReadOnlyCollection<string>? ignore = null)
+    public static LoadReport LoadModule(nn.Module module, string path, bool strict = true, IReadOnlyCollection<string>? ignore = null,
+                                        Func<string, string>? rename = null)
     {
         if (!File.Exists(path))
             throw new DmdInputException($"weights file not found: {path} (check the path, or train/convert the model first)");
@@ -71,6 +73,14 @@ internal static class Checkpoint
         catch (Exception e) { throw new DmdInputException($"{path} is not a readable safetensors file ({e.Message}); re-save or re-convert it", e); }
         foreach (var k in ignore ?? Array.Empty<string>())
             if (loaded.Remove(k, out var skipped)) skipped.Dispose();
+        if (rename is not null)
+        {
+            var renamed = new Dictionary<string, Tensor>();
+            foreach (var (k, v) in loaded)
+                if (!renamed.TryAdd(rename(k), v))
+                    throw new DmdInputException($"{path} holds {rename(k)} twice, under its current and its legacy name ({k}); keep one");
+            loaded = renamed;
+        }
 
         var expected = module.state_dict();
         var report = new LoadReport(
