@@ -29,6 +29,10 @@ public class DeviceTests
         yield return ("GAN head on a U-Net bottleneck", new GanClassifier(new long[] { 16, 8, 8 }));
         yield return ("GAN head on MLP features", new GanClassifier(new long[] { 32 }));
         yield return ("Fashion-MNIST classifier", new FmnistClassifier());
+        string Fixture(string folder) => Path.Combine(AppContext.BaseDirectory, "TestData", folder);
+        yield return ("SD UNet2DConditionModel (tiny)", UNet2DConditionModel.FromPretrained(Path.Combine(Fixture("sd_parity"), "unet")));
+        yield return ("SD AutoencoderKL (tiny)", AutoencoderKL.FromPretrained(Path.Combine(Fixture("sd_parity"), "vae")));
+        yield return ("CLIP text model (tiny)", ClipTextModel.FromFolder(Path.Combine(Fixture("clip_parity"), "text_encoder")));
     }
 
     [Fact]
