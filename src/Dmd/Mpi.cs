@@ -60,11 +60,22 @@ public static class Mpi
 
     /// <summary>
     /// Under a launcher: loads Open MPI, initialises it (MPI_THREAD_FUNNELED) and reads the rank and size. Without one:
-    /// nothing. A launcher without a loadable Open MPI is a <see cref="DmdInputException"/> naming the package.
+    /// nothing. A launcher without a loadable Open MPI is a <see cref="DmdInputException"/> naming the package, and so is
+    /// a task of a multi-task srun step started without MPI (srun --mpi=none).
     /// </summary>
     public static void Init()
     {
-        if (Active || !Launched) return;
+        if (Active) return;
+        if (!Launched)
+        {
+            // a task of a multi-task srun step without MPI wiring (srun --mpi=none, a cluster whose MpiDefault is none):
+            // each task would run the whole job alone, all of them writing the same run folder
+            if (int.TryParse(Environment.GetEnvironmentVariable("SLURM_STEP_NUM_TASKS"), out int tasks) && tasks > 1 &&
+                Environment.GetEnvironmentVariable("SLURM_PROCID") is string task)
+                throw new DmdInputException($"started by srun as task {task} of {tasks} without MPI (no PMIx variables): run srun with --mpi=pmix " +
+                                            "(Debian's Open MPI has no PMI-2), or start one task");
+            return;
+        }
         // Open MPI opens its plugins with dlopen and they resolve symbols of libmpi itself, so it must be loaded globally
         if (OperatingSystem.IsLinux()) DlopenGlobal(Library);
         if (!NativeLibrary.TryLoad(Library, out lib))

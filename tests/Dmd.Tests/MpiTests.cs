@@ -262,6 +262,24 @@ public class MpiTests
     }
 
     [Fact]
+    public void ATaskOfAnSrunStepWithoutMpiIsRefusedInsteadOfRunningTheJobAlone()
+    {
+        // what srun --mpi=none gives each of 2 tasks (measured with Slurm 22.05): SLURM_* only, no PMIx/PMI variables
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Cli);
+        foreach (var a in new[] { "train-teacher", "--steps", "2", "--out", TestUtil.TempDir() }.Concat(TeacherArgs)) psi.ArgumentList.Add(a);
+        foreach (var v in new[] { "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK" }) psi.Environment.Remove(v);
+        psi.Environment["SLURM_STEP_NUM_TASKS"] = "2";
+        psi.Environment["SLURM_PROCID"] = "1";
+        using var p = Process.Start(psi)!;
+        var output = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.Equal(2, p.ExitCode);
+        Assert.Contains("error: started by srun as task 1 of 2 without MPI", output);
+        Assert.Contains("--mpi=pmix", output);
+    }
+
+    [Fact]
     public void WithoutALauncherNothingChanges()
     {
         Assert.False(Mpi.Active);
