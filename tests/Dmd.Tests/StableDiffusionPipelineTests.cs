@@ -126,6 +126,24 @@ public sealed class StableDiffusionPipelineTests
     }
 
     [Fact]
+    public void TheSamplerCallsTheUNetWithTheSchedulersOwnTimesteps()
+    {
+        // diffusers indexes its timesteps; inverting the float32 sigmas by log-sigma interpolation would give other
+        // (fractional) timesteps for 25 linspace steps, since the sigmas were interpolated linearly in t
+        using var scope = NewDisposeScope();
+        var schedule = DiscreteVpSchedule.StableDiffusion15;
+        var (sigmas, timesteps) = schedule.SamplingSigmas(25);
+        var seen = new List<double>();
+        EpsPrediction eps = (x, t, c) => { seen.AddRange(t.to(ScalarType.Float64).data<double>().ToArray().Take(1)); return zeros_like(x); };
+        var d = new EpsPredictionDenoiser(eps, schedule, 4).PinTimesteps(sigmas, timesteps);
+        Samplers.Euler(d, zeros(1, 4, 2, 2), zeros(1, 77, 4), sigmas);
+        Assert.Equal(timesteps.Select(t => (double)(float)t), seen);
+        double unpinned = sigmas.Take(25).Zip(timesteps, (s, t) => Math.Abs(schedule.TimestepOf((float)s) - t)).Max();
+        output.WriteLine($"25 linspace steps: sigma_to_t of the float32 sigmas is off the scheduler's timesteps by up to {unpinned:E2}");
+        Assert.True(unpinned > 1e-3);
+    }
+
+    [Fact]
     public void GuidanceOneIsTheConditionalBranchAndTheNegativePromptIsTheUnconditionalOne()
     {
         using var scope = NewDisposeScope();
@@ -182,6 +200,23 @@ public sealed class StableDiffusionPipelineTests
         Assert.True(dl < 1e-4 * scale, $"final latents differ by {dl:E2} (max |latent| {scale:F1})");
         Assert.True(dd < 1e-4, $"decoded images differ by {dd:E2}");
         Assert.True(di < 1e-4, $"images differ by {di:E2}");
+    }
+
+    [Fact]
+    public void TwentyFiveStepsWithTheEmptyPromptAsUnconditionalMatchDiffusers()
+    {
+        // 25 linspace steps have fractional timesteps (999 k / 24): the UNet must see the scheduler's own timesteps.
+        // No negative prompt: diffusers' unconditional branch is the empty prompt's context; guidance 7.5 (its default).
+        using var scope = NewDisposeScope();
+        var io = Io();
+        var prompts = Case()["prompts"]!.AsArray().Select(p => p!.GetValue<string>()).ToList();
+        using var sd = StableDiffusion.Load(Model);
+        var res = sd.Generate(prompts, new TextToImageOptions { Steps = 25 }, io["io.latents"]);
+        var final = io["io.final_latents_25"];
+        double scale = final.abs().max().item<float>();
+        double dl = MaxDiff(res.Latents, final);
+        output.WriteLine($"25 steps, guidance 7.5, empty negative prompt: final latents max |ours - diffusers| {dl:E2} (max |latent| {scale:F1})");
+        Assert.True(dl < 1e-4 * scale, $"final latents differ by {dl:E2}");
     }
 
     [Fact]

@@ -19,6 +19,8 @@ checker, no feature extractor) from given latents. Writes pipeline_io.safetensor
   io.final_latents      the pipeline's output_type="latent" result for PROMPTS, NEGATIVE, STEPS steps, guidance GUIDANCE
   io.decoded            vae.decode(final_latents / scaling_factor).sample (before the pipeline's clamp and uint8 step)
   io.final_latents_leading   the same run with timestep_spacing "leading" added to the scheduler config
+  io.final_latents_25   the published config, 25 steps (fractional linspace timesteps), guidance 7.5, no negative
+                        prompt (diffusers' default unconditional branch: the empty prompt)
   io.prompt_embeds      text_encoder(tokenizer(PROMPTS)) (2,77,32); io.negative_embeds the same for NEGATIVE
   sched.<spacing>.<n>.sigmas / .timesteps / .init_noise_sigma   EulerDiscreteScheduler.set_timesteps(n), n in 4, 25,
                         for the published config (spacing "published": EulerDiscreteScheduler's default "linspace",
@@ -180,28 +182,30 @@ def main():
     vae = perturb(AutoencoderKL(**TINY_VAE))
     latents = torch.stack([torch.randn(4, 16, 16, generator=torch.Generator().manual_seed(SEED + i)) for i in range(len(PROMPTS))])
 
-    def run(scheduler_config):
+    def run(scheduler_config, negative=[NEGATIVE] * len(PROMPTS), steps=STEPS, guidance=GUIDANCE):
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=EulerDiscreteScheduler.from_config(scheduler_config),
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe.progress_bar = lambda iterable=None, total=None: NoProgress()  # tqdm may be a stub
         with torch.no_grad():
-            return pipe(prompt=PROMPTS, negative_prompt=[NEGATIVE] * len(PROMPTS), num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+            return pipe(prompt=PROMPTS, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
                         latents=latents.clone(), output_type="latent").images
 
     final = run(SD15_SCHEDULER)
     final_leading = run(dict(SD15_SCHEDULER, timestep_spacing="leading"))
+    final_25 = run(SD15_SCHEDULER, negative=None, steps=25, guidance=7.5)  # diffusers' defaults: the empty prompt, 7.5
     with torch.no_grad():
         decoded = vae.decode(final / vae.config.scaling_factor).sample
         embeds = text_encoder(tokenizer(PROMPTS, "max_length", 77, True).input_ids)[0]
         negative = text_encoder(tokenizer([NEGATIVE], "max_length", 77, True).input_ids)[0]
-    for name, t in (("final latents", final), ("final latents (leading)", final_leading), ("decoded", decoded)):
+    for name, t in (("final latents", final), ("final latents (leading)", final_leading), ("final latents (25 steps)", final_25),
+                    ("decoded", decoded)):
         assert torch.isfinite(t).all(), name
         print(f"{name}: shape {tuple(t.shape)}, max |x| {t.abs().max():.3g}, std {t.std():.3g}")
     print(f"|final - final_leading| max {(final - final_leading).abs().max():.3g}")
 
     tensors = {"io.latents": latents, "io.final_latents": final.contiguous(), "io.decoded": decoded.contiguous(),
-               "io.final_latents_leading": final_leading.contiguous(), "io.prompt_embeds": embeds.contiguous(),
+               "io.final_latents_leading": final_leading.contiguous(), "io.final_latents_25": final_25.contiguous(), "io.prompt_embeds": embeds.contiguous(),
                "io.negative_embeds": negative.contiguous()}
     for spacing in ("published", "leading", "trailing"):
         cfg = SD15_SCHEDULER if spacing == "published" else dict(SD15_SCHEDULER, timestep_spacing=spacing)
