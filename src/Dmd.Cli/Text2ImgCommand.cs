@@ -20,7 +20,7 @@ internal static class Text2ImgCommand
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 or less: none)", DefaultValueFactory = _ => 7.5 };
         var seed = new Option<long>("--seed") { Description = "image i starts from latents drawn with seed + i (torch's CPU generator)", DefaultValueFactory = _ => 0 };
         var n = new Option<int>("--n") { Description = "number of images", DefaultValueFactory = _ => 1 };
-        var height = new Option<int?>("--height") { Description = "image height in pixels (default: the UNet's sample_size x 8, 512 for SD v1.5)" };
+        var height = new Option<int?>("--height") { Description = "image height in pixels (default: the UNet's sample_size times the VAE's downscaling factor, 64 x 8 = 512 for SD v1.5)" };
         var width = new Option<int?>("--width") { Description = "image width in pixels (default: as height; height defaults to width likewise)" };
         var sampler = new Option<string>("--sampler") { Description = "euler (diffusers' EulerDiscreteScheduler) or heun (EDM's Heun on the same sigmas, 2N-1 evaluations)", DefaultValueFactory = _ => "euler" };
         var batch = new Option<int>("--batch") { Description = "images per network batch", DefaultValueFactory = _ => 4 };
@@ -38,6 +38,7 @@ internal static class Text2ImgCommand
                 Height = r.GetValue(height) ?? r.GetValue(width), Width = r.GetValue(width) ?? r.GetValue(height), Sampler = r.GetValue(sampler)!,
                 Batch = r.GetValue(batch),
             };
+            options.Validate();   // before the minutes a full-size model takes to load
             using var sd = StableDiffusion.Load(r.GetValue(model)!, Devices.Get(r));
             Threads.Apply(r, smallModel: false);
             int count = r.GetValue(n);

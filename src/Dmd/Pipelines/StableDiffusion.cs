@@ -27,6 +27,16 @@ public sealed record TextToImageOptions
     public string Sampler { get; init; } = "euler";
     /// <summary>Images per network batch.</summary>
     public int Batch { get; init; } = 4;
+
+    /// <summary>Checks the settings that need no model (a one-line <see cref="DmdInputException"/> naming the setting): call before loading one.</summary>
+    public void Validate()
+    {
+        Settings.AtLeast("steps", Steps, 1);
+        Settings.AtLeast("batch", Batch, 1);
+        if (!double.IsFinite(Guidance)) throw new DmdInputException($"guidance {Guidance}: must be a finite number");
+        if (Sampler.ToLowerInvariant() is not ("euler" or "heun")) throw new DmdInputException($"sampler '{Sampler}': use euler or heun");
+        if (Height is < 1 || Width is < 1) throw new DmdInputException($"image size {Height}x{Width}: must be positive");
+    }
 }
 
 /// <summary>
@@ -176,11 +186,8 @@ public sealed class StableDiffusion : IDisposable
                                       Action<int, int>? onEval = null)
     {
         var o = options ?? new TextToImageOptions();
-        Settings.AtLeast("steps", o.Steps, 1);
-        Settings.AtLeast("batch", o.Batch, 1);
-        if (!double.IsFinite(o.Guidance)) throw new DmdInputException($"guidance {o.Guidance}: must be a finite number");
+        o.Validate();
         var sampler = o.Sampler.ToLowerInvariant();
-        if (sampler is not ("euler" or "heun")) throw new DmdInputException($"sampler '{o.Sampler}': use euler or heun");
         if (prompts.Count == 0) throw new DmdInputException("no prompts: give at least one");
         int height = o.Height ?? DefaultSize, width = o.Width ?? DefaultSize;
         CheckSize(height, width);
