@@ -110,7 +110,7 @@ public sealed class DiscreteVpSchedule
                 throw new DmdInputException($"{path}: {name} = {n.ToJsonString()} is not supported ({fix})");
         }
 
-        Refuse("prediction_type", "epsilon", "only eps-prediction teachers are implemented, as SD v1.5; v_prediction (SD 2.x 768) is not");
+        Refuse("prediction_type", "epsilon", "only eps-prediction teachers are implemented: use an SD v1.x model; v_prediction ones such as SD 2.x 768 are not");
         if (json.TryGetPropertyValue("trained_betas", out var tb) && tb is not null)
             throw new DmdInputException($"{path}: trained_betas is not supported (set beta_schedule, beta_start and beta_end instead)");
         Refuse("interpolation_type", "linear", "only linear interpolation of the sigmas, diffusers' default, is implemented");
