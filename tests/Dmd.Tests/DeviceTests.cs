@@ -57,6 +57,15 @@ public class DeviceTests
         }
     }
 
+    [Fact]
+    public void StableDiffusionLoadsAllItsNetworksOntoTheDevice()
+    {
+        using var sd = Dmd.Pipelines.StableDiffusion.Load(Path.Combine(AppContext.BaseDirectory, "TestData", "sd_pipeline", "model"), Meta);
+        foreach (var (name, net) in new (string, nn.Module)[] { ("text encoder", sd.TextEncoder), ("unet", sd.Unet), ("vae", sd.Vae) })
+            Assert.All(net.state_dict(), kv => Assert.True(kv.Value.device_type == DeviceType.META, $"{name}: {kv.Key} stayed on {kv.Value.device}"));
+        Assert.Equal(DeviceType.META, sd.Denoiser.Device.type);
+    }
+
     /// <summary>A denoiser without weights that records the device of what it is given and answers on it.</summary>
     sealed class DeviceProbe(Device device) : IDenoiser
     {

@@ -14,10 +14,12 @@ public interface IDenoiser
     /// <param name="x">Noisy samples, shape (B, ...).</param>
     /// <param name="sigma">Noise level per sample, shape (B) (a scalar tensor broadcasts).</param>
     /// <param name="labels">One-hot class labels (B, C); an all-zero row means "no label"
-    /// (the unconditional model used by classifier-free guidance). Null for unconditional models.</param>
+    /// (the unconditional model used by classifier-free guidance). Null for unconditional models. A text-conditioned
+    /// teacher (<see cref="EpsPredictionDenoiser"/>) takes its condition here instead: text contexts (B, tokens, C).</param>
     Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null);
 
-    /// <summary>Number of classes the denoiser is conditioned on (0 = unconditional).</summary>
+    /// <summary>Number of classes the denoiser is conditioned on (0 = unconditional); for a text-conditioned one the
+    /// channels of its condition (its guidance needs the unconditional context given, not zero rows: <see cref="GuidedDenoiser"/>).</summary>
     int LabelDim { get; }
 
     /// <summary>

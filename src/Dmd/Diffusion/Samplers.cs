@@ -26,12 +26,27 @@ public static class Samplers
                                     Churn? churn = null, Generator? generator = null)
     {
         Settings.AtLeast("steps", steps, 1);
-        churn ??= new Churn();
         var t = KarrasSchedule.Sigmas(steps, sigmaMin, sigmaMax, rho);
+        using var scope = NewDisposeScope();
+        var res = Heun(net, z.to(ScalarType.Float64) * C(t[0], z.to(ScalarType.Float64)), labels, t, churn, generator);
+        return res with { Samples = res.Samples.MoveToOuterDisposeScope() };
+    }
+
+    /// <summary>
+    /// EDM's Heun sampler (Algorithm 1, optional churn of Algorithm 2) on given noise levels: <paramref name="x"/> is at
+    /// noise level <c>sigmas[0]</c> (x0 + sigmas[0] n), <paramref name="sigmas"/> descend to a final 0; N = sigmas - 1 steps
+    /// cost 2N-1 network evaluations. Stable Diffusion samples on its scheduler's sigmas this way.
+    /// </summary>
+    public static SampleResult Heun(IDenoiser net, Tensor x, Tensor? labels, IReadOnlyList<double> sigmas, Churn? churn = null, Generator? generator = null)
+    {
+        int steps = sigmas.Count - 1;
+        Settings.AtLeast("steps", steps, 1);
+        churn ??= new Churn();
+        var t = sigmas;
         int nfe = 0;
         using var scope = NewDisposeScope();
         using var _ = no_grad();
-        var xNext = z.to(ScalarType.Float64) * C(t[0], z.to(ScalarType.Float64));
+        var xNext = x.to(ScalarType.Float64);
         for (int i = 0; i < steps; i++)
         {
             double tCur = t[i], tNext = t[i + 1];
@@ -66,9 +81,24 @@ public static class Samplers
         Settings.AtLeast("steps", steps, 1);
         var t = KarrasSchedule.Sigmas(steps, sigmaMin, sigmaMax, rho);
         using var scope = NewDisposeScope();
-        using var _ = no_grad();
         var x = z.to(ScalarType.Float64);
-        x = x * C(t[0], x);
+        var res = Euler(net, x * C(t[0], x), labels, t);
+        return res with { Samples = res.Samples.MoveToOuterDisposeScope() };
+    }
+
+    /// <summary>
+    /// The Euler ODE sampler on given noise levels: <paramref name="x"/> is at noise level <c>sigmas[0]</c>, and each step is
+    /// <c>x += (sigma_{i+1} - sigma_i) (x - D(x, sigma_i)) / sigma_i</c>, which is diffusers' <c>EulerDiscreteScheduler.step</c>
+    /// (without churn) in EDM's variables. N = sigmas - 1 steps, N network evaluations.
+    /// </summary>
+    public static SampleResult Euler(IDenoiser net, Tensor x, Tensor? labels, IReadOnlyList<double> sigmas)
+    {
+        int steps = sigmas.Count - 1;
+        Settings.AtLeast("steps", steps, 1);
+        var t = sigmas;
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        x = x.to(ScalarType.Float64);
         for (int i = 0; i < steps; i++)
         {
             var d = (x - Eval(net, x, t[i], labels)) / C(t[i], x);

@@ -1,0 +1,57 @@
+using System.CommandLine;
+using System.Globalization;
+using Dmd.IO;
+using Dmd.Pipelines;
+using Spectre.Console;
+
+namespace Dmd.Cli;
+
+/// <summary>`dmd text2img`: Stable Diffusion text-to-image from a diffusers folder (diffusers' StableDiffusionPipeline with an Euler scheduler).</summary>
+internal static class Text2ImgCommand
+{
+    public static Command Build()
+    {
+        var cmd = new Command("text2img", "Generate images from a text prompt with a Stable Diffusion model (a diffusers folder: tokenizer/, text_encoder/, unet/, vae/, scheduler/); " +
+                                          "as diffusers' StableDiffusionPipeline with EulerDiscreteScheduler. Writes one PNG, a grid for --n > 1.");
+        var model = new Option<string>("--model") { Description = "a diffusers Stable Diffusion folder (e.g. a download of runwayml/stable-diffusion-v1-5 with safetensors weights)", Required = true };
+        var prompt = new Option<string>("--prompt") { Description = "the text prompt", Required = true };
+        var negative = new Option<string>("--negative-prompt") { Description = "the unconditional prompt of guidance (default: the empty prompt)", DefaultValueFactory = _ => "" };
+        var steps = new Option<int>("--steps") { Description = "sampling steps on the scheduler's sigmas", DefaultValueFactory = _ => 25 };
+        var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 or less: none)", DefaultValueFactory = _ => 7.5 };
+        var seed = new Option<long>("--seed") { Description = "image i starts from latents drawn with seed + i (torch's CPU generator)", DefaultValueFactory = _ => 0 };
+        var n = new Option<int>("--n") { Description = "number of images", DefaultValueFactory = _ => 1 };
+        var height = new Option<int?>("--height") { Description = "image height in pixels (default: the UNet's sample_size times the VAE's downscaling factor, 64 x 8 = 512 for SD v1.5)" };
+        var width = new Option<int?>("--width") { Description = "image width in pixels (default: as height; height defaults to width likewise)" };
+        var sampler = new Option<string>("--sampler") { Description = "euler (diffusers' EulerDiscreteScheduler) or heun (EDM's Heun on the same sigmas, 2N-1 evaluations)", DefaultValueFactory = _ => "euler" };
+        var batch = new Option<int>("--batch") { Description = "images per network batch", DefaultValueFactory = _ => 4 };
+        var outOpt = new Option<string>("--out", "-o") { Description = "output PNG (a grid when --n > 1)", DefaultValueFactory = _ => "text2img.png" };
+        foreach (var o in new Option[] { model, prompt, negative, steps, guidance, seed, n, height, width, sampler, batch, outOpt }) cmd.Options.Add(o);
+        cmd.Options.Add(Devices.Option);
+        cmd.SetAction(r =>
+        {
+            Common.RequirePositive(r, steps, n, height, width, batch);
+            var outPath = r.GetValue(outOpt)!;
+            if (!outPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) throw new DmdInputException($"--out {outPath}: give a .png file");
+            var options = new TextToImageOptions
+            {
+                NegativePrompt = r.GetValue(negative) ?? "", Steps = r.GetValue(steps), Guidance = r.GetValue(guidance), Seed = r.GetValue(seed),
+                Height = r.GetValue(height) ?? r.GetValue(width), Width = r.GetValue(width) ?? r.GetValue(height), Sampler = r.GetValue(sampler)!,
+                Batch = r.GetValue(batch),
+            };
+            options.Validate();   // before the minutes a full-size model takes to load
+            using var sd = StableDiffusion.Load(r.GetValue(model)!, Devices.Get(r));
+            Threads.Apply(r, smallModel: false);
+            int count = r.GetValue(n);
+            TextToImageResult res = null!;
+            ProgressView.Run(report => res = sd.Generate(Enumerable.Repeat(r.GetValue(prompt)!, count).ToList(), options, onEval: (d, t) => report("text2img", d, t, null)));
+            var dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
+            if (dir is not null) Directory.CreateDirectory(dir);
+            ImageGrid.Save(outPath, res.Images, columns: (int)Math.Ceiling(Math.Sqrt(count)));
+            AnsiConsole.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
+                $"{count} image(s) {res.Images.shape[3]}x{res.Images.shape[2]}, {options.Sampler} {options.Steps} steps ({res.Nfe} NFE), guidance {options.Guidance}, " +
+                $"{res.Seconds:F1} s ({TorchSharp.torch.get_num_threads()} threads); wrote {outPath}")));
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,263 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Dmd.Data;
+using Dmd.Diffusion;
+using Dmd.Networks;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Pipelines;
+
+/// <summary>Settings of one text-to-image run (<see cref="StableDiffusion.Generate"/>); the defaults are the <c>text2img</c> command's.</summary>
+public sealed record TextToImageOptions
+{
+    /// <summary>The unconditional prompt of classifier-free guidance ("" = diffusers' default, the empty prompt).</summary>
+    public string NegativePrompt { get; init; } = "";
+    /// <summary>Sampling steps on the scheduler's sigmas (diffusers' <c>num_inference_steps</c>).</summary>
+    public int Steps { get; init; } = 25;
+    /// <summary>Guidance scale w (diffusers' <c>guidance_scale</c>, default 7.5); w &lt;= 1 runs the conditional model alone, as diffusers does.</summary>
+    public double Guidance { get; init; } = 7.5;
+    /// <summary>Image height in pixels (null: the UNet's sample_size times the VAE's downscaling factor, 512 for SD v1.5).</summary>
+    public int? Height { get; init; }
+    /// <summary>Image width in pixels (null: as <see cref="Height"/>).</summary>
+    public int? Width { get; init; }
+    /// <summary>Seed of the first image's initial latents; image i uses Seed + i (<see cref="StableDiffusion.InitialLatents"/>).</summary>
+    public long Seed { get; init; }
+    /// <summary>"euler" (diffusers' EulerDiscreteScheduler) or "heun" (EDM's Heun on the same sigmas: 2N-1 evaluations).</summary>
+    public string Sampler { get; init; } = "euler";
+    /// <summary>Images per network batch.</summary>
+    public int Batch { get; init; } = 4;
+
+    /// <summary>Checks the settings that need no model (a one-line <see cref="DmdInputException"/> naming the setting): call before loading one.</summary>
+    public void Validate()
+    {
+        Settings.AtLeast("steps", Steps, 1);
+        Settings.AtLeast("batch", Batch, 1);
+        if (!double.IsFinite(Guidance)) throw new DmdInputException($"guidance {Guidance}: must be a finite number");
+        if (Sampler.ToLowerInvariant() is not ("euler" or "heun")) throw new DmdInputException($"sampler '{Sampler}': use euler or heun");
+        if (Height is < 1 || Width is < 1) throw new DmdInputException($"image size {Height}x{Width}: must be positive");
+    }
+}
+
+/// <summary>
+/// What <see cref="StableDiffusion.Generate"/> returns, on the host: the final latents (the UNet's scale, as diffusers'
+/// <c>output_type="latent"</c>), the images (B, 3, H, W) in [-1, 1], the network evaluations per image and the time taken.
+/// </summary>
+public sealed record TextToImageResult(Tensor Latents, Tensor Images, int Nfe, double Seconds);
+
+/// <summary>
+/// Stable Diffusion (v1.x layout) from a diffusers folder: <c>tokenizer/</c>, <c>text_encoder/</c>, <c>unet/</c>,
+/// <c>vae/</c>, <c>scheduler/</c> (<c>model_index.json</c> optional), the layout of runwayml/stable-diffusion-v1-5.
+/// Text-to-image reproduces diffusers' <c>StableDiffusionPipeline</c> with <c>EulerDiscreteScheduler.from_config</c> of
+/// the folder's scheduler config, written in EDM's variables: the UNet is an <see cref="EpsPredictionDenoiser"/>, the
+/// guidance a <see cref="GuidedDenoiser"/> whose unconditional branch is the negative (or empty) prompt, the sampler
+/// <see cref="Samplers.Euler(IDenoiser, Tensor, Tensor?, IReadOnlyList{double})"/> on the scheduler's sigmas.
+/// The networks compute on <see cref="Device"/>; inputs are moved there and results come back to the host.
+/// </summary>
+public sealed class StableDiffusion : IDisposable
+{
+    private StableDiffusion(ClipTokenizer tokenizer, ClipTextModel textEncoder, UNet2DConditionModel unet, AutoencoderKL vae,
+                            DiscreteVpSchedule scheduler, Device device)
+    {
+        Tokenizer = tokenizer;
+        TextEncoder = textEncoder;
+        Unet = unet;
+        Vae = vae;
+        Scheduler = scheduler;
+        Device = device;
+    }
+
+    /// <summary>The CLIP tokenizer (<c>tokenizer/</c>).</summary>
+    public ClipTokenizer Tokenizer { get; }
+    /// <summary>The CLIP text encoder (<c>text_encoder/</c>).</summary>
+    public ClipTextModel TextEncoder { get; }
+    /// <summary>The eps-prediction UNet (<c>unet/</c>).</summary>
+    public UNet2DConditionModel Unet { get; }
+    /// <summary>The autoencoder (<c>vae/</c>).</summary>
+    public AutoencoderKL Vae { get; }
+    /// <summary>The training schedule and sampling timesteps (<c>scheduler/scheduler_config.json</c>).</summary>
+    public DiscreteVpSchedule Scheduler { get; }
+    /// <summary>Where the networks compute.</summary>
+    public Device Device { get; }
+
+    /// <summary>Pixels per latent pixel: 2^(VAE levels - 1), diffusers' <c>vae_scale_factor</c> (8 for SD v1.5).</summary>
+    public int VaeScaleFactor => 1 << (Vae.Config.BlockOutChannels.Length - 1);
+
+    /// <summary>The default image size, the UNet's sample_size times <see cref="VaeScaleFactor"/> (512 for SD v1.5).</summary>
+    public int DefaultSize => Unet.Config.SampleSize * VaeScaleFactor;
+
+    /// <summary>
+    /// The teacher as an EDM denoiser, <c>D(x, sigma, context)</c> on latents at the UNet's scale, with <c>t(sigma)</c> by
+    /// log-sigma interpolation (what DMD's loss calls; text contexts from <see cref="EncodePrompts"/> as its labels).
+    /// </summary>
+    public EpsPredictionDenoiser Denoiser => new(Eps, Scheduler, Unet.Config.CrossAttentionDim, Device);
+
+    private Tensor Eps(Tensor x, Tensor t, Tensor context) => Unet.forward(x, t, context);
+
+    /// <summary>
+    /// Loads a diffusers Stable Diffusion folder onto <paramref name="device"/> (default CPU). A missing subfolder, a
+    /// config this implementation does not build, or parts that do not fit together is a one-line <see cref="DmdInputException"/>.
+    /// </summary>
+    public static StableDiffusion Load(string folder, Device? device = null)
+    {
+        device ??= CPU;
+        if (!Directory.Exists(folder))
+            throw new DmdInputException($"model folder not found: {folder} (pass a diffusers Stable Diffusion folder with tokenizer/, text_encoder/, unet/, vae/, scheduler/)");
+        foreach (var sub in new[] { "tokenizer", "text_encoder", "unet", "vae", "scheduler" })
+            if (!Directory.Exists(Path.Combine(folder, sub)))
+                throw new DmdInputException($"{folder} has no {sub}/ folder: a diffusers Stable Diffusion folder holds tokenizer/, text_encoder/, unet/, vae/ and scheduler/");
+        CheckModelIndex(Path.Combine(folder, "model_index.json"));
+
+        var tokenizer = ClipTokenizer.FromFolder(Path.Combine(folder, "tokenizer"));
+        var scheduler = DiscreteVpSchedule.Load(Path.Combine(folder, "scheduler"));
+        var textEncoder = ClipTextModel.FromFolder(Path.Combine(folder, "text_encoder"));
+        var unet = UNet2DConditionModel.FromPretrained(Path.Combine(folder, "unet"));
+        var vae = AutoencoderKL.FromPretrained(Path.Combine(folder, "vae"));
+        if (textEncoder.Config.HiddenSize != unet.Config.CrossAttentionDim)
+            throw new DmdInputException($"{folder}: the text encoder's hidden_size {textEncoder.Config.HiddenSize} is not the UNet's cross_attention_dim {unet.Config.CrossAttentionDim}; the subfolders come from different models");
+        if (vae.Config.LatentChannels != unet.Config.InChannels)
+            throw new DmdInputException($"{folder}: the VAE's latent_channels {vae.Config.LatentChannels} is not the UNet's in_channels {unet.Config.InChannels}; the subfolders come from different models");
+        if (tokenizer.ContextLength > textEncoder.Config.MaxPositionEmbeddings)
+            throw new DmdInputException($"{folder}: the tokenizer's model_max_length {tokenizer.ContextLength} exceeds the text encoder's {textEncoder.Config.MaxPositionEmbeddings} positions");
+        if (device.type != DeviceType.CPU)
+        {
+            textEncoder.to(device);
+            unet.to(device);
+            vae.to(device);
+        }
+        return new StableDiffusion(tokenizer, textEncoder, unet, vae, scheduler, device);
+    }
+
+    /// <summary>model_index.json is optional; when present it must describe a pipeline with these five parts (not SDXL's two text encoders).</summary>
+    private static void CheckModelIndex(string path)
+    {
+        if (!File.Exists(path)) return;
+        JsonObject? index;
+        try { index = JsonNode.Parse(File.ReadAllText(path)) as JsonObject; }
+        catch (System.Text.Json.JsonException e) { throw new DmdInputException($"{path} is not valid JSON: {e.Message}", e); }
+        if (index is null) throw new DmdInputException($"{path} does not hold a JSON object");
+        if (index.ContainsKey("text_encoder_2") || index.ContainsKey("prior") || !index.ContainsKey("unet"))
+            throw new DmdInputException($"{path} describes a {index["_class_name"]?.ToString() ?? "pipeline"} with other parts: only Stable Diffusion v1.x/2.x-style folders (one text encoder, a UNet) are implemented");
+    }
+
+    /// <summary>The text contexts (B, 77, C) of <paramref name="prompts"/> (CLIP's last_hidden_state), on the host.</summary>
+    public Tensor EncodePrompts(IReadOnlyList<string> prompts)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var ids = Tokenizer.Encode(prompts).to(Device);
+        return TextEncoder.forward(ids).cpu().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Unit-variance initial latents (count, latent channels, H/f, W/f) on the host, image i from torch's CPU generator
+    /// seeded with <paramref name="seed"/> + i (<see cref="ImageSampling.SeededNoise"/>): the latents diffusers draws with
+    /// <c>generator=[torch.Generator().manual_seed(seed + i) for i in range(count)]</c> before scaling them by init_noise_sigma.
+    /// </summary>
+    public Tensor InitialLatents(int count, long seed, int height, int width)
+    {
+        CheckSize(height, width);
+        return ImageSampling.SeededNoise(new[] { Unet.Config.InChannels, height / VaeScaleFactor, width / VaeScaleFactor }, seed, count);
+    }
+
+    /// <summary>Images (B, 3, H, W) of latents at the UNet's scale: <c>vae.decode(latents / scaling_factor)</c>, not clamped, on the host.</summary>
+    public Tensor DecodeLatents(Tensor latents)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var z = latents.to(Device) / DenoiserExtensions.Const(Vae.ScalingFactor, latents.to(Device));
+        return Vae.Decode(z).cpu().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Text-to-image, as diffusers' <c>StableDiffusionPipeline(prompt, negative_prompt, num_inference_steps, guidance_scale,
+    /// latents=...)</c> with an EulerDiscreteScheduler: contexts of the prompts and of the negative prompt (one for every
+    /// image, diffusers' <c>[negative] * B</c>); sigmas and timesteps of <see cref="DiscreteVpSchedule.SamplingSigmas"/>;
+    /// latents <c>z * init_noise_sigma</c> (<c>prepare_latents</c>); guided Euler steps in sigma space
+    /// (<c>scale_model_input</c> + UNet + CFG on eps + <c>step</c>, which is Euler on <c>D = x - sigma eps</c>); then
+    /// <c>vae.decode(latents / scaling_factor)</c> clamped to [-1, 1] (the clamp of diffusers' postprocess).
+    /// </summary>
+    /// <param name="prompts">One prompt per image.</param>
+    /// <param name="options">Steps, guidance, size, seed, sampler, batch.</param>
+    /// <param name="latents">Unit-variance initial latents (B, C, H/f, W/f) (diffusers' <c>latents=</c>); null draws
+    /// <see cref="InitialLatents"/> from the options' seed.</param>
+    /// <param name="onEval">Called after each network evaluation with (done, total).</param>
+    public TextToImageResult Generate(IReadOnlyList<string> prompts, TextToImageOptions? options = null, Tensor? latents = null,
+                                      Action<int, int>? onEval = null)
+    {
+        var o = options ?? new TextToImageOptions();
+        o.Validate();
+        var sampler = o.Sampler.ToLowerInvariant();
+        if (prompts.Count == 0) throw new DmdInputException("no prompts: give at least one");
+        int height = o.Height ?? DefaultSize, width = o.Width ?? DefaultSize;
+        CheckSize(height, width);
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var z = latents ?? InitialLatents(prompts.Count, o.Seed, height, width);
+        if (z.dim() != 4 || z.shape[0] != prompts.Count || z.shape[1] != Unet.Config.InChannels)
+            throw new DmdInputException($"latents must be [{prompts.Count}, {Unet.Config.InChannels}, h, w] (one per prompt), got [{string.Join(", ", z.shape)}]");
+
+        var clock = Stopwatch.StartNew();
+        var context = EncodePrompts(prompts);
+        var (sigmas, timesteps) = Scheduler.SamplingSigmas(o.Steps);
+        double initSigma = Scheduler.InitNoiseSigma(sigmas);
+        IDenoiser d = Denoiser.PinTimesteps(sigmas, timesteps);
+        if (o.Guidance > 1) d = new GuidedDenoiser(d, o.Guidance, EncodePrompts(new[] { o.NegativePrompt }));  // do_classifier_free_guidance
+        int nfe = sampler == "euler" ? o.Steps : 2 * o.Steps - 1;
+        int batches = (prompts.Count + o.Batch - 1) / o.Batch;
+        var counted = new CountingDenoiser(d, batches * nfe, onEval);
+
+        var finals = new List<Tensor>();
+        var images = new List<Tensor>();
+        for (int i = 0; i < prompts.Count; i += o.Batch)
+        {
+            int j = Math.Min(prompts.Count, i + o.Batch);
+            var x = z[i..j].to(ScalarType.Float32).to(Device);
+            x = x * DenoiserExtensions.Const(initSigma, x);                                       // prepare_latents
+            var c = context[i..j].to(Device);
+            var res = sampler == "euler" ? Samplers.Euler(counted, x, c, sigmas) : Samplers.Heun(counted, x, c, sigmas);
+            var final = res.Samples.cpu();
+            finals.Add(final);
+            images.Add(DecodeLatents(final).clamp(-1, 1));
+        }
+        var result = new TextToImageResult(cat(finals).MoveToOuterDisposeScope(), cat(images).MoveToOuterDisposeScope(), nfe,
+                                           clock.Elapsed.TotalSeconds);
+        return result;
+    }
+
+    private void CheckSize(int height, int width)
+    {
+        int f = VaeScaleFactor;
+        if (height < f || width < f || height % f != 0 || width % f != 0)
+            throw new DmdInputException($"image size {height}x{width}: height and width must be positive multiples of {f} (the VAE's downscaling factor)");
+    }
+
+    /// <summary>Disposes the networks.</summary>
+    public void Dispose()
+    {
+        TextEncoder.Dispose();
+        Unet.Dispose();
+        Vae.Dispose();
+    }
+
+    /// <summary>Counts network evaluations for progress reports.</summary>
+    private sealed class CountingDenoiser : IDenoiser
+    {
+        private readonly IDenoiser inner;
+        private readonly int total;
+        private readonly Action<int, int>? onEval;
+        private int done;
+
+        public CountingDenoiser(IDenoiser inner, int total, Action<int, int>? onEval) => (this.inner, this.total, this.onEval) = (inner, total, onEval);
+
+        public int LabelDim => inner.LabelDim;
+        public Device Device => inner.Device;
+
+        public Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null)
+        {
+            var d = inner.Denoise(x, sigma, labels);
+            onEval?.Invoke(++done, total);
+            return d;
+        }
+    }
+}
