@@ -13,8 +13,17 @@ namespace Dmd;
 /// (91 of 1800 over 3 processes), with one thread and no garbage collection running. Training steps went NaN at random
 /// and the image tests failed. Measured remedies: oneDNN limited to AVX2 kernels removed the NaN forwards (0 of 3600);
 /// glibc filling fresh heap blocks with zeros (M_PERTURB 255, what MALLOC_PERTURB_=255 does) removed the NaN gradients
-/// (0 of 1800). Both are applied: <c>ONEDNN_MAX_CPU_ISA=AVX2</c> unless the variable is set, and <c>mallopt(M_PERTURB, 255)</c>
+/// (0 of 1800). Both are applied: <c>ONEDNN_MAX_CPU_ISA=AVX</c> unless the variable is set, and <c>mallopt(M_PERTURB, 255)</c>
 /// (it also fills freed blocks with 0xFF, so a read after free shows up as NaN instead of stale numbers).
+/// </para>
+/// <para>
+/// AVX, not AVX2 (2026-12-01): with oneDNN's AVX2 and AVX-512 kernels, the input gradient of a 3x3 convolution with
+/// fewer than 8 output channels is wrong (float32 against float64: relative error 0.8-0.97, or NaN; finite differences
+/// agree with float64), and the U-Nets end in such a convolution (1 channel for Fashion-MNIST, 3 for RGB), so every
+/// gradient of a training step was wrong (0.93 relative error over all weights of the shipped U-Net) while the forward
+/// pass and the loss were right. With oneDNN's AVX kernels every case measured is right to 4e-7. It costs speed
+/// (measured side by side: a DMD iteration 1.1-1.9x slower); <c>ConvolutionGradientTests</c> checks a machine's kernels,
+/// so set ONEDNN_MAX_CPU_ISA=AVX2 (or higher) only where those tests pass with it.
 /// </para>
 /// </summary>
 internal static class NativeSetup
@@ -32,7 +41,7 @@ internal static class NativeSetup
         try
         {
             // the native environment (oneDNN reads it with getenv when it first dispatches); a value the user set is kept
-            if (Environment.GetEnvironmentVariable("ONEDNN_MAX_CPU_ISA") is null) SetEnv("ONEDNN_MAX_CPU_ISA", "AVX2", 0);
+            if (Environment.GetEnvironmentVariable("ONEDNN_MAX_CPU_ISA") is null) SetEnv("ONEDNN_MAX_CPU_ISA", "AVX", 0);
             if (Environment.GetEnvironmentVariable("MALLOC_PERTURB_") is null) MallOpt(M_PERTURB, 255);
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
