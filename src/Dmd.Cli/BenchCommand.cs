@@ -3,6 +3,7 @@ using System.Diagnostics;
 using Dmd.Pipelines;
 using Dmd.Diffusion;
 using Dmd.IO;
+using Dmd.Networks;
 using Spectre.Console;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -29,11 +30,18 @@ internal static class BenchCommand
         var distillBatch = new Option<int>("--distill-batch") { Description = "generated images (and as many pairs) per DMD iteration of --distill", DefaultValueFactory = _ => 16 };
         var rssLog = new Option<string?>("--rss-log") { Description = "a run's losses.csv: report its RSS at 10 % and 100 % of the run (growth must stay under 5 %)" };
         var rssSteps = new Option<string?>("--rss-steps") { Description = "with --rss-log: the window FROM:TO in steps (e.g. one 30-minute stretch)" };
-        var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file (default: bench.json in --run, else runs/bench.json)" };
-        foreach (var o in new Option[] { models, run, sampler, steps, batch, repeats, iters, train, trainBatch, distill, distillBatch, rssLog, rssSteps, outOpt }) cmd.Options.Add(o);
+        var text2img = new Option<string?>("--text2img")
+        {
+            Description = "text-to-image speed at batch 1 instead: a diffusers folder (or `sd15`: Stable Diffusion v1.5 at full size with random weights, " +
+                          "which cost what the real ones do); times the text encoder, the UNet with and without CFG's doubled batch and the VAE decode, " +
+                          "and gives images/s of the teacher (--steps guided Euler steps, default 25) and of a one-step generator",
+        };
+        var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file (default: bench.json in --run, else runs/bench.json; runs/bench-text2img.json for --text2img)" };
+        foreach (var o in new Option[] { text2img, models, run, sampler, steps, batch, repeats, iters, train, trainBatch, distill, distillBatch, rssLog, rssSteps, outOpt }) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, steps, batch, repeats, iters, trainBatch, distillBatch);
+            if (r.GetValue(text2img) is string t2i) return TextToImage(r, t2i, r.GetValue(steps) ?? 25, r.GetValue(repeats), r.GetValue(outOpt) ?? "runs/bench-text2img.json");
             var req = new BenchRequest(r.GetValue(models) ?? Array.Empty<string>(), r.GetValue(run), r.GetValue(sampler), r.GetValue(steps),
                                        r.GetValue(batch), r.GetValue(repeats), r.GetValue(iters), r.GetValue(train), r.GetValue(trainBatch),
                                        r.GetValue(distill), r.GetValue(distillBatch), r.GetValue(rssLog), r.GetValue(rssSteps), r.GetValue(outOpt));
@@ -66,5 +74,25 @@ internal static class BenchCommand
             return 0;
         });
         return cmd;
+    }
+
+    static int TextToImage(ParseResult r, string model, int steps, int repeats, string outPath)
+    {
+        Checkpoint.EnsureWritableFile(outPath, "--out");
+        Threads.Apply(r, smallModel: false);
+        StableDiffusion? sd = null;
+        ClipTextModel te; UNet2DConditionModel unet; AutoencoderKL vae;
+        if (model == "sd15") (te, unet, vae) = TextToImageBenchmark.StableDiffusion15Random();
+        else { sd = StableDiffusion.Load(model); (te, unet, vae) = (sd.TextEncoder, sd.Unet, sd.Vae); }
+        using var _ = sd;
+        AnsiConsole.MarkupLine(Markup.Escape($"{(model == "sd15" ? "Stable Diffusion v1.5 (full size, random weights)" : model)}: " +
+                                             $"UNet {unet.parameters().Sum(p => p.numel()):N0} parameters, latents {unet.Config.SampleSize}x{unet.Config.SampleSize}, {TorchSharp.torch.get_num_threads()} threads"));
+        var res = TextToImageBenchmark.Run(model, te, unet, vae, unet.Config.SampleSize, steps, repeats, m => AnsiConsole.MarkupLine(Markup.Escape(m)));
+        AnsiConsole.MarkupLine(Markup.Escape(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"{res.ImageSize}x{res.ImageSize}, batch 1: teacher ({steps} guided steps) {res.TeacherSecondsPerImage:F2} s/image ({res.TeacherImagesPerSecond:G3} images/s), " +
+            $"one-step generator {res.StudentSecondsPerImage:F2} s/image ({res.StudentImagesPerSecond:G3} images/s): {res.SpeedUp:F0}x; peak RSS {res.PeakRssMb} MB")));
+        Checkpoint.SaveJson(res, outPath);
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
+        return 0;
     }
 }

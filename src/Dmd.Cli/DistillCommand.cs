@@ -20,7 +20,8 @@ internal static class DistillCommand
     public static Command Build()
     {
         var cmd = new Command("distill", "Distil a teacher into a one-step generator with DMD; resumes if --out holds a checkpoint.");
-        var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder", Required = true };
+        var teacher = new Option<string>("--teacher") { Description = "teacher .safetensors file or its run folder, or a text-to-image (diffusers Stable Diffusion) folder with --prompts", Required = true };
+        var prompts = new Option<string?>("--prompts") { Description = "a text-to-image teacher's prompts, one a line: the conditions the generator learns (the pairs' prompts file when --pairs is given)" };
         var pairs = new Option<string?>("--pairs") { Description = "regression pairs from `dmd pairs` (not needed with --mode DmOnly or --lambda-reg 0)" };
         var ganData = new Option<string?>("--gan-data")
         {
@@ -31,18 +32,28 @@ internal static class DistillCommand
         var outOpt = Common.Out("runs/dmd");
         var cfgFile = Common.ConfigFile();
         var allow = Common.AllowChanges();
-        foreach (var o in new Option[] { teacher, pairs, ganData, minutes, outOpt, cfgFile, allow }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { teacher, prompts, pairs, ganData, minutes, outOpt, cfgFile, allow }) cmd.Options.Add(o);
         var opts = new ConfigOptions<DmdConfig>(cmd);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             var cfg = Common.LoadConfig(r, cfgFile, opts);
             var teacherPath = r.GetValue(teacher)!;
-            Threads.Apply(r, smallModel: !DenoiserFile.LoadSpec(teacherPath).IsImage); // the spec alone: FromFiles loads the network
+            bool textToImage = TextToImageDistillation.IsPipelineFolder(teacherPath);
+            if (!textToImage && r.GetValue(prompts) is not null)
+                throw new DmdInputException("--prompts: the teacher is not a text-to-image (diffusers Stable Diffusion) folder; prompts condition only those");
+            Threads.Apply(r, smallModel: !textToImage && !DenoiserFile.LoadSpec(teacherPath).IsImage); // the spec alone: FromFiles loads the network
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");
-            var (trainer, ganText) = DmdTrainer.FromFiles(teacherPath, r.GetValue(pairs), r.GetValue(ganData), cfg, m => AnsiConsole.MarkupLine(Markup.Escape(m)), Devices.Get(r));
+            var promptsPath = textToImage ? r.GetValue(prompts) ?? PairsPrompts(r.GetValue(pairs)) ??
+                throw new DmdInputException($"{teacherPath} is a text-to-image teacher: give the prompts the generator learns with --prompts FILE (one a line)") : null;
+            StableDiffusion? pipeline = null;
+            DmdTrainer trainer;
+            string? ganText = null;
+            if (textToImage) (trainer, pipeline) = TextToImageDistillation.FromFolder(teacherPath, promptsPath!, r.GetValue(pairs), cfg, Devices.Get(r));
+            else (trainer, ganText) = DmdTrainer.FromFiles(teacherPath, r.GetValue(pairs), r.GetValue(ganData), cfg, m => AnsiConsole.MarkupLine(Markup.Escape(m)), Devices.Get(r));
             using var _ = trainer;
+            using var __ = pipeline;
             using var signal = new StopSignal();
             var options = Common.RunOptions(r, allow, (s, n, l) => { }, () => signal.Requested) with
             {
@@ -50,7 +61,7 @@ internal static class DistillCommand
             };
             var ranks = new RankReport();
             ProgressView.Run(report => trainer.Run(outDir, teacherPath, r.GetValue(pairs),
-                options with { OnStep = (s, n, l) => { ranks.Step(); report($"dmd {cfg.Mode}", s, n, l); } }, ganText));
+                options with { OnStep = (s, n, l) => { ranks.Step(); report($"dmd {cfg.Mode}", s, n, l); } }, ganText, promptsPath));
             if (trainer.Step < cfg.Steps)
                 AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
             ranks.Print(trainer.Generator.Net, trainer.Fake, trainer.Ema?.Net, trainer.GanHead);
@@ -58,5 +69,12 @@ internal static class DistillCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>The prompts file of a text-to-image pairs folder (its prompts.txt), or null.</summary>
+    static string? PairsPrompts(string? pairsPath)
+    {
+        var file = pairsPath is null ? null : Path.Combine(pairsPath, RegressionPairs.PromptsFile);
+        return file is not null && File.Exists(file) ? file : null;
     }
 }

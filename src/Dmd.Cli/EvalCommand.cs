@@ -1,8 +1,11 @@
 using System.CommandLine;
 using System.Globalization;
+using Dmd.Distillation;
 using Dmd.IO;
+using Dmd.Networks;
 using Dmd.Pipelines;
 using Spectre.Console;
+using TorchSharp;
 
 namespace Dmd.Cli;
 
@@ -13,8 +16,10 @@ internal static class EvalCommand
     {
         var cmd = new Command("eval", "Draw N samples from a teacher (chosen sampler and steps) or a DMD generator (its trained steps) and measure them. " +
                                       "Points: energy distance, precision/recall, mode coverage against held-out data. " +
-                                      "Fashion-MNIST images: FD-FMNIST against the shipped test statistics and per-class accuracy.");
-        var model = new Option<string>("--model") { Description = "teacher.safetensors or generator.safetensors (or its run folder)", Required = true };
+                                      "Fashion-MNIST images: FD-FMNIST against the shipped test statistics and per-class accuracy; a text-to-image model (a diffusers folder " +
+                                      "or a `dmd distill` run of one) with --class-prompts: the same on images of each class's prompt (prompt following).");
+        var model = new Option<string>("--model") { Description = "teacher.safetensors or generator.safetensors (or its run folder); or a text-to-image folder or its distillation run (with --class-prompts)", Required = true };
+        var classPrompts = new Option<string?>("--class-prompts") { Description = "text-to-image: a file of 10 prompts, line i prompting Fashion-MNIST class i (the judge's classes)" };
         var sampler = new Option<string?>("--sampler") { Description = "onestep, heun or euler (default: onestep for generators, heun otherwise)" };
         var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
@@ -23,11 +28,13 @@ internal static class EvalCommand
         var seed = new Option<long>("--seed") { Description = "seed of the noise and labels of the samples", DefaultValueFactory = _ => 0 };
         var data = new Option<string?>("--data") { Description = "points: the reference distribution (built-in name or csv:PATH; default: the data the model's run learned, from its config.json)" };
         var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file for the results (default: runs/eval/MODEL.json; never inside the model's folder unless named here)" };
-        foreach (var o in new Option[] { model, sampler, steps, guidance, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, classPrompts, sampler, steps, guidance, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, steps, batch);
+            if (TextToImageModel(r.GetValue(model)!) is string teacherFolder) return TextToImage(r, teacherFolder, model, classPrompts, sampler, steps, guidance, n, batch, seed, outOpt);
+            if (r.GetValue(classPrompts) is not null) throw new DmdInputException("--class-prompts: the model is not a text-to-image folder or a distillation of one");
             var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r));
             var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(m.Path);
             Checkpoint.EnsureWritableFile(outPath, "--out");
@@ -49,5 +56,49 @@ internal static class EvalCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>The text-to-image folder a model path is (itself) or was distilled from (a run folder with an sd-unet generator); null otherwise.</summary>
+    static string? TextToImageModel(string path)
+    {
+        if (TextToImageDistillation.IsPipelineFolder(path)) return path;
+        var spec = Path.Combine(path, "generator.json");
+        if (!File.Exists(spec) || Checkpoint.LoadJson<NetworkSpec>(spec) is not SdUNetSpec) return null;
+        var teacher = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(path, "config.json")))?["Teacher"]?.GetValue<string>();
+        return teacher is not null && TextToImageDistillation.IsPipelineFolder(teacher) ? teacher
+            : throw new DmdInputException($"{path} holds a text-to-image generator but its config.json names no text-to-image teacher folder");
+    }
+
+    static int TextToImage(ParseResult r, string teacherFolder, Option<string> model, Option<string?> classPrompts, Option<string?> sampler, Option<int?> steps,
+                           Option<double> guidance, Option<int> n, Option<int?> batch, Option<long> seed, Option<string?> outOpt)
+    {
+        var modelPath = r.GetValue(model)!;
+        var prompts = RegressionPairs.ReadPrompts(r.GetValue(classPrompts) ?? throw new DmdInputException(
+            $"{modelPath} is a text-to-image model: give --class-prompts FILE (10 lines, line i prompting Fashion-MNIST class i)"));
+        var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(modelPath);
+        Checkpoint.EnsureWritableFile(outPath, "--out");
+        using var sd = StableDiffusion.Load(teacherFolder, Devices.Get(r));
+        Threads.Apply(r, smallModel: false);
+        bool distilled = teacherFolder != modelPath;
+        var generator = distilled ? OneStepGenerator.Load(modelPath) : null;
+        generator?.Net.to(sd.Device);
+        var options = new TextToImageOptions { Sampler = r.GetValue(sampler) ?? "euler", Steps = r.GetValue(steps) ?? 25, Guidance = r.GetValue(guidance), Batch = r.GetValue(batch) ?? 64 };
+        if (!distilled) options.Validate();
+        int k = generator?.CheckSteps(r.GetValue(steps)) ?? 0;
+        int nfe = distilled ? k : options.Sampler == "heun" ? 2 * options.Steps - 1 : options.Steps;
+        var shape = generator?.Spec!.SampleShape ?? new[] { sd.Unet.Config.InChannels, sd.Unet.Config.SampleSize, sd.Unet.Config.SampleSize };
+        EvalResult res = null!;
+        ProgressView.Run(report => res = Evaluation.RunTextToImage(modelPath, distilled ? "onestep" : options.Sampler, nfe, distilled ? 1 : options.Guidance, prompts, shape,
+            (p, z, first) => distilled ? sd.Generate(generator!, p, r.GetValue(seed) + first, k, options.Batch, latents: z).Images
+                                       : sd.Generate(p, options, latents: z).Images,
+            r.GetValue(n), r.GetValue(seed), options.Batch, (d, t) => report("sample", d, t, null)));
+        var t = new Table().AddColumns("measure", "value").Title(Markup.Escape($"{modelPath} ({res.Sampler}, {res.Nfe} NFE)"));
+        t.AddRow("samples/s", res.SamplesPerSecond.ToString("N1", CultureInfo.InvariantCulture));
+        foreach (var (key, v) in res.Metrics) t.AddRow(key, v.ToString("G4", CultureInfo.InvariantCulture));
+        AnsiConsole.Write(t);
+        AnsiConsole.MarkupLine("per class: " + string.Join(", ", res.PerClassAccuracy!.Select((a, c) => double.IsNaN(a) ? $"{c}: -" : $"{c}: {100 * a:F1} %")));
+        Checkpoint.SaveJson(res, outPath);
+        AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
+        return 0;
     }
 }

@@ -3,6 +3,7 @@ using System.Globalization;
 using Dmd.IO;
 using Dmd.Pipelines;
 using Spectre.Console;
+using TorchSharp;
 
 namespace Dmd.Cli;
 
@@ -12,11 +13,12 @@ internal static class Text2ImgCommand
     public static Command Build()
     {
         var cmd = new Command("text2img", "Generate images from a text prompt with a Stable Diffusion model (a diffusers folder: tokenizer/, text_encoder/, unet/, vae/, scheduler/); " +
-                                          "as diffusers' StableDiffusionPipeline with EulerDiscreteScheduler. Writes one PNG, a grid for --n > 1.");
-        var model = new Option<string>("--model") { Description = "a diffusers Stable Diffusion folder (e.g. a download of runwayml/stable-diffusion-v1-5 with safetensors weights)", Required = true };
+                                          "as diffusers' StableDiffusionPipeline with EulerDiscreteScheduler; or with a generator distilled from one (a `dmd distill` run folder), in its 1 (or K) steps. " +
+                                          "Writes one PNG, a grid for --n > 1.");
+        var model = new Option<string>("--model") { Description = "a diffusers Stable Diffusion folder (e.g. a download of runwayml/stable-diffusion-v1-5 with safetensors weights), or a `dmd distill` run folder of one (its generator, with the teacher's text encoder and VAE)", Required = true };
         var prompt = new Option<string>("--prompt") { Description = "the text prompt", Required = true };
         var negative = new Option<string>("--negative-prompt") { Description = "the unconditional prompt of guidance (default: the empty prompt)", DefaultValueFactory = _ => "" };
-        var steps = new Option<int>("--steps") { Description = "sampling steps on the scheduler's sigmas", DefaultValueFactory = _ => 25 };
+        var steps = new Option<int>("--steps") { Description = "sampling steps on the scheduler's sigmas (a distilled generator: how many of its steps, default all)", DefaultValueFactory = _ => 25 };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 or less: none)", DefaultValueFactory = _ => 7.5 };
         var seed = new Option<long>("--seed") { Description = "image i starts from latents drawn with seed + i (torch's CPU generator)", DefaultValueFactory = _ => 0 };
         var n = new Option<int>("--n") { Description = "number of images", DefaultValueFactory = _ => 1 };
@@ -39,11 +41,24 @@ internal static class Text2ImgCommand
                 Batch = r.GetValue(batch),
             };
             options.Validate();   // before the minutes a full-size model takes to load
-            using var sd = StableDiffusion.Load(r.GetValue(model)!, Devices.Get(r));
+            var modelPath = r.GetValue(model)!;
+            var generatorFile = Path.Combine(modelPath, Dmd.Distillation.OneStepGenerator.FileName);
+            bool distilled = File.Exists(generatorFile) && !TextToImageDistillation.IsPipelineFolder(modelPath);
+            using var sd = StableDiffusion.Load(distilled ? DistilledTeacher(modelPath) : modelPath, Devices.Get(r));
             Threads.Apply(r, smallModel: false);
             int count = r.GetValue(n);
             TextToImageResult res = null!;
-            ProgressView.Run(report => res = sd.Generate(Enumerable.Repeat(r.GetValue(prompt)!, count).ToList(), options, onEval: (d, t) => report("text2img", d, t, null)));
+            var prompts = Enumerable.Repeat(r.GetValue(prompt)!, count).ToList();
+            if (distilled)
+            {
+                var generator = Dmd.Distillation.OneStepGenerator.Load(generatorFile);
+                generator.Net.to(sd.Device);
+                int? k = r.GetResult(steps) is { Implicit: false } ? r.GetValue(steps) : null;
+                res = sd.Generate(generator, prompts, r.GetValue(seed), k, r.GetValue(batch));
+                options = options with { Sampler = "generator", Steps = res.Nfe, Guidance = 1 };
+            }
+            else
+                ProgressView.Run(report => res = sd.Generate(prompts, options, onEval: (d, t) => report("text2img", d, t, null)));
             var dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
             if (dir is not null) Directory.CreateDirectory(dir);
             ImageGrid.Save(outPath, res.Images, columns: (int)Math.Ceiling(Math.Sqrt(count)));
@@ -53,5 +68,16 @@ internal static class Text2ImgCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>The text-to-image teacher a distillation run folder names in its config.json (for its tokenizer, text encoder and VAE).</summary>
+    static string DistilledTeacher(string runDir)
+    {
+        var configPath = Path.Combine(runDir, "config.json");
+        var teacher = File.Exists(configPath) ? System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(configPath))?["Teacher"]?.GetValue<string>() : null;
+        if (teacher is null || !TextToImageDistillation.IsPipelineFolder(teacher))
+            throw new DmdInputException($"{runDir} holds a generator but its config.json names no text-to-image teacher folder (tokenizer/, text_encoder/, unet/, vae/, scheduler/); " +
+                                        "text2img needs a Stable Diffusion folder or a `dmd distill` run of one");
+        return teacher;
     }
 }

@@ -130,7 +130,7 @@ public class ImageTeacherTests : IClassFixture<TinyImageTeacher>
         var path = Path.Combine(TestUtil.TempDir(), "unet.json");
         File.WriteAllText(path, """{ "Kind": "unet", "Shape": [1, 16, 16] }""");
         e = Assert.Throws<DmdInputException>(() => Checkpoint.LoadJson<NetworkSpec>(path));
-        Assert.Contains("use mlp, ddpmpp or adm", e.Message);
+        Assert.Contains("use mlp, ddpmpp, adm or sd-unet", e.Message);
         e = Assert.Throws<DmdInputException>(() => new UNetOptions { Arch = "unet" }.For(channels: 1, resolution: 16, labelDim: 0));
         Assert.Contains("use ddpmpp or adm", e.Message);
     }

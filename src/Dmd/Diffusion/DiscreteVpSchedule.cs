@@ -179,6 +179,13 @@ public sealed class DiscreteVpSchedule
         return slope * (t - j) + TrainSigmas[j];
     }
 
+    /// <summary>The timesteps <see cref="TimestepOf"/> of noise levels <paramref name="sigma"/> (B), float32 on sigma's device.</summary>
+    public Tensor Timesteps(Tensor sigma)
+    {
+        var s = sigma.to(ScalarType.Float64).cpu().data<double>().ToArray();
+        return torch.tensor(s.Select(TimestepOf).ToArray(), dtype: ScalarType.Float32, device: sigma.device);
+    }
+
     /// <summary>
     /// k-diffusion's <c>DiscreteSchedule.sigma_to_t</c> (diffusers' <c>_sigma_to_t</c>): the continuous timestep whose
     /// log-sigma lies between those of two neighbouring training timesteps, linearly interpolated; clamped to [0, N-1].

@@ -21,12 +21,16 @@ public static class EdmLoss
     }
 
     /// <summary>Denoising loss at given noise levels (used by the teacher and by DMD's fake denoiser).</summary>
-    public static Tensor AtSigma(IDenoiser net, Tensor x0, Tensor sigma, Tensor? labels, double sigmaData, Generator? generator = null)
+    public static Tensor AtSigma(IDenoiser net, Tensor x0, Tensor sigma, Tensor? labels, double sigmaData, Generator? generator = null) =>
+        AtSigma(net, x0, sigma, labels, s => Weight(s, sigmaData), generator);
+
+    /// <summary>Denoising loss at given noise levels with the weight <paramref name="weight"/>(sigma) (e.g. <see cref="EdmPrecond.LossWeight"/>).</summary>
+    public static Tensor AtSigma(IDenoiser net, Tensor x0, Tensor sigma, Tensor? labels, Func<Tensor, Tensor> weight, Generator? generator = null)
     {
         var sb = DenoiserExtensions.Broadcast(sigma, x0);
         var n = Rng.NormalLike(x0, generator);
         var pred = net.Denoise(x0 + sb * n, sigma, labels);
-        return (Weight(sb, sigmaData) * (pred - x0).square()).mean();
+        return (weight(sb) * (pred - x0).square()).mean();
     }
 
     /// <summary>The teacher's loss with log-normal noise levels.</summary>

@@ -40,8 +40,16 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
 {
     private readonly EdmBackbone model;
 
-    /// <summary>sigma_data of the preconditioning (0.5 for images, the data's std for points).</summary>
+    /// <summary>sigma_data of the preconditioning (0.5 for images, the data's std for points; 1 for a VP teacher's latents).</summary>
     public double SigmaData { get; }
+
+    /// <summary>
+    /// The discrete VP schedule of an eps-prediction network (Stable Diffusion's UNet), or null for EDM's preconditioning.
+    /// With it the preconditioning is EDM's VP one on that schedule: c_skip = 1, c_out = -sigma, c_in = 1/sqrt(sigma^2 + 1),
+    /// c_noise = t(sigma) (<see cref="DiscreteVpSchedule.TimestepOf"/>), i.e. <c>D = x - sigma eps(x/sqrt(1 + sigma^2), t(sigma), c)</c>,
+    /// what <see cref="EpsPredictionDenoiser"/> computes, as a trainable module.
+    /// </summary>
+    public DiscreteVpSchedule? Schedule { get; }
 
     /// <summary>Wraps the raw network <paramref name="model"/> in the preconditioning with sigma_data = <paramref name="sigmaData"/> (0.5 for images in [-1, 1]).</summary>
     public EdmPrecond(EdmBackbone model, double sigmaData = 0.5) : base(nameof(EdmPrecond))
@@ -50,6 +58,12 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
         SigmaData = sigmaData;
         RegisterComponents();
     }
+
+    /// <summary>
+    /// Wraps an eps-prediction network <paramref name="model"/> trained on <paramref name="schedule"/> (Stable Diffusion's
+    /// UNet) in the VP preconditioning (<see cref="Schedule"/>); sigma_data 1 (SD's latents are scaled to unit variance).
+    /// </summary>
+    public EdmPrecond(EdmBackbone model, DiscreteVpSchedule schedule) : this(model, 1.0) => Schedule = schedule;
 
     /// <summary>The wrapped network F.</summary>
     public EdmBackbone Backbone => model;
@@ -92,12 +106,25 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
         return fb.Features(cIn * xf, cNoise, labels).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The weight of the denoising loss |D - x0|^2 at noise levels <paramref name="sigma"/> (any shape): EDM's
+    /// lambda = 1/sigma^2 + 1/sd^2, or for a VP eps-prediction network 1/sigma^2, which makes it the eps MSE
+    /// |eps_hat - n|^2 that Stable Diffusion (and DMD's fake score for it) trains with.
+    /// </summary>
+    public Tensor LossWeight(Tensor sigma) => Schedule is null ? EdmLoss.Weight(sigma, SigmaData) : sigma.square().reciprocal();
+
     /// <summary>x as float32 and c_skip, c_out, c_in (broadcast over x) and c_noise (B) for noise levels sigma (B) or a scalar.</summary>
     (Tensor X, Tensor CSkip, Tensor COut, Tensor CIn, Tensor CNoise) Coefficients(Tensor x, Tensor sigma)
     {
         var xf = x.to(ScalarType.Float32);
         var s = sigma.to(ScalarType.Float32);
         if (s.dim() == 0) s = s.expand(x.shape[0]);
+        if (Schedule is not null)
+        {
+            var sbv = DenoiserExtensions.Broadcast(s, xf);
+            var one = DenoiserExtensions.Const(1, xf);
+            return (xf, one, -sbv, (sbv.square() + one).rsqrt(), Schedule.Timesteps(s));
+        }
         var sd = DenoiserExtensions.Const(SigmaData, xf);
         var sb = DenoiserExtensions.Broadcast(s, xf);
         var v = sb.square() + sd.square();                 // sigma^2 + sd^2

@@ -56,6 +56,13 @@ public static class DmdLoss
     public static Tensor FakeDenoising(IDenoiser fake, Tensor xGenerated, Tensor sigma, Tensor? labels, double sigmaData, Generator? g) =>
         EdmLoss.AtSigma(fake, xGenerated.detach(), sigma, labels, sigmaData, g);
 
+    /// <summary>
+    /// The fake denoiser's loss with its own preconditioning's weight (<see cref="EdmPrecond.LossWeight"/>): EDM's for an
+    /// EDM network, 1/sigma^2 (the eps MSE, as DMD trains Stable Diffusion's fake score) for a VP eps-prediction one.
+    /// </summary>
+    public static Tensor FakeDenoising(EdmPrecond fake, Tensor xGenerated, Tensor sigma, Tensor? labels, Generator? g) =>
+        EdmLoss.AtSigma(fake, xGenerated.detach(), sigma, labels, fake.LossWeight, g);
+
     /// <summary>Regression loss with L2 distance: mean squared error between G(z_ref) and the teacher's x_ref.</summary>
     public static Tensor RegressionL2(Tensor generated, Tensor target) => nn.functional.mse_loss(generated, target);
 

@@ -8,8 +8,9 @@ using static TorchSharp.torch;
 
 namespace Dmd.Distillation;
 
-/// <summary>What a DMD run saves beside its checkpoints; <paramref name="GanData"/> names the real data of the GAN head (null when off).</summary>
-internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs, string? GanData = null);
+/// <summary>What a DMD run saves beside its checkpoints; <paramref name="GanData"/> names the real data of the GAN head (null when off),
+/// <paramref name="Prompts"/> the prompts file of a text-to-image teacher (null for class labels).</summary>
+internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs, string? GanData = null, string? Prompts = null);
 
 /// <summary>
 /// Distribution Matching Distillation (Yin et al. 2024, Algorithm 1; DESIGN.md section 3), generic over the
@@ -63,6 +64,15 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     private readonly bool initPending; // InitGenerator named but absent: fine for a resume, an error for a fresh start
     private readonly int batch, regressionBatch; // this rank's shares of the batches (all of them in one process)
 
+    /// <summary>What the generator is conditioned on (class labels or text prompts) and how a batch draws it.</summary>
+    public Conditions Conditions { get; }
+
+    /// <summary>
+    /// Turns the generator's samples into images for the progress grids when they are latents (a text-to-image teacher's
+    /// VAE decoder); null for a teacher that makes images itself. Grids are drawn for image and latent teachers.
+    /// </summary>
+    public Func<Tensor, Tensor>? DecodeLatents { get; init; }
+
     /// <param name="teacher">The real denoiser (frozen).</param>
     /// <param name="spec">The teacher's description: sample shape, classes, sigma_data, and how to build its copies.</param>
     /// <param name="config">The run's hyper-parameters.</param>
@@ -73,10 +83,27 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// when the teacher's architecture is not one a <see cref="NetworkSpec"/> describes.</param>
     /// <param name="realData">Real training samples for the GAN head (needed when <see cref="DmdConfig.GanWeight"/> &gt; 0,
     /// not used otherwise): the teacher's sample shape, and its classes when it is conditional. Drawn with the run's generator.</param>
+    /// <param name="conditions">What the generator is conditioned on: null = the teacher's classes (<see cref="NetworkSpec.LabelDim"/>);
+    /// <see cref="PromptConditions"/> for a text-to-image teacher (an <see cref="SdUNetSpec"/>).</param>
     public DmdTrainer(EdmPrecond teacher, NetworkSpec spec, DmdConfig config, RegressionPairs? pairs, Device? device = null,
-                      Func<EdmPrecond>? buildNetwork = null, IDataSource? realData = null)
+                      Func<EdmPrecond>? buildNetwork = null, IDataSource? realData = null, Conditions? conditions = null)
     {
         config.Validate();
+        Conditions = conditions ?? Conditions.Classes(spec.LabelDim);
+        if (spec.IsLatent != Conditions is PromptConditions)
+            throw new DmdInputException(spec.IsLatent ? "a text-to-image teacher is conditioned on prompts: give a prompts file (--prompts FILE, one prompt a line)"
+                                                      : "prompts condition a text-to-image teacher only; this teacher takes class labels");
+        if (config.UsesGan && Conditions is PromptConditions)
+            throw new DmdInputException($"gan-weight {config.GanWeight:G}: DMD2's GAN on a text-to-image teacher (real latents with their captions) is not implemented; set gan-weight 0");
+        if (teacher.Schedule is { } vp)
+        {
+            // DMD on an eps-prediction teacher (Stable Diffusion): noise levels are its 1000 training sigmas, the generator maps
+            // noise at the last one (DMD's timestep 999) and DM levels are timesteps [min-step, max-step] of them
+            if (config.GridLevels != vp.NumTrainTimesteps)
+                throw new DmdInputException($"grid-levels {config.GridLevels}: a VP teacher's noise levels are its {vp.NumTrainTimesteps} training timesteps; set grid-levels {vp.NumTrainTimesteps}");
+            if (Math.Abs(config.SigmaMax - vp.SigmaMax) > 1e-4 * vp.SigmaMax)
+                throw new DmdInputException($"sigma-max {config.SigmaMax:G}: the generator of a VP teacher starts at its largest training sigma {vp.SigmaMax:G6}; set sigma-max {vp.SigmaMax:G9}");
+        }
         if (config.UsesGan) CheckRealData(realData, spec, config);
         else realData = null; // GAN off: real data given anyway is not used
         this.realData = realData;
@@ -89,6 +116,11 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             throw new DmdInputException($"regression pairs have samples of shape [{string.Join(",", pairs.Z.shape.Skip(1))}] but the teacher makes [{string.Join(",", spec.SampleShape)}]; regenerate them with this teacher");
         if (!config.UsesPairs) pairs = null; // DM only: pairs given anyway are not used
         if (pairs is not null) CheckPairsMatch(pairs.Info, config);
+        if (pairs is not null && (pairs.Prompts is not null) != (Conditions is PromptConditions))
+            throw new DmdInputException(pairs.Prompts is null ? "these regression pairs carry class labels, not prompts: make pairs for the text-to-image teacher with `dmd pairs --prompts FILE`"
+                                                              : "these regression pairs were made from prompts, for a text-to-image teacher, not for this one");
+        if (pairs?.Prompts is { } pairPrompts && !pairPrompts.SequenceEqual(((PromptConditions)Conditions).Prompts))
+            throw new DmdInputException($"the regression pairs were made for other prompts ({pairPrompts.Count} in their {RegressionPairs.PromptsFile}); distil with the same prompts file, or make pairs for this one");
         Config = config;
         batch = DataParallel.Share(config.BatchSize, "batch-size");
         regressionBatch = pairs is null ? 0 : DataParallel.Share(config.RegressionBatchSize, "regression-batch-size");
@@ -102,7 +134,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Real = teacher;
         Real.to(this.device);
         TrainingUtils.Freeze(Real);
-        realGuided = GuidedDenoiser.Wrap(Real, config.GuidanceReal);
+        realGuided = Conditions.Guided(Real, config.GuidanceReal);
         var build = buildNetwork ?? Spec.Build;
         Fake = build(); Fake.to(this.device);
         TrainingUtils.CopyWeights(Real, Fake);
@@ -133,7 +165,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         optF = optim.AdamW(Fake.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         if (GanHead is not null)
             optH = optim.AdamW(GanHead.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
-        grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax).to(this.device);
+        grid = (teacher.Schedule is { } schedule ? torch.tensor(schedule.TrainSigmas.ToArray(), dtype: ScalarType.Float32) /* float32 values */
+                                                  : KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax)).to(this.device);
         (RegressionLoss, regressionDistance, regressionNet) = ResolveRegressionLoss(config, this.device);
     }
 
@@ -270,7 +303,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
 
         // ---- generator update: loss_G = loss_dm + lambda_reg loss_reg (paper Eq. 9) ----
         var z = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
-        var y = Rng.OneHotLabels(Spec.LabelDim, batch, rng, device);
+        var y = Conditions.Draw(batch, rng, device);
         var (xIn, level) = GeneratorInput(z, y);
         var x = Generator.Denoise(xIn, level, y);
         var lossG = zeros(1, device: device).squeeze();
@@ -285,7 +318,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         {
             var idx = Rng.Integers(0, pairs!.Count, regressionBatch, rng);
             var zr = pairs.Z.index_select(0, idx).to(device);
-            var yr = pairs.Y?.index_select(0, idx).to(device);
+            var yr = pairs.PromptIndex is { } p ? ((PromptConditions)Conditions).Of(p.index_select(0, idx), device) : pairs.Y?.index_select(0, idx).to(device);
             var xr = pairs.X.index_select(0, idx).to(device);
             // pairs map z to the teacher's ODE output from sigma_max z: the generator's first step (all of a one-step one)
             var lossReg = regressionDistance(Generator.Generate(zr, yr, steps: 1), xr);
@@ -323,7 +356,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 if (k > 0 && Config.FakeFreshBatches)
                 {
                     var zk = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
-                    y = Rng.OneHotLabels(Spec.LabelDim, batch, rng, device);
+                    y = Conditions.Draw(batch, rng, device);
                     using (no_grad())
                     {
                         var (xkIn, levelK) = GeneratorInput(zk, y);
@@ -331,7 +364,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                     }
                 }
                 var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, batch, rng, device));
-                var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, Spec.SigmaData, rng);
+                var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, rng);
                 if (GanHead is null)
                 {
                     optF.zero_grad();
@@ -406,17 +439,22 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <param name="pairsPath">The regression pairs' path (or null), recorded in config.json.</param>
     /// <param name="options">Progress, messages, stop requests and whether a changed run may continue.</param>
     /// <param name="ganData">The text naming the GAN's real data (e.g. "ring8"), recorded in config.json when the GAN is on.</param>
-    public bool Run(string outDir, string teacherPath, string? pairsPath, RunOptions? options = null, string? ganData = null)
+    /// <param name="promptsPath">A text-to-image teacher's prompts file, recorded in config.json; its prompts are also written to the run's prompts.txt.</param>
+    public bool Run(string outDir, string teacherPath, string? pairsPath, RunOptions? options = null, string? ganData = null, string? promptsPath = null)
     {
         options ??= new RunOptions();
         Directory.CreateDirectory(outDir);
-        var info = new DmdRunInfo(Spec, Config, teacherPath, pairsPath, Config.UsesGan ? ganData : null);
+        var info = new DmdRunInfo(Spec, Config, teacherPath, pairsPath, Config.UsesGan ? ganData : null, Conditions is PromptConditions ? promptsPath : null);
         // settings added after a run was saved (the GAN's) compare as their defaults
         TrainingLoop.CheckSameRun(outDir, info, options, MayChange, PathFields, defaults: info with { Config = new DmdConfig() });
         bool resumed = TrainingLoop.Resume(this, outDir, options);
         CheckInitialGenerator();
         if (DataParallel.IsRoot) Checkpoint.SaveJson(info, Path.Combine(outDir, "config.json"));
-        using var grids = Spec.IsImage && Config.GridEvery > 0 && DataParallel.IsRoot ? new DistillationGrid(realGuided, Spec) : null;
+        if (DataParallel.IsRoot && Conditions is PromptConditions pc) File.WriteAllLines(Path.Combine(outDir, RegressionPairs.PromptsFile), pc.Prompts);
+        using var grids = (Spec.IsImage || Spec.IsLatent && DecodeLatents is not null) && Config.GridEvery > 0 && DataParallel.IsRoot
+            ? Real.Schedule is { } vp ? new DistillationGrid(realGuided, Spec, conditions: Conditions, decode: DecodeLatents, sigmaMin: vp.SigmaMin, sigmaMax: vp.SigmaMax)
+                                      : new DistillationGrid(realGuided, Spec, conditions: Conditions)
+            : null;
         int end = Math.Min(Config.Steps, options.StopAfter ?? int.MaxValue);
         string GridPath(int step) => Path.Combine(outDir, $"samples-{step:D6}.png");
         if (grids is not null && !resumed) grids.Save(GridPath(Step), Output);
@@ -430,7 +468,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
 
     /// <summary>Settings a resumed run may change without --allow-changes: how long it runs and how often it reports.</summary>
     static readonly string[] MayChange = { "Config.Steps", "Config.CheckpointEvery", "Config.LogEvery", "Config.GridEvery" };
-    static readonly string[] PathFields = { "Teacher", "Pairs", "Config.InitGenerator", "Config.LpipsWeights" };
+    static readonly string[] PathFields = { "Teacher", "Pairs", "Prompts", "Config.InitGenerator", "Config.LpipsWeights" };
 
     /// <summary>Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`.</summary>
     public void SaveGenerator(string path) => Output.Save(path, Spec);

@@ -35,8 +35,11 @@ public abstract record NetworkSpec
     /// <summary>True for the image kinds (the U-Nets), whose samples are (C, H, W).</summary>
     [JsonIgnore] public bool IsImage => this is UNetSpec;
 
+    /// <summary>True for a latent text-to-image denoiser (<see cref="SdUNetSpec"/>): samples are latents (C, H, W), conditions text contexts.</summary>
+    [JsonIgnore] public bool IsLatent => this is SdUNetSpec;
+
     /// <summary>Builds the preconditioned denoiser this spec describes (freshly initialised).</summary>
-    public EdmPrecond Build() => new(BuildBackbone(), SigmaData);
+    public virtual EdmPrecond Build() => new(BuildBackbone(), SigmaData);
 
     /// <summary>Builds the raw network F (without the EDM preconditioning).</summary>
     public abstract EdmBackbone BuildBackbone();
@@ -61,7 +64,7 @@ public abstract record NetworkSpec
     /// <summary>The kind names and their records (the JSON discriminator's values).</summary>
     internal static readonly IReadOnlyDictionary<string, Type> Kinds = new Dictionary<string, Type>
     {
-        ["mlp"] = typeof(MlpSpec), ["ddpmpp"] = typeof(DdpmppSpec), ["adm"] = typeof(AdmSpec),
+        ["mlp"] = typeof(MlpSpec), ["ddpmpp"] = typeof(DdpmppSpec), ["adm"] = typeof(AdmSpec), ["sd-unet"] = typeof(SdUNetSpec),
     };
 
     static readonly Dictionary<Type, string> KindOf = Kinds.ToDictionary(kv => kv.Value, kv => kv.Key);
@@ -209,7 +212,7 @@ internal sealed class NetworkSpecJson<T> : JsonConverter<T> where T : NetworkSpe
         catch (ArgumentException e) { throw new JsonException($"a key appears twice ({e.Message})", e); }
         var kind = json["Kind"] is JsonValue v && v.TryGetValue(out string? k) ? k : json["Kind"] is null ? "mlp" : null;
         if (kind is null || !NetworkSpec.Kinds.TryGetValue(kind, out var type))
-            throw new JsonException($"unknown network kind '{json["Kind"]}': use mlp, ddpmpp or adm");
+            throw new JsonException($"unknown network kind '{json["Kind"]}': use mlp, ddpmpp, adm or sd-unet");
         if (!typeof(T).IsAssignableFrom(type)) throw new JsonException($"a {kind} network is not a {typeof(T).Name}");
         var own = FieldNames(type).ToHashSet();
         var fields = new JsonObject();

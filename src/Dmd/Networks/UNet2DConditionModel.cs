@@ -228,14 +228,7 @@ public sealed class UNet2DConditionModel : nn.Module<Tensor, Tensor, Tensor, Ten
         if (encoderHiddenStates.dim() != 3 || encoderHiddenStates.shape[0] != b || encoderHiddenStates.shape[2] != Config.CrossAttentionDim)
             throw new ArgumentException($"encoder_hidden_states must be [{b}, tokens, {Config.CrossAttentionDim}], got [{string.Join(", ", encoderHiddenStates.shape)}]");
         using var scope = NewDisposeScope();   // frees the skips and the embedding on return
-        var t = timestep.dim() == 0 ? timestep.reshape(1) : timestep;
-        t = t.expand(b);
-
-        var emb = time_embedding.forward(time_proj.forward(t).to(sample.dtype));
-        var h = conv_in.forward(sample);
-        var skips = new List<Tensor> { h };
-        foreach (var block in down_blocks) h = block.Forward(h, emb, encoderHiddenStates, skips);
-        h = mid_block.forward(h, emb, encoderHiddenStates);
+        var (h, emb, skips) = Encode(sample, timestep, encoderHiddenStates);
         for (int i = 0; i < up_blocks.Count; i++)
         {
             // the next skip's size after this block's skips are consumed: 2x, or the odd size the downsampler rounded
@@ -244,6 +237,37 @@ public sealed class UNet2DConditionModel : nn.Module<Tensor, Tensor, Tensor, Ten
             h = up_blocks[i].Forward(h, skips, emb, encoderHiddenStates, size);
         }
         return conv_out.forward(nn.functional.silu(conv_norm_out.forward(h))).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The time embedding, the down blocks and the mid block: the mid block's output, the embedding and the skips.</summary>
+    private (Tensor H, Tensor Emb, List<Tensor> Skips) Encode(Tensor sample, Tensor timestep, Tensor encoderHiddenStates)
+    {
+        var t = timestep.dim() == 0 ? timestep.reshape(1) : timestep;
+        t = t.expand(sample.shape[0]);
+        var emb = time_embedding.forward(time_proj.forward(t).to(sample.dtype));
+        var h = conv_in.forward(sample);
+        var skips = new List<Tensor> { h };
+        foreach (var block in down_blocks) h = block.Forward(h, emb, encoderHiddenStates, skips);
+        h = mid_block.forward(h, emb, encoderHiddenStates);
+        return (h, emb, skips);
+    }
+
+    /// <summary>
+    /// The mid block's output [B, block_out_channels[-1], H/2^(n-1), W/2^(n-1)] (the bottleneck that DMD2's Stable
+    /// Diffusion code gives its GAN classifier), for the same inputs as <see cref="forward"/>; the up blocks are not run.
+    /// </summary>
+    public Tensor Bottleneck(Tensor sample, Tensor timestep, Tensor encoderHiddenStates)
+    {
+        using var scope = NewDisposeScope();
+        return Encode(sample, timestep, encoderHiddenStates).H.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The shape of one sample's <see cref="Bottleneck"/> for latents of <paramref name="height"/> x <paramref name="width"/>.</summary>
+    public long[] BottleneckShape(int height, int width)
+    {
+        int n = Config.BlockOutChannels.Length;
+        long Down(long size) { for (int i = 0; i < n - 1; i++) size = (size + 1) / 2; return size; } // stride-2 convs, padding 1
+        return new[] { (long)Config.BlockOutChannels[^1], Down(height), Down(width) };
     }
 }
 

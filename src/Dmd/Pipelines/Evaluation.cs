@@ -75,6 +75,47 @@ public static class Evaluation
     }
 
     /// <summary>
+    /// Measures a text-to-image model the way <see cref="Run"/> measures a class-conditional one, with the shipped Fashion-MNIST
+    /// classifier: <paramref name="classPrompts"/> holds one prompt per class (line i prompts class i), each sample's class is
+    /// drawn uniformly with <paramref name="seed"/> after its initial latents (as <see cref="Run"/> draws noise and labels),
+    /// the model makes an image from that class's prompt, and the images give FD-FMNIST and the prompt-following accuracy (the
+    /// classifier's class equals the prompted one). <paramref name="generate"/> maps (prompts, unit-variance latents, index of
+    /// the first sample) to images (B, 1, 32, 32) in [-1, 1]; it is called <paramref name="batch"/> samples at a time.
+    /// </summary>
+    public static EvalResult RunTextToImage(string modelPath, string sampler, int nfe, double guidance, IReadOnlyList<string> classPrompts, int[] latentShape,
+                                            Func<IReadOnlyList<string>, Tensor, long, Tensor> generate, int count, long seed, int batch = 64,
+                                            Action<int, int>? onBatch = null)
+    {
+        if (count < 10) throw new DmdInputException("--n must be at least 10");
+        if (classPrompts.Count != FmnistClassifier.NumClasses)
+            throw new DmdInputException($"the class prompts file has {classPrompts.Count} lines: the Fashion-MNIST judge needs {FmnistClassifier.NumClasses}, line i prompting class i (0 T-shirt/top ... 9 ankle boot)");
+        using var g = new Generator((ulong)seed);
+        var z = Rng.Normal(new long[] { count }.Concat(latentShape.Select(s => (long)s)).ToArray(), g);
+        var classes = Rng.Integers(0, FmnistClassifier.NumClasses, count, g);
+        var labels = classes.data<long>().ToArray();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var parts = new List<Tensor>();
+        for (int i = 0; i < count; i += batch)
+        {
+            int j = Math.Min(count, i + batch);
+            using var scope = NewDisposeScope();
+            var prompts = labels[i..j].Select(c => classPrompts[(int)c]).ToArray();
+            var images = generate(prompts, z[i..j], i);
+            if (images.dim() != 4 || images.shape[1] != 1 || images.shape[2] != 32 || images.shape[3] != 32)
+                throw new DmdInputException($"the model makes images of shape [{string.Join(", ", images.shape.Skip(1))}]: the Fashion-MNIST judge needs [1, 32, 32]");
+            parts.Add(images.cpu().MoveToOuterDisposeScope());
+            onBatch?.Invoke(j, count);
+        }
+        double secs = clock.Elapsed.TotalSeconds;
+        var all = cat(parts);
+        using var fd = FdFmnist.Load();
+        var metrics = new Dictionary<string, double> { ["fd_fmnist"] = fd.DistanceOfFeatures(fd.Features(all)) };
+        var acc = FdFmnist.ClassAccuracyOfLogits(fd.Logits(all), Rng.OneHot(classes, FmnistClassifier.NumClasses));
+        metrics["class_accuracy"] = acc.Overall;
+        return new EvalResult(modelPath, sampler, nfe, count, guidance, count / secs, metrics, acc.PerClass);
+    }
+
+    /// <summary>
     /// This rank's contiguous slice of the samples (all of them in one process), the index of its first row, and the wall
     /// time (in a job from a common start, so the slowest rank's). Sample i's noise between the steps of a K-step generator
     /// is seeded seed + i, so a slice from row lo starts at seed + lo.

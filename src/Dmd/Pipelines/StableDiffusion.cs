@@ -225,6 +225,47 @@ public sealed class StableDiffusion : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// Text-to-image with a distilled generator of this pipeline's UNet (`dmd distill` on it): its K steps (one by default)
+    /// instead of the sampler, from the same initial latents as <see cref="Generate(IReadOnlyList{string}, TextToImageOptions?, Tensor?, Action{int, int}?)"/>
+    /// (seed + i for image i; between steps <see cref="OneStepGenerator.SeededStepNoise"/>), then the VAE decode clamped to [-1, 1].
+    /// The generator's latent size sets the image size.
+    /// </summary>
+    /// <param name="generator">The distilled generator (its spec set, as <see cref="Distillation.OneStepGenerator.Load"/> gives it).</param>
+    /// <param name="prompts">One prompt per image.</param>
+    /// <param name="seed">Image i's noise is drawn with seed + i (its initial latents unless <paramref name="latents"/> are given, and its step noise).</param>
+    /// <param name="steps">How many of the generator's steps to run (default all).</param>
+    /// <param name="batch">Images per network batch.</param>
+    /// <param name="latents">Unit-variance initial latents (one per prompt), or null to draw them from the seed.</param>
+    public TextToImageResult Generate(Distillation.OneStepGenerator generator, IReadOnlyList<string> prompts, long seed = 0, int? steps = null, int batch = 4,
+                                      Tensor? latents = null)
+    {
+        if (prompts.Count == 0) throw new DmdInputException("no prompts: give at least one");
+        var spec = generator.Spec ?? throw new ArgumentException("the generator needs its spec: load it with OneStepGenerator.Load");
+        if (spec.SampleShape.Length != 3 || spec.SampleShape[0] != Unet.Config.InChannels || spec.LabelDim != Unet.Config.CrossAttentionDim)
+            throw new DmdInputException($"the generator makes [{string.Join(",", spec.SampleShape)}] samples conditioned on {spec.LabelDim} channels: it was not distilled from this pipeline's UNet ([{Unet.Config.InChannels}, h, w], context {Unet.Config.CrossAttentionDim})");
+        int k = generator.CheckSteps(steps);
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var clock = Stopwatch.StartNew();
+        var z = latents ?? ImageSampling.SeededNoise(spec.SampleShape, seed, prompts.Count);
+        if (z.shape[0] != prompts.Count || !z.shape.Skip(1).SequenceEqual(spec.SampleShape.Select(v => (long)v)))
+            throw new DmdInputException($"latents must be [{prompts.Count}, {string.Join(", ", spec.SampleShape)}] (one per prompt), got [{string.Join(", ", z.shape)}]");
+        var noise = Distillation.OneStepGenerator.SeededStepNoise(spec.SampleShape, seed, prompts.Count, k);
+        var context = EncodePrompts(prompts);
+        var dev = generator.Net.Device;
+        var finals = new List<Tensor>();
+        var images = new List<Tensor>();
+        for (int i = 0; i < prompts.Count; i += Math.Max(1, batch))
+        {
+            int j = Math.Min(prompts.Count, i + Math.Max(1, batch));
+            var batchLatents = generator.Generate(z[i..j].to(dev), context[i..j].to(dev), noise.Select(t => t[i..j].to(dev)).ToArray(), k).cpu();
+            finals.Add(batchLatents);
+            images.Add(DecodeLatents(batchLatents).clamp(-1, 1));
+        }
+        return new TextToImageResult(cat(finals).MoveToOuterDisposeScope(), cat(images).MoveToOuterDisposeScope(), k, clock.Elapsed.TotalSeconds);
+    }
+
     private void CheckSize(int height, int width)
     {
         int f = VaeScaleFactor;

@@ -1,0 +1,225 @@
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.IO;
+using Dmd.Networks;
+using Dmd.Pipelines;
+using Dmd.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Tests;
+
+/// <summary>
+/// DMD on a Stable-Diffusion-style teacher (TestData/sd_pipeline/model: diffusers' tiny random UNet, VAE and CLIP text
+/// model): the VP preconditioning is the pipeline's eps-to-EDM teacher, the fake denoiser trains with the eps MSE, the
+/// noise levels are the teacher's training sigmas, prompts condition every draw, pairs carry prompt indices, and a
+/// distillation run resumes bit for bit and yields a generator that `text2img` samples from.
+/// </summary>
+public sealed class TextToImageDmdTests
+{
+    static string Model => Path.Combine(AppContext.BaseDirectory, "TestData", "sd_pipeline", "model");
+
+    static readonly string[] PromptLines = { "a photo of a cat", "a red bag", "an ankle boot, side view" };
+
+    static string PromptsFile()
+    {
+        var path = Path.Combine(TestUtil.TempDir(), "prompts.txt");
+        File.WriteAllLines(path, PromptLines);
+        return path;
+    }
+
+    static DmdConfig Small() => new()
+    {
+        Steps = 4, BatchSize = 2, RegressionBatchSize = 2, LearningRate = 1e-3, WarmupSteps = 0, FakeUpdatesPerStep = 2,
+        LambdaReg = 0, EmaDecay = 0.9, GridEvery = 2, CheckpointEvery = 2, LogEvery = 1, Seed = 5,
+    };
+
+    [Fact]
+    public void TheVpPreconditionedUNetIsThePipelinesEpsTeacher()
+    {
+        using var sd = StableDiffusion.Load(Model);
+        var (teacher, spec) = TextToImageDistillation.Teacher(sd);
+        Assert.Equal(new[] { 4, 16, 16 }, spec.SampleShape);
+        Assert.Equal(sd.Unet.Config.CrossAttentionDim, spec.LabelDim);
+        using var _ = no_grad();
+        var g = new Generator(3);
+        var x0 = randn(new long[] { 4, 4, 16, 16 }, generator: g);
+        var sigma = tensor(new[] { sd.Scheduler.TrainSigmas[999], sd.Scheduler.TrainSigmas[500], 0.7, sd.Scheduler.TrainSigmas[20] }, dtype: ScalarType.Float32);
+        var x = x0 + sigma.reshape(4, 1, 1, 1) * randn(x0.shape, generator: g);
+        var c = sd.EncodePrompts(new[] { "a photo of a cat", "", "a red bag", "x" });
+        var ours = teacher.Denoise(x, sigma, c);
+        var reference = sd.Denoiser.Denoise(x, sigma, c);
+        double rel = ((ours - reference).abs().max() / reference.abs().max()).item<float>();
+        Assert.True(rel < 1e-6, $"VP EdmPrecond differs from EpsPredictionDenoiser by {rel:E2}");
+        // the largest training sigma is the network's timestep 999: the generator's input is DMD's pure noise at t = 999
+        Assert.Equal(999f, sd.Scheduler.Timesteps(tensor(new[] { sd.Scheduler.SigmaMax })).item<float>(), 3);
+    }
+
+    [Fact]
+    public void TheFakeDenoisersLossIsTheEpsMse()
+    {
+        using var sd = StableDiffusion.Load(Model);
+        var (teacher, _) = TextToImageDistillation.Teacher(sd);
+        using var __ = no_grad();
+        var x0 = randn(new long[] { 3, 4, 16, 16 }, generator: new Generator(1));
+        var sigma = tensor(new[] { 0.1, 2.0, 14.0 }, dtype: ScalarType.Float32);
+        var c = sd.EncodePrompts(new[] { "a", "b", "c" });
+        var loss = DmdLoss.FakeDenoising(teacher, x0, sigma, c, new Generator(9)).item<float>();
+        // by hand: the same noise n, eps of x_vp = (x0 + sigma n) / sqrt(1 + sigma^2) at t(sigma), mean (eps - n)^2
+        var n = randn(x0.shape, generator: new Generator(9));
+        var sb = sigma.reshape(3, 1, 1, 1).to(ScalarType.Float32);
+        var xv = (x0 + sb * n) / (sb.square() + 1).sqrt();
+        var eps = sd.Unet.forward(xv, sd.Scheduler.Timesteps(sigma), c);
+        var expected = (eps - n).square().mean().item<float>();
+        Assert.True(Math.Abs(loss - expected) < 1e-5 * expected, $"fake loss {loss} vs eps MSE {expected}");
+        // and EDM networks keep EDM's weighting 1/sigma^2 + 1/sd^2
+        var edm = new EdmPrecond(new MlpBackbone(2, 16, 2), 0.5);
+        var s = tensor(new[] { 0.3 });
+        Assert.Equal(EdmLoss.Weight(s, 0.5).item<double>(), edm.LossWeight(s).item<double>(), 12);
+    }
+
+    [Fact]
+    public void DistilsOnLatentsWithPromptsResumesBitForBitAndSamplesWithText2Img()
+    {
+        var prompts = PromptsFile();
+        var cfg = Small();
+        var dirA = TestUtil.TempDir(); var dirB = TestUtil.TempDir();
+        Dictionary<string, Tensor> teacherWeights;
+        {
+            var (a, sd) = TextToImageDistillation.FromFolder(Model, prompts, null, cfg);
+            using var _a = a; using var _sd = sd;
+            Assert.Equal(sd.Scheduler.SigmaMax, a.Generator.SigmaMax, 9);
+            Assert.Equal(1000, a.Config.GridLevels);
+            teacherWeights = a.Real.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+            var before = a.Generator.Net.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.clone());
+            Assert.True(a.Run(dirA, Model, null, promptsPath: prompts));
+            var losses = File.ReadAllLines(Path.Combine(dirA, "losses.csv"));
+            Assert.Equal(5, losses.Length);
+            Assert.Contains("loss_dm", losses[0]);
+            Assert.Contains("loss_fake", losses[0]);
+            // the generator and fake denoiser moved; the teacher did not
+            Assert.Contains(a.Generator.Net.state_dict(), kv => !TestUtil.Same(kv.Value, before[kv.Key]));
+            Assert.Contains(a.Fake.state_dict(), kv => !TestUtil.Same(kv.Value, teacherWeights[kv.Key]));
+            Assert.All(a.Real.state_dict(), kv => Assert.True(TestUtil.Same(kv.Value, teacherWeights[kv.Key]), $"teacher {kv.Key} changed"));
+        }
+        Assert.True(File.Exists(Path.Combine(dirA, "samples-000004.png")));
+        Assert.Equal(PromptLines, File.ReadAllLines(Path.Combine(dirA, "prompts.txt")));
+        var spec = Checkpoint.LoadJson<NetworkSpec>(Path.Combine(dirA, "generator.json"));
+        Assert.IsType<SdUNetSpec>(spec);
+
+        // stopped at step 2 and continued: the same weights as the uninterrupted run
+        foreach (var stop in new int?[] { 2, null })
+        {
+            var (b, sd) = TextToImageDistillation.FromFolder(Model, prompts, null, cfg);
+            using var _b = b; using var _sd = sd;
+            b.Run(dirB, Model, null, new RunOptions { StopAfter = stop }, promptsPath: prompts);
+        }
+        var ga = Checkpoint.LoadTensors(Path.Combine(dirA, "generator.safetensors"));
+        var gb = Checkpoint.LoadTensors(Path.Combine(dirB, "generator.safetensors"));
+        foreach (var k in ga.Keys) Assert.True(TestUtil.Same(ga[k], gb[k]), $"{k} differs after resume");
+
+        // the saved generator loads as a VP-preconditioned UNet and the pipeline samples with it in one step
+        var g = OneStepGenerator.Load(dirA);
+        Assert.NotNull(g.Net.Schedule);
+        using var sd2 = StableDiffusion.Load(Model);
+        var res = sd2.Generate(g, new[] { "a red bag", "a photo of a cat" }, seed: 4);
+        Assert.Equal(new long[] { 2, 3, 32, 32 }, res.Images.shape);
+        Assert.Equal(1, res.Nfe);
+        Assert.True(isfinite(res.Images).all().item<bool>());
+        // the same latents as the generator on the pipeline's contexts and seeded noise
+        using (no_grad())
+        {
+            var z = ImageSampling.SeededNoise(new[] { 4, 16, 16 }, 4, 2);
+            var direct = g.Generate(z, sd2.EncodePrompts(new[] { "a red bag", "a photo of a cat" }));
+            Assert.True(TestUtil.Same(direct, res.Latents));
+        }
+    }
+
+    [Fact]
+    public void PromptPairsStoreTheirPromptsAndFeedTheRegressionLoss()
+    {
+        var prompts = PromptsFile();
+        var dir = Path.Combine(TestUtil.TempDir(), "pairs");
+        using var sd = StableDiffusion.Load(Model);
+        var made = TextToImageDistillation.MakePairs(sd, PromptLines, count: 5, steps: 2, seed: 7, batchSize: 2, shardDir: dir);
+        var pairs = RegressionPairs.Load(dir);
+        Assert.Equal(PromptLines, pairs.Prompts);
+        Assert.Null(pairs.Y);
+        Assert.True(TestUtil.Same(made.PromptIndex!, pairs.PromptIndex!));
+        Assert.Equal(sd.Scheduler.SigmaMax, pairs.Info.SigmaMax);
+        Assert.Equal(3, pairs.Info.Prompts);
+        // pair 3's x is the teacher's Heun ODE from its z under its prompt's context
+        var (teacher, _) = TextToImageDistillation.Teacher(sd);
+        var p = pairs.PromptIndex![3].item<long>();
+        var c = sd.EncodePrompts(new[] { PromptLines[p] });
+        var x = Samplers.Heun(teacher, pairs.Z[3..4], c, 2, sd.Scheduler.SigmaMin, sd.Scheduler.SigmaMax).Samples;
+        var diff = (x - pairs.X[3..4]).abs().max().item<float>();
+        Assert.True(diff < 1e-4 * pairs.X[3..4].abs().max().item<float>(), $"pair 3 differs from the teacher's ODE by {diff}");
+
+        // Full DMD with regression on them
+        var cfg = Small() with { LambdaReg = 0.25, Steps = 1, GridEvery = 0 };
+        var (t, sd2) = TextToImageDistillation.FromFolder(Model, prompts, dir, cfg);
+        using (t) using (sd2)
+        {
+            var losses = t.TrainStep();
+            Assert.True(losses.ContainsKey("loss_reg") && double.IsFinite(losses["loss_reg"]));
+        }
+        // other prompts than the pairs': refused
+        var otherPrompts = Path.Combine(TestUtil.TempDir(), "other.txt");
+        File.WriteAllLines(otherPrompts, new[] { "a shirt" });
+        var e = Assert.Throws<DmdInputException>(() => TextToImageDistillation.FromFolder(Model, otherPrompts, dir, cfg));
+        Assert.Contains("other prompts", e.Message);
+    }
+
+    [Fact]
+    public void WrongCombinationsAreOneLineErrors()
+    {
+        var prompts = PromptsFile();
+        var e = Assert.Throws<DmdInputException>(() => TextToImageDistillation.FromFolder(Model, prompts, null, Small() with { GanWeight = 0.003 }));
+        Assert.Contains("set gan-weight 0", e.Message);
+        e = Assert.Throws<DmdInputException>(() => TextToImageDistillation.FromFolder(Model, prompts, null, Small() with { GridLevels = 40 }));
+        Assert.Contains("set grid-levels 1000", e.Message);
+        // the CLI: a text-to-image teacher without prompts, prompts for an EDM teacher
+        var (code, output) = CliTests.Run("distill", "--teacher", Model, "--out", TestUtil.TempDir(), "--lambda-reg", "0");
+        Assert.Equal(2, code);
+        Assert.Contains("--prompts FILE", output);
+        (code, output) = CliTests.Run("pairs", "--teacher", Path.Combine(TestUtil.RepoRoot, "models", "fashion-mnist-teacher"), "--prompts", prompts, "--out", TestUtil.TempDir());
+        Assert.Equal(2, code);
+        Assert.Contains("not a text-to-image", output);
+    }
+
+    [Fact]
+    public void TheCommandsDistilAndSampleATextToImageTeacher()
+    {
+        var prompts = PromptsFile();
+        var pairsDir = Path.Combine(TestUtil.TempDir(), "pairs");
+        var (code, output) = CliTests.Run("pairs", "--teacher", Model, "--prompts", prompts, "--count", "4", "--steps", "2", "--batch", "2", "--out", pairsDir);
+        Assert.True(code == 0, output);
+        var run = TestUtil.TempDir();
+        (code, output) = CliTests.Run("--threads", "1", "distill", "--teacher", Model, "--pairs", pairsDir, "--out", run, "--steps", "2", "--batch-size", "2",
+                                      "--regression-batch-size", "2", "--fake-updates-per-step", "1", "--grid-every", "2", "--log-every", "1");
+        Assert.True(code == 0, output);
+        Assert.True(File.Exists(Path.Combine(run, "samples-000002.png")));
+        var png = Path.Combine(TestUtil.TempDir(), "one.png");
+        (code, output) = CliTests.Run("text2img", "--model", run, "--prompt", "a red bag", "--n", "2", "--out", png);
+        Assert.True(code == 0, output);
+        Assert.Contains("1 NFE", output);
+        Assert.True(File.Exists(png));
+
+        // eval's judge is the Fashion-MNIST classifier: this RGB fixture's images are refused with the shape it needs
+        var classPrompts = Path.Combine(TestUtil.TempDir(), "classes.txt");
+        File.WriteAllLines(classPrompts, Enumerable.Range(0, 10).Select(i => $"a photo of class {i}"));
+        (code, output) = CliTests.Run("eval", "--model", run, "--class-prompts", classPrompts, "--n", "10", "--out", Path.Combine(TestUtil.TempDir(), "e.json"));
+        Assert.Equal(2, code);
+        Assert.Contains("needs [1, 32, 32]", output);
+
+        // bench: the parts of a text-to-image image and the teacher's and generator's images/s
+        var bench = Path.Combine(TestUtil.TempDir(), "bench.json");
+        (code, output) = CliTests.Run("--threads", "1", "bench", "--text2img", Model, "--steps", "4", "--repeats", "1", "--out", bench);
+        Assert.True(code == 0, output);
+        var speed = Checkpoint.LoadJson<TextToImageSpeed>(bench);
+        Assert.Equal(32, speed.ImageSize);
+        Assert.Equal(speed.TextEncoderS + 4 * speed.UNetGuidedS + speed.VaeDecodeS, speed.TeacherSecondsPerImage, 9);
+        Assert.True(speed.SpeedUp > 1);
+    }
+}
