@@ -17,6 +17,7 @@ root.Subcommands.Add(DemoCommand.Build());
 root.Subcommands.Add(Toy2dCommand.Build());
 root.Subcommands.Add(TeacherCommand.Build());
 root.Subcommands.Add(ImageTeacherCommand.Build());
+root.Subcommands.Add(TextToImageTeacherCommand.Build());
 root.Subcommands.Add(PairsCommand.Build());
 root.Subcommands.Add(DistillCommand.Build());
 root.Subcommands.Add(SampleCommand.Build());

@@ -18,7 +18,7 @@ namespace Dmd.Networks;
 /// </summary>
 internal sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
 {
-    private readonly GroupNorm? group_norm;
+    private readonly FunctionalGroupNorm? group_norm;
     private readonly Linear to_q;
     private readonly Linear to_k;
     private readonly Linear to_v;
@@ -41,7 +41,7 @@ internal sealed class Attention : nn.Module<Tensor, Tensor?, Tensor>
         long inner = heads * dimHead, ctx = crossAttentionDim ?? queryDim;
         this.heads = heads;
         this.residualConnection = residualConnection;
-        group_norm = normGroups is int g ? nn.GroupNorm(g, queryDim, eps, device: device) : null;
+        group_norm = normGroups is int g ? new FunctionalGroupNorm(g, queryDim, eps, device: device) : null;
         to_q = nn.Linear(queryDim, inner, hasBias: bias, device: device);
         to_k = nn.Linear(ctx, inner, hasBias: bias, device: device);
         to_v = nn.Linear(ctx, inner, hasBias: bias, device: device);

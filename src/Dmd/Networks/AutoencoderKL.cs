@@ -195,7 +195,7 @@ internal sealed class Encoder : nn.Module<Tensor, Tensor>
     private readonly Conv2d conv_in;
     private readonly ModuleList<DownEncoderBlock2D> down_blocks = new();
     private readonly UNetMidBlock2D mid_block;
-    private readonly GroupNorm conv_norm_out;
+    private readonly FunctionalGroupNorm conv_norm_out;
     private readonly Conv2d conv_out;
 
     public Encoder(AutoencoderKLConfig c, Device? device) : base(nameof(Encoder))
@@ -205,7 +205,7 @@ internal sealed class Encoder : nn.Module<Tensor, Tensor>
         for (int i = 0; i < ch.Length; i++)
             down_blocks.Add(new DownEncoderBlock2D(i == 0 ? ch[0] : ch[i - 1], ch[i], c.LayersPerBlock, i < ch.Length - 1, c.NormNumGroups, device));
         mid_block = new UNetMidBlock2D(ch[^1], c.NormNumGroups, device);
-        conv_norm_out = nn.GroupNorm(c.NormNumGroups, ch[^1], 1e-6, device: device);
+        conv_norm_out = new FunctionalGroupNorm(c.NormNumGroups, ch[^1], 1e-6, device: device);
         conv_out = nn.Conv2d(ch[^1], 2 * c.LatentChannels, 3, padding: 1, device: device);
         RegisterComponents();
     }
@@ -226,7 +226,7 @@ internal sealed class Decoder : nn.Module<Tensor, Tensor>
     private readonly Conv2d conv_in;
     private readonly UNetMidBlock2D mid_block;
     private readonly ModuleList<UpDecoderBlock2D> up_blocks = new();
-    private readonly GroupNorm conv_norm_out;
+    private readonly FunctionalGroupNorm conv_norm_out;
     private readonly Conv2d conv_out;
 
     public Decoder(AutoencoderKLConfig c, Device? device) : base(nameof(Decoder))
@@ -236,7 +236,7 @@ internal sealed class Decoder : nn.Module<Tensor, Tensor>
         mid_block = new UNetMidBlock2D(rev[0], c.NormNumGroups, device);
         for (int i = 0; i < rev.Length; i++)
             up_blocks.Add(new UpDecoderBlock2D(i == 0 ? rev[0] : rev[i - 1], rev[i], c.LayersPerBlock + 1, i < rev.Length - 1, c.NormNumGroups, device));
-        conv_norm_out = nn.GroupNorm(c.NormNumGroups, rev[^1], 1e-6, device: device);
+        conv_norm_out = new FunctionalGroupNorm(c.NormNumGroups, rev[^1], 1e-6, device: device);
         conv_out = nn.Conv2d(rev[^1], c.OutChannels, 3, padding: 1, device: device);
         RegisterComponents();
     }

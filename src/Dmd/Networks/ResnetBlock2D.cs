@@ -13,20 +13,20 @@ namespace Dmd.Networks;
 /// </summary>
 internal sealed class ResnetBlock2D : nn.Module<Tensor, Tensor?, Tensor>
 {
-    private readonly GroupNorm norm1;
+    private readonly FunctionalGroupNorm norm1;
     private readonly Conv2d conv1;
     private readonly Linear? time_emb_proj;
-    private readonly GroupNorm norm2;
+    private readonly FunctionalGroupNorm norm2;
     private readonly Conv2d conv2;
     private readonly Conv2d? conv_shortcut;
 
     public ResnetBlock2D(long inChannels, long outChannels, long? tembChannels, int groups, double eps, Device? device = null)
         : base(nameof(ResnetBlock2D))
     {
-        norm1 = nn.GroupNorm(groups, inChannels, eps, device: device);
+        norm1 = new FunctionalGroupNorm(groups, inChannels, eps, device: device);
         conv1 = nn.Conv2d(inChannels, outChannels, 3, padding: 1, device: device);
         time_emb_proj = tembChannels is long t ? nn.Linear(t, outChannels, device: device) : null;
-        norm2 = nn.GroupNorm(groups, outChannels, eps, device: device);
+        norm2 = new FunctionalGroupNorm(groups, outChannels, eps, device: device);
         conv2 = nn.Conv2d(outChannels, outChannels, 3, padding: 1, device: device);
         conv_shortcut = inChannels != outChannels ? nn.Conv2d(inChannels, outChannels, 1, device: device) : null;
         RegisterComponents();

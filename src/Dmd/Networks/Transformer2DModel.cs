@@ -14,7 +14,7 @@ namespace Dmd.Networks;
 /// </summary>
 internal sealed class Transformer2DModel : nn.Module<Tensor, Tensor, Tensor>
 {
-    private readonly GroupNorm norm;
+    private readonly FunctionalGroupNorm norm;
     private readonly Conv2d proj_in;
     private readonly ModuleList<BasicTransformerBlock> transformer_blocks;
     private readonly Conv2d proj_out;
@@ -23,7 +23,7 @@ internal sealed class Transformer2DModel : nn.Module<Tensor, Tensor, Tensor>
         : base(nameof(Transformer2DModel))
     {
         long inner = heads * dimHead;
-        norm = nn.GroupNorm(normGroups, inChannels, 1e-6, device: device);
+        norm = new FunctionalGroupNorm(normGroups, inChannels, 1e-6, device: device);
         proj_in = nn.Conv2d(inChannels, inner, 1, device: device);
         transformer_blocks = nn.ModuleList(new BasicTransformerBlock(inner, heads, dimHead, crossAttentionDim, device));
         proj_out = nn.Conv2d(inner, inChannels, 1, device: device);

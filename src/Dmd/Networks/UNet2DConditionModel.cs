@@ -148,7 +148,7 @@ public sealed class UNet2DConditionModel : nn.Module<Tensor, Tensor, Tensor, Ten
     private readonly ModuleList<UNetDownBlock> down_blocks = new();
     private readonly UNetMidBlock2DCrossAttn mid_block;
     private readonly ModuleList<UNetUpBlock> up_blocks = new();
-    private readonly GroupNorm conv_norm_out;
+    private readonly FunctionalGroupNorm conv_norm_out;
     private readonly Conv2d conv_out;
 
     /// <summary>Builds the network (weights as diffusers/PyTorch initialise them) from <paramref name="config"/> (default: SD v1.5).</summary>
@@ -194,7 +194,7 @@ public sealed class UNet2DConditionModel : nn.Module<Tensor, Tensor, Tensor, Ten
                 : new UpBlock2D(inCh, outCh, prevOut, config.LayersPerBlock + 1, !last, shape));
         }
 
-        conv_norm_out = nn.GroupNorm(config.NormNumGroups, ch[0], config.NormEps, device: device);
+        conv_norm_out = new FunctionalGroupNorm(config.NormNumGroups, ch[0], config.NormEps, device: device);
         conv_out = nn.Conv2d(ch[0], config.OutChannels, 3, padding: 1, device: device);
         RegisterComponents();
     }
