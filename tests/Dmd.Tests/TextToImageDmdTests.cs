@@ -137,6 +137,19 @@ public sealed class TextToImageDmdTests
         Assert.Equal(PromptLines, File.ReadAllLines(Path.Combine(dirA, "prompts.txt")));
         var spec = Checkpoint.LoadJson<NetworkSpec>(Path.Combine(dirA, "generator.json"));
         Assert.IsType<SdUNetSpec>(spec);
+        // its UNet as a diffusers folder: the teacher's pipeline with it, one Euler step from timestep 999, is the generator
+        var unetFolder = UNet2DConditionModel.FromPretrained(Path.Combine(dirA, "unet"));
+        using (no_grad())
+        {
+            var loaded = OneStepGenerator.Load(dirA);
+            using var sdT = StableDiffusion.Load(Model);
+            var z = ImageSampling.SeededNoise(new[] { 4, 16, 16 }, 9, 2);
+            var ctx = sdT.EncodePrompts(new[] { "a red bag", "" });
+            var x = z * sdT.Scheduler.SigmaMax;
+            var sig = sdT.Scheduler.SigmaMax;
+            var viaDiffusersStep = x - sig * unetFolder.forward(x / Math.Sqrt(sig * sig + 1), tensor(new[] { 999f, 999f }), ctx);
+            Assert.True((viaDiffusersStep - loaded.Generate(z, ctx)).abs().max().item<float>() < 1e-4);
+        }
 
         // stopped at step 2 and continued: the same weights as the uninterrupted run
         foreach (var stop in new int?[] { 2, null })

@@ -470,8 +470,18 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     static readonly string[] MayChange = { "Config.Steps", "Config.CheckpointEvery", "Config.LogEvery", "Config.GridEvery" };
     static readonly string[] PathFields = { "Teacher", "Pairs", "Prompts", "Config.InitGenerator", "Config.LpipsWeights" };
 
-    /// <summary>Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`.</summary>
-    public void SaveGenerator(string path) => Output.Save(path, Spec);
+    /// <summary>
+    /// Writes the generator as a loadable model (weights + spec), e.g. for `dmd sample` and `OneStepGenerator.Load`. A
+    /// one-step generator of a text-to-image teacher is also written as a diffusers <c>unet/</c> folder beside it: the
+    /// teacher's pipeline with that UNet, one Euler step at timestep 999 (diffusers: <c>EulerDiscreteScheduler</c> with
+    /// <c>timestep_spacing="trailing"</c>, <c>num_inference_steps=1</c>, <c>guidance_scale=1</c>) gives exactly its samples.
+    /// </summary>
+    public void SaveGenerator(string path)
+    {
+        Output.Save(path, Spec);
+        if (Output.Net.Backbone is SdUNetBackbone b && Output.Steps == 1)
+            b.UNet.SavePretrained(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "unet"));
+    }
 
     /// <summary>Writes the generator, fake, (if any) EMA and GAN head weights, the optimiser states, the step and the random generator state.</summary>
     public void WriteCheckpoint(CheckpointWriter w)

@@ -216,6 +216,30 @@ public sealed class UNet2DConditionModel : nn.Module<Tensor, Tensor, Tensor, Ten
     }
 
     /// <summary>
+    /// Writes a diffusers <c>unet/</c> folder that <see cref="FromPretrained"/> and diffusers' <c>UNet2DConditionModel.from_pretrained</c>
+    /// read: <c>config.json</c> (every field this implementation builds, the others at the values it requires) and the
+    /// weights as <c>diffusion_pytorch_model.safetensors</c> under diffusers' names.
+    /// </summary>
+    public void SavePretrained(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        IO.Checkpoint.SaveModule(this, Path.Combine(folder, DiffusersConfig.WeightsName));
+        var u = Config;
+        System.Text.Json.Nodes.JsonArray Arr<T>(IEnumerable<T> v) => new(v.Select(x => System.Text.Json.Nodes.JsonValue.Create(x)).ToArray<System.Text.Json.Nodes.JsonNode?>());
+        var json = new System.Text.Json.Nodes.JsonObject
+        {
+            ["_class_name"] = nameof(UNet2DConditionModel), ["_diffusers_version"] = "0.27.2", ["act_fn"] = "silu",
+            ["attention_head_dim"] = Arr(u.AttentionHeads), ["block_out_channels"] = Arr(u.BlockOutChannels), ["center_input_sample"] = false,
+            ["cross_attention_dim"] = u.CrossAttentionDim, ["down_block_types"] = Arr(u.DownBlockTypes), ["downsample_padding"] = u.DownsamplePadding,
+            ["dropout"] = 0.0, ["flip_sin_to_cos"] = u.FlipSinToCos, ["freq_shift"] = u.FreqShift, ["in_channels"] = u.InChannels,
+            ["layers_per_block"] = u.LayersPerBlock, ["mid_block_scale_factor"] = 1, ["mid_block_type"] = "UNetMidBlock2DCrossAttn",
+            ["norm_eps"] = u.NormEps, ["norm_num_groups"] = u.NormNumGroups, ["out_channels"] = u.OutChannels, ["sample_size"] = u.SampleSize,
+            ["up_block_types"] = Arr(u.UpBlockTypes), ["upcast_attention"] = false, ["use_linear_projection"] = false,
+        };
+        IO.Checkpoint.SaveJson(json, Path.Combine(folder, "config.json"));
+    }
+
+    /// <summary>
     /// The predicted noise eps [B, out_channels, H, W] of <paramref name="sample"/> [B, in_channels, H, W] at diffusion
     /// step <paramref name="timestep"/> ([B] or a scalar, on the 0..999 DDPM scale), conditioned on the text encoder's
     /// <paramref name="encoderHiddenStates"/> [B, tokens, cross_attention_dim].
