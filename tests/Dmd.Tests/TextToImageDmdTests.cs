@@ -1,3 +1,4 @@
+using Dmd.Data;
 using Dmd.Diffusion;
 using Dmd.Distillation;
 using Dmd.IO;
@@ -215,12 +216,67 @@ public sealed class TextToImageDmdTests
         Assert.Contains("other prompts", e.Message);
     }
 
+    /// <summary>
+    /// DMD2 on a latent teacher: the GAN head on the fake UNet's bottleneck sees Fashion-MNIST images encoded by the VAE with
+    /// captions of their classes, both GAN losses are logged, and a run stopped and resumed ends bit for bit with the head.
+    /// </summary>
+    [Fact]
+    public void Dmd2sGanTrainsOnCaptionedRealLatentsAndResumesBitForBit()
+    {
+        var teacherDir = TestUtil.TempDir();
+        using (var t = new TextToImageTeacherTrainer(TextToImageTeacherTests.Tiny, TextToImageTeacherTests.Squares())) t.Run(teacherDir, "squares");
+        var prompts = Path.Combine(TestUtil.TempDir(), "p.txt");
+        FashionMnistCaptions.WritePrompts(prompts, 1);
+        var cfg = Small() with { GanWeight = 0.01, GanFakeWeight = 0.1, Steps = 3, GridEvery = 0 };
+
+        using (var sd = StableDiffusion.Load(teacherDir))
+        {
+            var real = CaptionedLatents.FashionMnist(sd);
+            Assert.Equal(new[] { 4, 16, 16 }, real.Shape);
+            var (x, c) = real.Batch(3, new Generator(1));
+            Assert.Equal(new long[] { 3, 4, 16, 16 }, x.shape);
+            Assert.Equal(new long[] { 3, 77, sd.Unet.Config.CrossAttentionDim }, c!.shape);
+            // each context is the text encoder's for a caption of the image's class (templates drawn with the same generator)
+            var images = DataSource.Parse("fashion-mnist").LoadImages(32, 1, xflip: false);
+            var g = new Generator(1);
+            var (_, y) = images.Batch(3, g);
+            var template = Rng.Integers(0, FashionMnistCaptions.Templates.Count, 3, g).data<long>().ToArray();
+            var captions = y!.argmax(1).data<long>().ToArray().Select((k, i) => FashionMnistCaptions.Caption((int)k, (int)template[i])).ToArray();
+            Assert.True(TestUtil.Same(sd.EncodePrompts(captions), c));
+        }
+
+        var dirA = TestUtil.TempDir(); var dirB = TestUtil.TempDir();
+        {
+            var (a, sd) = TextToImageDistillation.FromFolder(teacherDir, prompts, null, cfg, ganData: "fashion-mnist");
+            using var _a = a; using var _sd = sd;
+            Assert.NotNull(a.GanHead);
+            a.Run(dirA, teacherDir, null, ganData: "fashion-mnist", promptsPath: prompts);
+        }
+        var header = File.ReadLines(Path.Combine(dirA, "losses.csv")).First();
+        foreach (var col in new[] { "loss_gan_g", "loss_gan_d", "gan_logit_real", "gan_logit_fake" }) Assert.Contains(col, header);
+        foreach (var stop in new int?[] { 2, null })
+        {
+            var (b, sd) = TextToImageDistillation.FromFolder(teacherDir, prompts, null, cfg, ganData: "fashion-mnist");
+            using var _b = b; using var _sd = sd;
+            b.Run(dirB, teacherDir, null, new RunOptions { StopAfter = stop }, ganData: "fashion-mnist", promptsPath: prompts);
+        }
+        foreach (var file in new[] { "generator.safetensors", "fake.safetensors", "gan_head.safetensors" })
+        {
+            var ta = Checkpoint.LoadTensors(Path.Combine(TestUtil.CheckpointFolder(dirA), file));
+            var tb = Checkpoint.LoadTensors(Path.Combine(TestUtil.CheckpointFolder(dirB), file));
+            foreach (var k in ta.Keys) Assert.True(TestUtil.Same(ta[k], tb[k]), $"{file}: {k} differs after resume");
+        }
+    }
+
     [Fact]
     public void WrongCombinationsAreOneLineErrors()
     {
         var prompts = PromptsFile();
         var e = Assert.Throws<DmdInputException>(() => TextToImageDistillation.FromFolder(Model, prompts, null, Small() with { GanWeight = 0.003 }));
-        Assert.Contains("set gan-weight 0", e.Message);
+        Assert.Contains("--gan-data fashion-mnist", e.Message);
+        // the fixture's VAE takes RGB images: Fashion-MNIST's grayscale ones are refused with the shape it needs
+        e = Assert.Throws<DmdInputException>(() => TextToImageDistillation.FromFolder(Model, prompts, null, Small() with { GanWeight = 0.003 }, ganData: "fashion-mnist"));
+        Assert.Contains("the pipeline's VAE takes [3, 32, 32]", e.Message);
         e = Assert.Throws<DmdInputException>(() => TextToImageDistillation.FromFolder(Model, prompts, null, Small() with { GridLevels = 40 }));
         Assert.Contains("set grid-levels 1000", e.Message);
         // the CLI: a text-to-image teacher without prompts, prompts for an EDM teacher

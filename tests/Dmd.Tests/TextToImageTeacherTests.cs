@@ -11,7 +11,7 @@ namespace Dmd.Tests;
 public class TextToImageTeacherTests
 {
     /// <summary>Tiny networks: every test runs in seconds.</summary>
-    static readonly TextToImageTeacherConfig Tiny = new()
+    internal static readonly TextToImageTeacherConfig Tiny = new()
     {
         VaeSteps = 4, VaeBatchSize = 8, VaeChannels = 8, ScaleImages = 32, Steps = 6, BatchSize = 8, UnetChannels = 8, UnetHeads = 2,
         NormGroups = 4, TextHidden = 16, TextHeads = 2, TextLayers = 1, LrRampupSteps = 2, EmaHalfLifeSteps = 2, CheckpointEvery = 1000,
@@ -19,7 +19,7 @@ public class TextToImageTeacherTests
     };
 
     /// <summary>40 synthetic 32x32 greyscale images of the ten classes: class c is a bright square whose size grows with c, at a random place.</summary>
-    static ImageDataset Squares(int n = 40, int seed = 1)
+    internal static ImageDataset Squares(int n = 40, int seed = 1)
     {
         var rng = new Random(seed);
         var px = new byte[n * 32 * 32];

@@ -93,8 +93,6 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (spec.IsLatent != Conditions is PromptConditions)
             throw new DmdInputException(spec.IsLatent ? "a text-to-image teacher is conditioned on prompts: give a prompts file (--prompts FILE, one prompt a line)"
                                                       : "prompts condition a text-to-image teacher only; this teacher takes class labels");
-        if (config.UsesGan && Conditions is PromptConditions)
-            throw new DmdInputException($"gan-weight {config.GanWeight:G}: DMD2's GAN on a text-to-image teacher (real latents with their captions) is not implemented; set gan-weight 0");
         if (teacher.Schedule is { } vp)
         {
             // DMD on an eps-prediction teacher (Stable Diffusion): noise levels are its 1000 training sigmas, the generator maps

@@ -55,14 +55,20 @@ public static class TextToImageDistillation
     /// (one a line), with regression pairs from `dmd pairs --prompts` when the config uses them. Returns it with the loaded
     /// pipeline (its tokenizer, text encoder and VAE stay in use for the grids; dispose it after the trainer).
     /// </summary>
+    /// <param name="ganData">With gan-weight &gt; 0, DMD2's GAN needs captioned real images: "fashion-mnist" (its training
+    /// images with <see cref="Data.FashionMnistCaptions"/>, encoded by the pipeline's VAE and text encoder); the only kind built.</param>
     public static (DmdTrainer Trainer, StableDiffusion Pipeline) FromFolder(string folder, string promptsFile, string? pairsPath, DmdConfig config,
-                                                                          Device? device = null)
+                                                                          Device? device = null, string? ganData = null)
     {
+        if (config.UsesGan && ganData != "fashion-mnist")
+            throw new DmdInputException($"gan-weight {config.GanWeight:G} on a text-to-image teacher needs captioned real images: --gan-data fashion-mnist " +
+                                        "(Fashion-MNIST with templated captions; other captioned data is not implemented), or set gan-weight 0");
         var sd = StableDiffusion.Load(folder, device);
         var conditions = EncodePrompts(sd, RegressionPairs.ReadPrompts(promptsFile));
         var (teacher, spec) = Teacher(sd);
         var pairs = pairsPath is not null ? RegressionPairs.Load(pairsPath) : null;
-        var trainer = new DmdTrainer(teacher, spec, ForSchedule(config, sd.Scheduler), pairs, device, conditions: conditions)
+        var real = config.UsesGan ? CaptionedLatents.FashionMnist(sd) : null;
+        var trainer = new DmdTrainer(teacher, spec, ForSchedule(config, sd.Scheduler), pairs, device, conditions: conditions, realData: real)
         {
             DecodeLatents = sd.DecodeLatents,
         };
