@@ -121,4 +121,19 @@ public class IoTests
         var cell = (board + 2).floor().to(ScalarType.Int64);
         Assert.True(((cell[.., 0] + cell[.., 1]) % 2 == 0).all().item<bool>());
     }
+
+    /// <summary>A resumed run that logs a new loss (the GAN's, switched on at resume) widens the log instead of dropping it.</summary>
+    [Fact]
+    public void ALossAddedOnResumeWidensTheLog()
+    {
+        var path = Path.Combine(TestUtil.TempDir(), "losses.csv");
+        new CsvLog(path, append: false).Write(10, new Dictionary<string, double> { ["loss_dm"] = 1.5 });
+        var resumed = new CsvLog(path, append: true);
+        resumed.Write(20, new Dictionary<string, double> { ["loss_dm"] = 1.25, ["loss_gan_g"] = 0.5 });
+        resumed.Write(30, new Dictionary<string, double> { ["loss_gan_g"] = 0.25 });
+        Assert.Equal("step,loss_dm,loss_gan_g", File.ReadLines(path).First());
+        var log = CsvLog.Read(path);
+        Assert.Equal(new[] { (10, 1.5), (20, 1.25) }, log["loss_dm"]);
+        Assert.Equal(new[] { (20, 0.5), (30, 0.25) }, log["loss_gan_g"]);
+    }
 }

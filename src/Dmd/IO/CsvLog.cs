@@ -26,7 +26,8 @@ internal sealed class CsvLog
 
     /// <summary>
     /// Appends the row "step,values" (G6, invariant culture). The first row written sets the header from the keys of
-    /// <paramref name="values"/>; later a column without a value is left empty and a key not in the header is dropped.
+    /// <paramref name="values"/>; later a column without a value is left empty, and a key not in the header (a loss a
+    /// resumed run adds, e.g. the GAN's) widens it: the file is rewritten with the new columns, empty in the older rows.
     /// </summary>
     public void Write(int step, IReadOnlyDictionary<string, double> values)
     {
@@ -34,6 +35,15 @@ internal sealed class CsvLog
         {
             columns = values.Keys.ToArray();
             File.AppendAllText(path, "step," + string.Join(",", columns) + "\n");
+        }
+        var added = values.Keys.Where(k => !columns.Contains(k)).ToArray();
+        if (added.Length > 0)
+        {
+            columns = columns.Concat(added).ToArray();
+            var pad = new string(',', added.Length);
+            var rows = File.ReadLines(path).Skip(1).Select(l => l + pad);
+            File.WriteAllLines(path + ".tmp", new[] { "step," + string.Join(",", columns) }.Concat(rows));
+            File.Move(path + ".tmp", path, overwrite: true);
         }
         File.AppendAllText(path, step + "," + string.Join(",", columns.Select(c => values.TryGetValue(c, out var v) ? v.ToString("G6", CultureInfo.InvariantCulture) : "")) + "\n");
     }
