@@ -6,6 +6,7 @@ using Dmd.Networks;
 using Dmd.Pipelines;
 using Spectre.Console;
 using TorchSharp;
+using static TorchSharp.torch;
 
 namespace Dmd.Cli;
 
@@ -20,6 +21,9 @@ internal static class EvalCommand
                                       "or a `dmd distill` run of one) with --class-prompts: the same on images of each class's prompt (prompt following).");
         var model = new Option<string>("--model") { Description = "teacher.safetensors or generator.safetensors (or its run folder); or a text-to-image folder or its distillation run (with --class-prompts)", Required = true };
         var classPrompts = new Option<string?>("--class-prompts") { Description = "text-to-image: a file of 10 prompts, line i prompting Fashion-MNIST class i (the judge's classes)" };
+        var prompts = new Option<string?>("--prompts") { Description = "text-to-image: prompts (one a line, each sample's drawn uniformly) for FID against --reference" };
+        var reference = new Option<string?>("--reference") { Description = "text-to-image: a folder of reference images (PNG/JPEG, resized to the model's image size) for FID with --prompts" };
+        var fidWeights = new Option<string?>("--fid-weights") { Description = "FID Inception weights (safetensors from tools/convert_inception_weights.py) for --reference" };
         var sampler = new Option<string?>("--sampler") { Description = "onestep, heun or euler (default: onestep for generators, heun otherwise)" };
         var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
@@ -28,13 +32,15 @@ internal static class EvalCommand
         var seed = new Option<long>("--seed") { Description = "seed of the noise and labels of the samples", DefaultValueFactory = _ => 0 };
         var data = new Option<string?>("--data") { Description = "points: the reference distribution (built-in name or csv:PATH; default: the data the model's run learned, from its config.json)" };
         var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file for the results (default: runs/eval/MODEL.json; never inside the model's folder unless named here)" };
-        foreach (var o in new Option[] { model, classPrompts, sampler, steps, guidance, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, classPrompts, prompts, reference, fidWeights, sampler, steps, guidance, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, steps, batch);
-            if (TextToImageModel(r.GetValue(model)!) is string teacherFolder) return TextToImage(r, teacherFolder, model, classPrompts, sampler, steps, guidance, n, batch, seed, outOpt);
-            if (r.GetValue(classPrompts) is not null) throw new DmdInputException("--class-prompts: the model is not a text-to-image folder or a distillation of one");
+            if (TextToImageModel(r.GetValue(model)!) is string teacherFolder)
+                return TextToImage(r, teacherFolder, model, classPrompts, sampler, steps, guidance, n, batch, seed, outOpt, (prompts, reference, fidWeights));
+            if (r.GetValue(classPrompts) is not null || r.GetValue(prompts) is not null || r.GetValue(reference) is not null)
+                throw new DmdInputException("--class-prompts, --prompts and --reference are for a text-to-image model (a diffusers folder or a distillation of one)");
             var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r));
             var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(m.Path);
             Checkpoint.EnsureWritableFile(outPath, "--out");
@@ -70,11 +76,18 @@ internal static class EvalCommand
     }
 
     static int TextToImage(ParseResult r, string teacherFolder, Option<string> model, Option<string?> classPrompts, Option<string?> sampler, Option<int?> steps,
-                           Option<double> guidance, Option<int> n, Option<int?> batch, Option<long> seed, Option<string?> outOpt)
+                           Option<double> guidance, Option<int> n, Option<int?> batch, Option<long> seed, Option<string?> outOpt,
+                           (Option<string?> Prompts, Option<string?> Reference, Option<string?> Weights) fid)
     {
         var modelPath = r.GetValue(model)!;
-        var prompts = RegressionPairs.ReadPrompts(r.GetValue(classPrompts) ?? throw new DmdInputException(
-            $"{modelPath} is a text-to-image model: give --class-prompts FILE (10 lines, line i prompting Fashion-MNIST class i)"));
+        bool useFid = r.GetValue(fid.Reference) is not null;
+        if (useFid == (r.GetValue(classPrompts) is not null))
+            throw new DmdInputException($"{modelPath} is a text-to-image model: give --class-prompts FILE (10 lines, line i prompting Fashion-MNIST class i: " +
+                                        "FD-FMNIST and prompt following), or --prompts FILE --reference FOLDER --fid-weights FILE (FID), not both");
+        var prompts = RegressionPairs.ReadPrompts(useFid ? r.GetValue(fid.Prompts) ?? throw new DmdInputException("--reference: give the prompts of the samples with --prompts FILE")
+                                                         : r.GetValue(classPrompts)!);
+        using var inception = useFid ? Metrics.FidInceptionV3.Load(r.GetValue(fid.Weights) ?? throw new DmdInputException(
+            "--reference: FID needs the Inception weights, --fid-weights FILE (made by tools/convert_inception_weights.py from pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")) : null;
         var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(modelPath);
         Checkpoint.EnsureWritableFile(outPath, "--out");
         using var sd = StableDiffusion.Load(teacherFolder, Devices.Get(r));
@@ -88,15 +101,28 @@ internal static class EvalCommand
         int nfe = distilled ? k : options.Sampler == "heun" ? 2 * options.Steps - 1 : options.Steps;
         var shape = generator?.Spec!.SampleShape ?? new[] { sd.Unet.Config.InChannels, sd.Unet.Config.SampleSize, sd.Unet.Config.SampleSize };
         EvalResult res = null!;
-        ProgressView.Run(report => res = Evaluation.RunTextToImage(modelPath, distilled ? "onestep" : options.Sampler, nfe, distilled ? 1 : options.Guidance, prompts, shape,
-            (p, z, first) => distilled ? sd.Generate(generator!, p, r.GetValue(seed) + first, k, options.Batch, latents: z).Images
-                                       : sd.Generate(p, options, latents: z).Images,
-            r.GetValue(n), r.GetValue(seed), options.Batch, (d, t) => report("sample", d, t, null)));
+        Tensor Make(IReadOnlyList<string> p, Tensor z, long first) => distilled ? sd.Generate(generator!, p, r.GetValue(seed) + first, k, options.Batch, latents: z).Images
+                                                                                : sd.Generate(p, options, latents: z).Images;
+        var samplerName = distilled ? "onestep" : options.Sampler;
+        double w = distilled ? 1 : options.Guidance;
+        if (useFid)
+        {
+            int size = shape[1] * sd.VaeScaleFactor;
+            var refName = r.GetValue(fid.Reference)!;
+            var refImages = Data.DataSource.Parse("folder:" + refName).LoadImages(size, sd.Vae.Config.OutChannels, xflip: false).Images;
+            var refFloat = refImages.to(ScalarType.Float32) / 127.5 - 1;
+            ProgressView.Run(report => res = Evaluation.RunTextToImageFid(modelPath, samplerName, nfe, w, prompts, shape, Make, r.GetValue(n), r.GetValue(seed),
+                                                                          refFloat, inception!, refName, options.Batch, (d, t) => report("sample", d, t, null)));
+        }
+        else
+            ProgressView.Run(report => res = Evaluation.RunTextToImage(modelPath, samplerName, nfe, w, prompts, shape, Make,
+                                                                       r.GetValue(n), r.GetValue(seed), options.Batch, (d, t) => report("sample", d, t, null)));
         var t = new Table().AddColumns("measure", "value").Title(Markup.Escape($"{modelPath} ({res.Sampler}, {res.Nfe} NFE)"));
         t.AddRow("samples/s", res.SamplesPerSecond.ToString("N1", CultureInfo.InvariantCulture));
         foreach (var (key, v) in res.Metrics) t.AddRow(key, v.ToString("G4", CultureInfo.InvariantCulture));
         AnsiConsole.Write(t);
-        AnsiConsole.MarkupLine("per class: " + string.Join(", ", res.PerClassAccuracy!.Select((a, c) => double.IsNaN(a) ? $"{c}: -" : $"{c}: {100 * a:F1} %")));
+        if (res.PerClassAccuracy is { } perClass)
+            AnsiConsole.MarkupLine("per class: " + string.Join(", ", perClass.Select((a, c) => double.IsNaN(a) ? $"{c}: -" : $"{c}: {100 * a:F1} %")));
         Checkpoint.SaveJson(res, outPath);
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
         return 0;

@@ -116,6 +116,44 @@ public static class Evaluation
     }
 
     /// <summary>
+    /// FID of a text-to-image model against a folder of reference images (CLIP-free: the Inception pool features alone):
+    /// each sample's prompt is drawn uniformly from <paramref name="prompts"/> with <paramref name="seed"/> after the initial
+    /// latents, <paramref name="generate"/> makes the images (as in <see cref="RunTextToImage"/>), and their FID Inception
+    /// features are compared with those of <paramref name="reference"/> (images in [-1, 1], any count; more is better).
+    /// The result's metric is <c>fid</c> with <c>reference_images</c>.
+    /// </summary>
+    public static EvalResult RunTextToImageFid(string modelPath, string sampler, int nfe, double guidance, IReadOnlyList<string> prompts, int[] latentShape,
+                                               Func<IReadOnlyList<string>, Tensor, long, Tensor> generate, int count, long seed, Tensor reference,
+                                               FidInceptionV3 inception, string referenceName, int batch = 64, Action<int, int>? onBatch = null)
+    {
+        if (count < 10) throw new DmdInputException("--n must be at least 10");
+        if (prompts.Count == 0) throw new DmdInputException("no prompts: give a prompts file with at least one line");
+        if (reference.shape[0] < 2) throw new DmdInputException($"{referenceName} holds {reference.shape[0]} image(s): FID needs at least two reference images");
+        using var g = new Generator((ulong)seed);
+        var z = Rng.Normal(new long[] { count }.Concat(latentShape.Select(s => (long)s)).ToArray(), g);
+        var index = Rng.Integers(0, prompts.Count, count, g).data<long>().ToArray();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var features = new List<Tensor>();
+        for (int i = 0; i < count; i += batch)
+        {
+            int j = Math.Min(count, i + batch);
+            using var scope = NewDisposeScope();
+            var images = generate(index[i..j].Select(k => prompts[(int)k]).ToArray(), z[i..j], i);
+            features.Add(inception.Features(images.cpu()).MoveToOuterDisposeScope());
+            onBatch?.Invoke(j, count);
+        }
+        double secs = clock.Elapsed.TotalSeconds;
+        var (mu, sigma) = FrechetDistance.Statistics(cat(features));
+        var (muRef, sigmaRef) = FrechetDistance.Statistics(inception.Features(reference));
+        var metrics = new Dictionary<string, double>
+        {
+            ["fid"] = FrechetDistance.Compute(mu, sigma, muRef, sigmaRef),
+            ["reference_images"] = reference.shape[0],
+        };
+        return new EvalResult(modelPath, sampler, nfe, count, guidance, count / secs, metrics, null, referenceName);
+    }
+
+    /// <summary>
     /// This rank's contiguous slice of the samples (all of them in one process), the index of its first row, and the wall
     /// time (in a job from a common start, so the slowest rank's). Sample i's noise between the steps of a K-step generator
     /// is seeded seed + i, so a slice from row lo starts at seed + lo.
