@@ -4,11 +4,11 @@ using Dmd.Data;
 using Dmd.Diffusion;
 using Dmd.IO;
 using Dmd.Networks;
-using Dmd.Pipelines;
+using Dmd.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Dmd.Training;
+namespace Dmd.Pipelines;
 
 /// <summary>
 /// Hyper-parameters and sizes of a small latent text-to-image teacher in Stable Diffusion's layout (`dmd
