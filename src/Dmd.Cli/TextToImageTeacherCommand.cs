@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Dmd.Data;
 using Dmd.IO;
+using Dmd.Pipelines;
 using Dmd.Training;
 using Spectre.Console;
 using TorchSharp;

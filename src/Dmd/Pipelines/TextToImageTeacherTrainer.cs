@@ -4,11 +4,11 @@ using Dmd.Data;
 using Dmd.Diffusion;
 using Dmd.IO;
 using Dmd.Networks;
-using Dmd.Pipelines;
+using Dmd.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Dmd.Training;
+namespace Dmd.Pipelines;
 
 /// <summary>
 /// Hyper-parameters and sizes of a small latent text-to-image teacher in Stable Diffusion's layout (`dmd
@@ -321,7 +321,7 @@ public sealed class TextToImageTeacherTrainer : IDisposable
     /// <summary>
     /// Runs both stages to their ends, or until <paramref name="options"/> stops it (time budget over the whole call, stop
     /// request), resuming from <paramref name="outDir"/> where it holds a run with the same settings. Stage a is skipped
-    /// when <c>vae/</c> is already written. The diffusers folder is (re)written whenever stage b stops or checkpoints, so
+    /// when <c>vae/</c> is already written. The diffusers folder is (re)written whenever stage b stops or checkpoints (with a grid when it stops), so
     /// it always holds the latest EMA model. <paramref name="onStage"/> tells which stage starts ("vae", "unet").
     /// Returns false when the run was stopped before its last step.
     /// </summary>
@@ -374,7 +374,11 @@ public sealed class TextToImageTeacherTrainer : IDisposable
             if (Config.GridEvery > 0 && step % Config.GridEvery == 0 || end) Grid(outDir, step);
         }
         TrainingLoop.Run(unet, outDir, resumedB, Config.Steps, Config.LogEvery, Config.CheckpointEvery, ob, AfterStep);
-        if (UnetStep > 0 && UnetStep < Config.Steps) Export(outDir);   // a stopped run's folder holds its latest EMA model
+        if (UnetStep > 0 && UnetStep < Config.Steps)   // a stopped run's folder holds its latest EMA model, and a grid shows it
+        {
+            Export(outDir);
+            if (!File.Exists(Path.Combine(outDir, $"samples-{UnetStep:D6}.png"))) Grid(outDir, UnetStep);
+        }
         Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("eps MSE", Path.Combine(outDir, "losses.csv")) });
         return UnetStep == Config.Steps;
     }
