@@ -82,11 +82,16 @@ public sealed class PromptConditions : Conditions
     /// <inheritdoc/>
     public override IDenoiser Guided(IDenoiser d, double scale) => scale == 1.0 ? d : new GuidedDenoiser(d, scale, Unconditional);
 
-    /// <summary>The grid's rows: the first ten prompts (all when fewer), each repeated across its row.</summary>
+    /// <summary>
+    /// The grid's rows: ten prompts spread evenly through the file (all of them when fewer; prompt i * P / 10, so a file
+    /// written class by class shows every class), each repeated across its row and labelled with its text (cut at 28 characters).
+    /// </summary>
     public override (Tensor? Y, int Rows, string[]? RowLabels) Grid(int perRow)
     {
         int rows = Math.Min(10, Prompts.Count);
-        var index = arange(rows, dtype: ScalarType.Int64).repeat_interleave(perRow);
-        return (Of(index), rows, Enumerable.Range(0, rows).Select(i => i.ToString()).ToArray());
+        var picked = Enumerable.Range(0, rows).Select(i => (long)i * Prompts.Count / rows).ToArray();
+        var index = tensor(picked).repeat_interleave(perRow);
+        var labels = picked.Select(i => Prompts[(int)i].Length <= 28 ? Prompts[(int)i] : Prompts[(int)i][..27] + "…").ToArray();
+        return (Of(index), rows, labels);
     }
 }
