@@ -95,8 +95,14 @@ public class ReliabilityTests
     [Fact]
     public void CheckpointsOfTheEarlierLayoutStillResume()
     {
-        // the shipped student's checkpoint/ holds its files directly, state.json last (the layout before manifests)
-        var store = new CheckpointStore(Path.Combine(TestUtil.RepoRoot, "models", "fashion-mnist-student"));
+        // the layout before manifests: checkpoint/ holds the files directly, state.json written last (the shipped student's
+        // until 2026-12-01); made here from the shipped student's checkpoint, without its manifest
+        var dir = TestUtil.TempDir();
+        var legacy = Directory.CreateDirectory(Path.Combine(dir, "checkpoint")).FullName;
+        var shipped = TestUtil.CheckpointFolder(Path.Combine(TestUtil.RepoRoot, "models", "fashion-mnist-student"));
+        foreach (var f in new[] { "generator.safetensors", "fake.safetensors", "ema.safetensors", "optim_generator.pt", "optim_fake.pt", "state.json" })
+            File.Copy(Path.Combine(shipped, f), Path.Combine(legacy, f));
+        var store = new CheckpointStore(dir);
         var reader = store.Open();
         Assert.NotNull(reader);
         Assert.True(reader!.Step > 0);
