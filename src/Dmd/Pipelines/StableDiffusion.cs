@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 
 namespace Dmd.Pipelines;
 
-/// <summary>Settings of one text-to-image run (<see cref="StableDiffusion.Generate"/>); the defaults are the <c>text2img</c> command's.</summary>
+/// <summary>Settings of one text-to-image run (<see cref="StableDiffusion.Generate(IReadOnlyList{string}, TextToImageOptions?, Tensor?, Action{int, int}?)"/>); the defaults are the <c>text2img</c> command's.</summary>
 public sealed record TextToImageOptions
 {
     /// <summary>The unconditional prompt of classifier-free guidance ("" = diffusers' default, the empty prompt).</summary>
@@ -40,7 +40,7 @@ public sealed record TextToImageOptions
 }
 
 /// <summary>
-/// What <see cref="StableDiffusion.Generate"/> returns, on the host: the final latents (the UNet's scale, as diffusers'
+/// What <see cref="StableDiffusion.Generate(IReadOnlyList{string}, TextToImageOptions?, Tensor?, Action{int, int}?)"/> returns, on the host: the final latents (the UNet's scale, as diffusers'
 /// <c>output_type="latent"</c>), the images (B, 3, H, W) in [-1, 1], the network evaluations per image and the time taken.
 /// </summary>
 public sealed record TextToImageResult(Tensor Latents, Tensor Images, int Nfe, double Seconds);
@@ -228,7 +228,7 @@ public sealed class StableDiffusion : IDisposable
     /// <summary>
     /// Text-to-image with a distilled generator of this pipeline's UNet (`dmd distill` on it): its K steps (one by default)
     /// instead of the sampler, from the same initial latents as <see cref="Generate(IReadOnlyList{string}, TextToImageOptions?, Tensor?, Action{int, int}?)"/>
-    /// (seed + i for image i; between steps <see cref="OneStepGenerator.SeededStepNoise"/>), then the VAE decode clamped to [-1, 1].
+    /// (seed + i for image i; between steps <see cref="Distillation.OneStepGenerator.SeededStepNoise"/>), then the VAE decode clamped to [-1, 1].
     /// The generator's latent size sets the image size.
     /// </summary>
     /// <param name="generator">The distilled generator (its spec set, as <see cref="Distillation.OneStepGenerator.Load"/> gives it).</param>

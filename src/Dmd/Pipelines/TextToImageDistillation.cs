@@ -55,6 +55,11 @@ public static class TextToImageDistillation
     /// (one a line), with regression pairs from `dmd pairs --prompts` when the config uses them. Returns it with the loaded
     /// pipeline (its tokenizer, text encoder and VAE stay in use for the grids; dispose it after the trainer).
     /// </summary>
+    /// <param name="folder">The diffusers text-to-image folder (tokenizer/, text_encoder/, unet/, vae/, scheduler/).</param>
+    /// <param name="promptsFile">The prompts the generator learns, one a line.</param>
+    /// <param name="pairsPath">Regression pairs from `dmd pairs --prompts` (same prompts), or null.</param>
+    /// <param name="config">The run's settings (grid-levels and sigma-max follow the teacher's schedule when left at their defaults).</param>
+    /// <param name="device">Where the networks compute.</param>
     /// <param name="ganData">With gan-weight &gt; 0, DMD2's GAN needs captioned real images: "fashion-mnist" (its training
     /// images with <see cref="Data.FashionMnistCaptions"/>, encoded by the pipeline's VAE and text encoder); the only kind built.</param>
     public static (DmdTrainer Trainer, StableDiffusion Pipeline) FromFolder(string folder, string promptsFile, string? pairsPath, DmdConfig config,

@@ -147,7 +147,7 @@ internal sealed record TextToImageRunInfo(TextToImageTeacherConfig Config, strin
 /// <c>vae/</c>, <c>scheduler/</c>, <c>model_index.json</c>) that <see cref="StableDiffusion.Load"/> reads, holding the EMA
 /// weights; beside it the run's <c>config.json</c>, <c>losses.csv</c> and <c>checkpoint/</c> of stage b, <c>vae-stage/</c>
 /// (stage a's losses.csv and checkpoint/, <c>reconstructions.png</c>), and <c>samples-STEP.png</c> grids (one row per
-/// class, <see cref="FashionMnistCaptions.PromptFor"/>, drawn by <see cref="StableDiffusion.Generate"/> from the folder).
+/// class, <see cref="FashionMnistCaptions.PromptFor"/>, drawn by <see cref="StableDiffusion.Generate(IReadOnlyList{string}, TextToImageOptions?, Tensor?, Action{int, int}?)"/> from the folder).
 /// </summary>
 public sealed class TextToImageTeacherTrainer : IDisposable
 {
@@ -441,20 +441,7 @@ public sealed class TextToImageTeacherTrainer : IDisposable
             ["layer_norm_eps"] = te.LayerNormEps, ["vocab_size"] = te.VocabSize, ["projection_dim"] = te.HiddenSize,
         }, Path.Combine(teDir, "config.json"));
 
-        var u = EmaUnet.Config;
-        var unetDir = Path.Combine(outDir, "unet");
-        Directory.CreateDirectory(unetDir);
-        Checkpoint.SaveModule(EmaUnet, Path.Combine(unetDir, DiffusersConfig.WeightsName));
-        WriteJson(new JsonObject
-        {
-            ["_class_name"] = "UNet2DConditionModel", ["_diffusers_version"] = "0.27.2", ["act_fn"] = "silu",
-            ["attention_head_dim"] = JArr(u.AttentionHeads), ["block_out_channels"] = JArr(u.BlockOutChannels), ["center_input_sample"] = false,
-            ["cross_attention_dim"] = u.CrossAttentionDim, ["down_block_types"] = JArr(u.DownBlockTypes), ["downsample_padding"] = u.DownsamplePadding,
-            ["dropout"] = 0.0, ["flip_sin_to_cos"] = u.FlipSinToCos, ["freq_shift"] = u.FreqShift, ["in_channels"] = u.InChannels,
-            ["layers_per_block"] = u.LayersPerBlock, ["mid_block_scale_factor"] = 1, ["mid_block_type"] = "UNetMidBlock2DCrossAttn",
-            ["norm_eps"] = u.NormEps, ["norm_num_groups"] = u.NormNumGroups, ["out_channels"] = u.OutChannels, ["sample_size"] = u.SampleSize,
-            ["up_block_types"] = JArr(u.UpBlockTypes), ["upcast_attention"] = false, ["use_linear_projection"] = false,
-        }, Path.Combine(unetDir, "config.json"));
+        EmaUnet.SavePretrained(Path.Combine(outDir, "unet"));
 
         var schedDir = Path.Combine(outDir, "scheduler");
         Directory.CreateDirectory(schedDir);
@@ -477,7 +464,7 @@ public sealed class TextToImageTeacherTrainer : IDisposable
 
     /// <summary>
     /// samples-STEP.png: <see cref="TextToImageTeacherConfig.GridPerClass"/> images per class (a row each, prompt
-    /// <see cref="FashionMnistCaptions.PromptFor"/>), drawn from the exported folder by <see cref="StableDiffusion.Generate"/>
+    /// <see cref="FashionMnistCaptions.PromptFor"/>), drawn from the exported folder by <see cref="StableDiffusion.Generate(IReadOnlyList{string}, TextToImageOptions?, Tensor?, Action{int, int}?)"/>
     /// (Euler, <see cref="TextToImageTeacherConfig.GridSteps"/> steps, CFG <see cref="TextToImageTeacherConfig.GridGuidance"/>
     /// with the empty prompt, seed 0: the same latents each time).
     /// </summary>
