@@ -61,6 +61,7 @@ public sealed class EpsPredictionDenoiser : IDenoiser
     /// <summary>The network's timestep for each noise level of <paramref name="sigma"/> (B), as float32 on sigma's device.</summary>
     public Tensor Timesteps(Tensor sigma)
     {
+        if (pinned.Count == 0) return Schedule.Timesteps(sigma);
         var s = sigma.to(ScalarType.Float64).cpu().data<double>().ToArray();
         var t = s.Select(v => pinned.TryGetValue((float)v, out var p) ? p : Schedule.TimestepOf(v)).ToArray();
         return torch.tensor(t, dtype: ScalarType.Float32, device: sigma.device);
