@@ -1,4 +1,4 @@
-"""The one safetensors writer of the conversion tools and the test fixture scripts: a dict of torch tensors as one file.
+"""The one safetensors writer (and reader) of the conversion tools and the test fixture scripts: a dict of torch tensors as one file.
 
 Uses the `safetensors` package when installed, else a minimal writer of the same format
 (8-byte little-endian header length, JSON header, raw little-endian tensor data)."""
@@ -31,3 +31,22 @@ def save_safetensors(tensors, path, metadata=None):
         f.write(text)
         for b in blobs:
             f.write(b)
+
+
+def load_safetensors(path):
+    """The tensors of a safetensors file as a dict of torch tensors (the F32/F64/F16/I64 files this module writes)."""
+    import numpy as np
+    import torch
+    kinds = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64}
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = h["data_offsets"]
+        arr = np.frombuffer(data[a:b], dtype=np.dtype(kinds[h["dtype"]]).newbyteorder("<")).reshape(h["shape"])
+        out[name] = torch.from_numpy(arr.astype(arr.dtype.newbyteorder("="))).clone()
+    return out

@@ -26,7 +26,8 @@ internal static class DistillCommand
         var ganData = new Option<string?>("--gan-data")
         {
             Description = "real data of the GAN head (with --gan-weight > 0): ring8, grid25, moons, checkerboard or csv:PATH for points, " +
-                          "fashion-mnist or folder:PATH for images at the teacher's resolution and channels (default: the teacher run's training data, from its config.json)",
+                          "fashion-mnist or folder:PATH for images at the teacher's resolution and channels (default: the teacher run's training data, from its config.json); " +
+                          "for a text-to-image teacher captions:FOLDER (images and a metadata.jsonl of {\"file_name\", \"text\"} lines) or fashion-mnist (templated captions)",
         };
         var minutes = new Option<double?>("--minutes") { Description = "stop after this many minutes (checkpoint and generator.safetensors written; run again to continue)" };
         var outOpt = Common.Out("runs/dmd");

@@ -268,6 +268,76 @@ public sealed class TextToImageDmdTests
         }
     }
 
+    /// <summary>A captioned image folder: three solid squares of different sizes, metadata.jsonl naming each with its colour.</summary>
+    static (string Dir, string[] Files, string[] Captions) CaptionedFolder()
+    {
+        var dir = TestUtil.TempDir();
+        var colours = new[] { (SkiaSharp.SKColors.Red, "a red square", 40), (SkiaSharp.SKColors.Lime, "a green square, bright", 32), (SkiaSharp.SKColors.Blue, "blue", 20) };
+        var files = new List<string>();
+        var lines = new List<string>();
+        foreach (var (colour, caption, size) in colours)
+        {
+            var name = $"image-{files.Count}.png";
+            using var bmp = new SkiaSharp.SKBitmap(size, size + 8);
+            bmp.Erase(colour);
+            using var img = SkiaSharp.SKImage.FromBitmap(bmp);
+            using var data = img.Encode(SkiaSharp.SKEncodedImageFormat.Png, 100);
+            File.WriteAllBytes(Path.Combine(dir, name), data.ToArray());
+            files.Add(Path.Combine(dir, name));
+            lines.Add(System.Text.Json.JsonSerializer.Serialize(new Dictionary<string, string> { ["file_name"] = name, ["text"] = caption }));
+        }
+        File.WriteAllLines(Path.Combine(dir, CaptionedLatents.MetadataFile), lines);
+        return (dir, files.ToArray(), colours.Select(c => c.Item2).ToArray());
+    }
+
+    [Fact]
+    public void Dmd2sGanReadsACaptionedImageFolder()
+    {
+        using var scope = NewDisposeScope();
+        var (dir, files, captions) = CaptionedFolder();
+        using (var sd = StableDiffusion.Load(Model))
+        {
+            var real = CaptionedLatents.FromFolder(sd, dir);
+            Assert.Equal(3, real.Count);
+            var (x, c) = real.Batch(6, new Generator(3));
+            Assert.Equal(new long[] { 6, 4, 16, 16 }, x.shape);
+            // each sample is one listed image (decoded at 32x32, through the VAE's posterior mean, scaled) with its own caption
+            var contexts = sd.EncodePrompts(captions);
+            var seen = new HashSet<int>();
+            using var _ = no_grad();
+            for (int i = 0; i < 6; i++)
+            {
+                int k = Enumerable.Range(0, 3).Single(j => (contexts[j] - c![i]).abs().max().item<float>() < 1e-6);
+                seen.Add(k);
+                var image = ImageDataset.LoadFile(files[k], 32, 3).unsqueeze(0);
+                var latent = sd.Vae.Encode(image).Mean * sd.Vae.ScalingFactor;
+                double d = (latent[0] - x[i]).abs().max().item<float>();
+                Assert.True(d < 1e-4, $"sample {i}: latent differs from its image's ({captions[k]}) by {d:E2}");
+            }
+            Assert.True(seen.Count >= 2, "six draws should not all be one image");
+        }
+
+        // a short DMD2 run takes its real latents from the folder
+        var cfg = Small() with { GanWeight = 0.01, GanFakeWeight = 0.1, Steps = 2, GridEvery = 0 };
+        var (trainer, pipeline) = TextToImageDistillation.FromFolder(Model, PromptsFile(), null, cfg, ganData: "captions:" + dir);
+        using (trainer) using (pipeline)
+        {
+            var outDir = TestUtil.TempDir();
+            trainer.Run(outDir, Model, null, ganData: "captions:" + dir, promptsPath: PromptsFile());
+            var last = File.ReadLines(Path.Combine(outDir, "losses.csv")).Last();
+            Assert.StartsWith("2,", last);
+        }
+
+        // broken folders are one-line errors naming the problem
+        using var sd2 = StableDiffusion.Load(Model);
+        var empty = TestUtil.TempDir();
+        Assert.Contains("metadata.jsonl", Assert.Throws<DmdInputException>(() => CaptionedLatents.FromFolder(sd2, empty)).Message);
+        File.WriteAllText(Path.Combine(empty, CaptionedLatents.MetadataFile), "{\"file_name\": \"gone.png\", \"text\": \"x\"}\n");
+        Assert.Contains("gone.png", Assert.Throws<DmdInputException>(() => CaptionedLatents.FromFolder(sd2, empty)).Message);
+        File.WriteAllText(Path.Combine(empty, CaptionedLatents.MetadataFile), "{\"file\": 3}\n");
+        Assert.Contains("line 1", Assert.Throws<DmdInputException>(() => CaptionedLatents.FromFolder(sd2, empty)).Message);
+    }
+
     /// <summary>
     /// FID against a reference folder (random Inception weights: the real ones cannot be downloaded here): images equal to
     /// the reference score about 0 and noise far more; the command reads the folder and writes the metric.
@@ -313,7 +383,7 @@ public sealed class TextToImageDmdTests
     {
         var prompts = PromptsFile();
         var e = Assert.Throws<DmdInputException>(() => TextToImageDistillation.FromFolder(Model, prompts, null, Small() with { GanWeight = 0.003 }));
-        Assert.Contains("--gan-data fashion-mnist", e.Message);
+        Assert.Contains("--gan-data captions:FOLDER", e.Message);
         // the fixture's VAE takes RGB images: Fashion-MNIST's grayscale ones are refused with the shape it needs
         e = Assert.Throws<DmdInputException>(() => TextToImageDistillation.FromFolder(Model, prompts, null, Small() with { GanWeight = 0.003 }, ganData: "fashion-mnist"));
         Assert.Contains("the pipeline's VAE takes [3, 32, 32]", e.Message);

@@ -162,6 +162,20 @@ public sealed class ImageDataset : IDataSource
             : $"{bad} ({result})");
     }
 
+    /// <summary>
+    /// One image file as a float tensor (channels, resolution, resolution) in [-1, 1]: its short side resized to
+    /// <paramref name="resolution"/>, the centre square cropped, as <see cref="FromFolder"/> loads each image.
+    /// </summary>
+    public static Tensor LoadFile(string file, int resolution, int channels = 3)
+    {
+        if (channels != 1 && channels != 3) throw new DmdInputException($"images can have 1 (greyscale) or 3 (RGB) channels, not {channels}");
+        if (!File.Exists(file)) throw new DmdInputException($"image not found: {file}");
+        var bytes = new byte[channels * resolution * resolution];
+        DecodeInto(file, resolution, channels, bytes);
+        using var u8 = tensor(bytes, new long[] { channels, resolution, resolution });
+        return ToFloat(u8);
+    }
+
     /// <summary>Decodes one file, resizes and crops it to a square, and writes it planar (C, H, W) into dst.</summary>
     static void DecodeInto(string file, int res, int channels, Span<byte> dst)
     {

@@ -126,6 +126,27 @@ public sealed class AutoencoderKL : nn.Module<Tensor, Tensor>
         return net;
     }
 
+    /// <summary>
+    /// Writes a diffusers <c>vae/</c> folder that <see cref="FromPretrained"/> and diffusers' <c>AutoencoderKL.from_pretrained</c>
+    /// read: <c>config.json</c> (with the scaling factor) and the weights as <c>diffusion_pytorch_model.safetensors</c>.
+    /// </summary>
+    public void SavePretrained(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        IO.Checkpoint.SaveModule(this, Path.Combine(folder, DiffusersConfig.WeightsName));
+        var c = Config;
+        static System.Text.Json.Nodes.JsonArray Arr<T>(IEnumerable<T> v) => new(v.Select(x => System.Text.Json.Nodes.JsonValue.Create(x)).ToArray<System.Text.Json.Nodes.JsonNode?>());
+        var json = new System.Text.Json.Nodes.JsonObject
+        {
+            ["_class_name"] = nameof(AutoencoderKL), ["_diffusers_version"] = "0.27.2", ["act_fn"] = "silu",
+            ["block_out_channels"] = Arr(c.BlockOutChannels), ["down_block_types"] = Arr(c.BlockOutChannels.Select(_ => "DownEncoderBlock2D")),
+            ["force_upcast"] = true, ["in_channels"] = c.InChannels, ["latent_channels"] = c.LatentChannels, ["layers_per_block"] = c.LayersPerBlock,
+            ["norm_num_groups"] = c.NormNumGroups, ["out_channels"] = c.OutChannels, ["sample_size"] = c.SampleSize, ["scaling_factor"] = c.ScalingFactor,
+            ["up_block_types"] = Arr(c.BlockOutChannels.Select(_ => "UpDecoderBlock2D")),
+        };
+        IO.Checkpoint.SaveJson(json, Path.Combine(folder, "config.json"));
+    }
+
     private static readonly Regex LegacyAttention = new(@"^((?:encoder|decoder)\.mid_block\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)$");
 
     /// <summary>diffusers' <c>_convert_deprecated_attention_blocks</c>: a legacy VAE attention tensor name to the current one.</summary>

@@ -131,6 +131,25 @@ public sealed class ClipTextModel : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
+    /// Writes a transformers <c>text_encoder/</c> folder that <see cref="FromFolder"/> and transformers' <c>CLIPTextModel.from_pretrained</c>
+    /// read: <c>config.json</c> (with the tokenizer's special token ids) and <c>model.safetensors</c>.
+    /// </summary>
+    public void SavePretrained(string folder, int bosTokenId, int eosTokenId, int padTokenId)
+    {
+        Directory.CreateDirectory(folder);
+        Checkpoint.SaveModule(this, Path.Combine(folder, "model.safetensors"));
+        var c = Config;
+        Checkpoint.SaveJson(new JsonObject
+        {
+            ["architectures"] = new JsonArray("CLIPTextModel"), ["model_type"] = "clip_text_model", ["attention_dropout"] = 0.0,
+            ["bos_token_id"] = bosTokenId, ["eos_token_id"] = eosTokenId, ["pad_token_id"] = padTokenId, ["torch_dtype"] = "float32",
+            ["hidden_size"] = c.HiddenSize, ["intermediate_size"] = c.IntermediateSize, ["num_attention_heads"] = c.NumAttentionHeads,
+            ["num_hidden_layers"] = c.NumHiddenLayers, ["max_position_embeddings"] = c.MaxPositionEmbeddings, ["hidden_act"] = c.HiddenAct,
+            ["layer_norm_eps"] = c.LayerNormEps, ["vocab_size"] = c.VocabSize, ["projection_dim"] = c.HiddenSize,
+        }, Path.Combine(folder, "config.json"));
+    }
+
+    /// <summary>
     /// Loads a safetensors file by transformers' names. A missing, unexpected or mis-shaped tensor is one
     /// <see cref="DmdInputException"/> that names them; <see cref="PositionIdsKey"/> is ignored. Weights of another
     /// floating-point type (float16, bfloat16) are converted to the model's.

@@ -100,7 +100,9 @@ public sealed class StableDiffusion : IDisposable
     /// </summary>
     public static StableDiffusion Load(string folder, Device? device = null)
     {
-        device ??= CPU;
+        if (File.Exists(folder))
+            throw new DmdInputException($"{folder} is a file: for a single-file checkpoint (v1-5-pruned-emaonly.safetensors / .ckpt) convert it once with " +
+                                        "`dmd convert-sd FILE --out DIR --tokenizer TOKENIZER_DIR` (or load it with StableDiffusion.LoadSingleFile)");
         if (!Directory.Exists(folder))
             throw new DmdInputException($"model folder not found: {folder} (pass a diffusers Stable Diffusion folder with tokenizer/, text_encoder/, unet/, vae/, scheduler/)");
         foreach (var sub in new[] { "tokenizer", "text_encoder", "unet", "vae", "scheduler" })
@@ -113,12 +115,127 @@ public sealed class StableDiffusion : IDisposable
         var textEncoder = ClipTextModel.FromFolder(Path.Combine(folder, "text_encoder"));
         var unet = UNet2DConditionModel.FromPretrained(Path.Combine(folder, "unet"));
         var vae = AutoencoderKL.FromPretrained(Path.Combine(folder, "vae"));
+        return Assemble(tokenizer, textEncoder, unet, vae, scheduler, device ?? CPU, folder);
+    }
+
+    /// <summary>
+    /// Loads Stable Diffusion v1.x's single-file checkpoint (the original LDM layout: <c>v1-5-pruned-emaonly.safetensors</c>,
+    /// or a <c>.ckpt</c>) as diffusers' <c>from_single_file</c> does (<see cref="StableDiffusionCheckpoint"/>): the UNet,
+    /// VAE and CLIP text encoder from the file, their architectures read off the tensors' shapes (SD v1.x) or from
+    /// <see cref="SingleFileOptions.ConfigFolder"/>, the tokenizer from a folder, SD v1.5's scheduler unless the config
+    /// folder has one. Anything missing or not fitting is a one-line <see cref="DmdInputException"/>.
+    /// </summary>
+    public static StableDiffusion LoadSingleFile(string file, SingleFileOptions? options = null, Device? device = null)
+    {
+        options ??= new SingleFileOptions();
+        if (!File.Exists(file)) throw new DmdInputException($"checkpoint file not found: {file}");
+        var configDir = options.ConfigFolder;
+        if (configDir is not null && !Directory.Exists(configDir))
+            throw new DmdInputException($"config folder not found: {configDir} (pass a diffusers Stable Diffusion folder; its config.json files, tokenizer/ and scheduler/ are used)");
+        var tokenizerDir = options.TokenizerFolder ?? (configDir is null ? null : Path.Combine(configDir, "tokenizer"));
+        if (tokenizerDir is null)
+            throw new DmdInputException($"{file}: a single-file checkpoint holds no tokenizer: pass a CLIP tokenizer folder with vocab.json and merges.txt " +
+                                        "(--tokenizer; e.g. the tokenizer/ folder of any SD v1.x diffusers folder or of openai/clip-vit-large-patch14)");
+        var tokenizer = ClipTokenizer.FromFolder(tokenizerDir);
+        var scheduler = configDir is not null && Directory.Exists(Path.Combine(configDir, "scheduler"))
+            ? DiscreteVpSchedule.Load(Path.Combine(configDir, "scheduler")) : DiscreteVpSchedule.StableDiffusion15;
+
+        var tensors = StableDiffusionCheckpoint.Read(file);
+        try
+        {
+            var textConfig = configDir is null ? StableDiffusionCheckpoint.InferTextConfig(tensors, file) : ClipTextConfig.Load(Path.Combine(configDir, "text_encoder", "config.json"));
+            var unetConfig = configDir is null ? StableDiffusionCheckpoint.InferUnetConfig(tensors, file) : UNet2DConditionConfig.Load(Path.Combine(configDir, "unet"));
+            var vaeConfig = configDir is null ? StableDiffusionCheckpoint.InferVaeConfig(tensors, file) : AutoencoderKLConfig.Load(Path.Combine(configDir, "vae"));
+            var textEncoder = new ClipTextModel(textConfig);
+            StableDiffusionCheckpoint.LoadInto(textEncoder, tensors, n => StableDiffusionCheckpoint.TextName(tensors, n), StableDiffusionCheckpoint.TextPrefix,
+                                               "text encoder", file, StableDiffusionCheckpoint.TextName(tensors, ClipTextModel.PositionIdsKey));
+            var unet = new UNet2DConditionModel(unetConfig);
+            StableDiffusionCheckpoint.LoadInto(unet, tensors, n => StableDiffusionCheckpoint.UnetPrefix + StableDiffusionCheckpoint.UnetName(n, unetConfig),
+                                               StableDiffusionCheckpoint.UnetPrefix, "UNet", file);
+            var vae = new AutoencoderKL(vaeConfig);
+            StableDiffusionCheckpoint.LoadInto(vae, tensors, n => StableDiffusionCheckpoint.VaePrefix + StableDiffusionCheckpoint.VaeName(n, vaeConfig),
+                                               StableDiffusionCheckpoint.VaePrefix, "VAE", file);
+            textEncoder.eval();
+            unet.eval();
+            vae.eval();
+            return Assemble(tokenizer, textEncoder, unet, vae, scheduler, device ?? CPU, file);
+        }
+        finally
+        {
+            foreach (var t in tensors.Values) t.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Converts a single-file checkpoint (<see cref="LoadSingleFile"/>) into a diffusers folder that <see cref="Load"/> and
+    /// every command read: <c>tokenizer/</c> (the tokenizer folder's files, copied), <c>text_encoder/</c>, <c>unet/</c>,
+    /// <c>vae/</c> (float32 safetensors), <c>scheduler/</c> (the config folder's, else SD v1.5's published config),
+    /// <c>model_index.json</c>. <paramref name="outDir"/> must not hold a model already.
+    /// </summary>
+    public static void ConvertSingleFile(string file, string outDir, SingleFileOptions? options = null)
+    {
+        options ??= new SingleFileOptions();
+        if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
+            throw new DmdInputException($"--out {outDir} is not empty: choose a new folder for the converted model");
+        using var sd = LoadSingleFile(file, options);
+        var tokenizerDir = options.TokenizerFolder ?? Path.Combine(options.ConfigFolder!, "tokenizer");
+        var tmp = outDir.TrimEnd('/', '\\') + ".converting";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+        var dst = Path.Combine(tmp, "tokenizer");
+        Directory.CreateDirectory(dst);
+        foreach (var f in Directory.EnumerateFiles(tokenizerDir))
+            if (Path.GetExtension(f) is ".json" or ".txt") File.Copy(f, Path.Combine(dst, Path.GetFileName(f)));
+        sd.TextEncoder.SavePretrained(Path.Combine(tmp, "text_encoder"), sd.Tokenizer.BosId, sd.Tokenizer.EosId, sd.Tokenizer.PadId);
+        sd.Unet.SavePretrained(Path.Combine(tmp, "unet"));
+        sd.Vae.SavePretrained(Path.Combine(tmp, "vae"));
+        var scheduler = options.ConfigFolder is null ? null : Path.Combine(options.ConfigFolder, "scheduler", "scheduler_config.json");
+        if (scheduler is not null && File.Exists(scheduler))
+        {
+            Directory.CreateDirectory(Path.Combine(tmp, "scheduler"));
+            File.Copy(scheduler, Path.Combine(tmp, "scheduler", "scheduler_config.json"));
+        }
+        else WriteSchedulerConfig(Path.Combine(tmp, "scheduler"));
+        WriteModelIndex(tmp);
+        if (Directory.Exists(outDir)) Directory.Delete(outDir);
+        Directory.Move(tmp, outDir);   // complete or absent
+    }
+
+    /// <summary>Writes SD v1.5's published <c>scheduler/scheduler_config.json</c> (runwayml/stable-diffusion-v1-5; a PNDMScheduler config, no timestep_spacing).</summary>
+    public static void WriteSchedulerConfig(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        IO.Checkpoint.SaveJson(new JsonObject
+        {
+            ["_class_name"] = "PNDMScheduler", ["_diffusers_version"] = "0.6.0", ["beta_end"] = 0.012, ["beta_schedule"] = "scaled_linear",
+            ["beta_start"] = 0.00085, ["num_train_timesteps"] = 1000, ["set_alpha_to_one"] = false, ["skip_prk_steps"] = true,
+            ["steps_offset"] = 1, ["trained_betas"] = null, ["clip_sample"] = false,
+        }, Path.Combine(folder, "scheduler_config.json"));
+    }
+
+    /// <summary>Writes the <c>model_index.json</c> of a StableDiffusionPipeline folder without safety checker.</summary>
+    public static void WriteModelIndex(string folder)
+    {
+        static JsonArray Pair(string? a, string? b) => new(JsonValue.Create(a), JsonValue.Create(b));
+        IO.Checkpoint.SaveJson(new JsonObject
+        {
+            ["_class_name"] = "StableDiffusionPipeline", ["_diffusers_version"] = "0.27.2",
+            ["feature_extractor"] = Pair(null, null), ["requires_safety_checker"] = false, ["safety_checker"] = Pair(null, null),
+            ["scheduler"] = Pair("diffusers", "PNDMScheduler"), ["text_encoder"] = Pair("transformers", "CLIPTextModel"),
+            ["tokenizer"] = Pair("transformers", "CLIPTokenizer"), ["unet"] = Pair("diffusers", "UNet2DConditionModel"),
+            ["vae"] = Pair("diffusers", "AutoencoderKL"),
+        }, Path.Combine(folder, "model_index.json"));
+    }
+
+    /// <summary>Checks the parts fit together and moves the networks to <paramref name="device"/>.</summary>
+    private static StableDiffusion Assemble(ClipTokenizer tokenizer, ClipTextModel textEncoder, UNet2DConditionModel unet, AutoencoderKL vae,
+                                            DiscreteVpSchedule scheduler, Device device, string source)
+    {
         if (textEncoder.Config.HiddenSize != unet.Config.CrossAttentionDim)
-            throw new DmdInputException($"{folder}: the text encoder's hidden_size {textEncoder.Config.HiddenSize} is not the UNet's cross_attention_dim {unet.Config.CrossAttentionDim}; the subfolders come from different models");
+            throw new DmdInputException($"{source}: the text encoder's hidden_size {textEncoder.Config.HiddenSize} is not the UNet's cross_attention_dim {unet.Config.CrossAttentionDim}; the parts come from different models");
         if (vae.Config.LatentChannels != unet.Config.InChannels)
-            throw new DmdInputException($"{folder}: the VAE's latent_channels {vae.Config.LatentChannels} is not the UNet's in_channels {unet.Config.InChannels}; the subfolders come from different models");
+            throw new DmdInputException($"{source}: the VAE's latent_channels {vae.Config.LatentChannels} is not the UNet's in_channels {unet.Config.InChannels}; the parts come from different models");
         if (tokenizer.ContextLength > textEncoder.Config.MaxPositionEmbeddings)
-            throw new DmdInputException($"{folder}: the tokenizer's model_max_length {tokenizer.ContextLength} exceeds the text encoder's {textEncoder.Config.MaxPositionEmbeddings} positions");
+            throw new DmdInputException($"{source}: the tokenizer's model_max_length {tokenizer.ContextLength} exceeds the text encoder's {textEncoder.Config.MaxPositionEmbeddings} positions");
         if (device.type != DeviceType.CPU)
         {
             textEncoder.to(device);

@@ -60,19 +60,22 @@ public static class TextToImageDistillation
     /// <param name="pairsPath">Regression pairs from `dmd pairs --prompts` (same prompts), or null.</param>
     /// <param name="config">The run's settings (grid-levels and sigma-max follow the teacher's schedule when left at their defaults).</param>
     /// <param name="device">Where the networks compute.</param>
-    /// <param name="ganData">With gan-weight &gt; 0, DMD2's GAN needs captioned real images: "fashion-mnist" (its training
-    /// images with <see cref="Data.FashionMnistCaptions"/>, encoded by the pipeline's VAE and text encoder); the only kind built.</param>
+    /// <param name="ganData">With gan-weight &gt; 0, DMD2's GAN needs captioned real images, encoded by the pipeline's VAE and
+    /// text encoder: "captions:FOLDER" (<see cref="CaptionedLatents.FromFolder"/>) or "fashion-mnist" (its training images
+    /// with <see cref="Data.FashionMnistCaptions"/>).</param>
     public static (DmdTrainer Trainer, StableDiffusion Pipeline) FromFolder(string folder, string promptsFile, string? pairsPath, DmdConfig config,
                                                                           Device? device = null, string? ganData = null)
     {
-        if (config.UsesGan && ganData != "fashion-mnist")
-            throw new DmdInputException($"gan-weight {config.GanWeight:G} on a text-to-image teacher needs captioned real images: --gan-data fashion-mnist " +
-                                        "(Fashion-MNIST with templated captions; other captioned data is not implemented), or set gan-weight 0");
+        if (config.UsesGan && ganData != "fashion-mnist" && ganData?.StartsWith("captions:", StringComparison.Ordinal) != true)
+            throw new DmdInputException($"gan-weight {config.GanWeight:G} on a text-to-image teacher needs captioned real images: --gan-data captions:FOLDER " +
+                                        $"(images with a {CaptionedLatents.MetadataFile} of file_name and text) or fashion-mnist (with templated captions), or set gan-weight 0");
         var sd = StableDiffusion.Load(folder, device);
         var conditions = EncodePrompts(sd, RegressionPairs.ReadPrompts(promptsFile));
         var (teacher, spec) = Teacher(sd);
         var pairs = pairsPath is not null ? RegressionPairs.Load(pairsPath) : null;
-        var real = config.UsesGan ? CaptionedLatents.FashionMnist(sd) : null;
+        var real = !config.UsesGan ? null
+            : ganData == "fashion-mnist" ? CaptionedLatents.FashionMnist(sd)
+            : CaptionedLatents.FromFolder(sd, ganData!["captions:".Length..]);
         var trainer = new DmdTrainer(teacher, spec, ForSchedule(config, sd.Scheduler), pairs, device, conditions: conditions, realData: real)
         {
             DecodeLatents = sd.DecodeLatents,

@@ -404,21 +404,7 @@ public sealed class TextToImageTeacherTrainer : IDisposable
     }
 
     /// <summary>Writes the diffusers vae/ folder (config.json with the scaling factor, weights).</summary>
-    private void SaveVae(string dir)
-    {
-        Directory.CreateDirectory(dir);
-        var c = Vae.Config;
-        var json = new JsonObject
-        {
-            ["_class_name"] = "AutoencoderKL", ["_diffusers_version"] = "0.27.2", ["act_fn"] = "silu",
-            ["block_out_channels"] = JArr(c.BlockOutChannels), ["down_block_types"] = JArr(c.BlockOutChannels.Select(_ => "DownEncoderBlock2D")),
-            ["force_upcast"] = true, ["in_channels"] = c.InChannels, ["latent_channels"] = c.LatentChannels, ["layers_per_block"] = c.LayersPerBlock,
-            ["norm_num_groups"] = c.NormNumGroups, ["out_channels"] = c.OutChannels, ["sample_size"] = c.SampleSize, ["scaling_factor"] = c.ScalingFactor,
-            ["up_block_types"] = JArr(c.BlockOutChannels.Select(_ => "UpDecoderBlock2D")),
-        };
-        Checkpoint.SaveModule(Vae, Path.Combine(dir, DiffusersConfig.WeightsName));
-        WriteJson(json, Path.Combine(dir, "config.json"));
-    }
+    private void SaveVae(string dir) => Vae.SavePretrained(dir);
 
     /// <summary>
     /// Writes the diffusers pipeline folder of the EMA model into <paramref name="outDir"/>: tokenizer/, text_encoder/
@@ -428,38 +414,10 @@ public sealed class TextToImageTeacherTrainer : IDisposable
     public void Export(string outDir)
     {
         FashionMnistCaptions.WriteTokenizer(Path.Combine(outDir, "tokenizer"));
-        var te = EmaTextEncoder.Config;
-        var teDir = Path.Combine(outDir, "text_encoder");
-        Directory.CreateDirectory(teDir);
-        Checkpoint.SaveModule(EmaTextEncoder, Path.Combine(teDir, "model.safetensors"));
-        WriteJson(new JsonObject
-        {
-            ["architectures"] = JArr(new[] { "CLIPTextModel" }), ["model_type"] = "clip_text_model", ["attention_dropout"] = 0.0,
-            ["bos_token_id"] = Tokenizer.BosId, ["eos_token_id"] = Tokenizer.EosId, ["pad_token_id"] = Tokenizer.PadId, ["torch_dtype"] = "float32",
-            ["hidden_size"] = te.HiddenSize, ["intermediate_size"] = te.IntermediateSize, ["num_attention_heads"] = te.NumAttentionHeads,
-            ["num_hidden_layers"] = te.NumHiddenLayers, ["max_position_embeddings"] = te.MaxPositionEmbeddings, ["hidden_act"] = te.HiddenAct,
-            ["layer_norm_eps"] = te.LayerNormEps, ["vocab_size"] = te.VocabSize, ["projection_dim"] = te.HiddenSize,
-        }, Path.Combine(teDir, "config.json"));
-
+        EmaTextEncoder.SavePretrained(Path.Combine(outDir, "text_encoder"), Tokenizer.BosId, Tokenizer.EosId, Tokenizer.PadId);
         EmaUnet.SavePretrained(Path.Combine(outDir, "unet"));
-
-        var schedDir = Path.Combine(outDir, "scheduler");
-        Directory.CreateDirectory(schedDir);
-        WriteJson(new JsonObject   // runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json
-        {
-            ["_class_name"] = "PNDMScheduler", ["_diffusers_version"] = "0.6.0", ["beta_end"] = 0.012, ["beta_schedule"] = "scaled_linear",
-            ["beta_start"] = 0.00085, ["num_train_timesteps"] = 1000, ["set_alpha_to_one"] = false, ["skip_prk_steps"] = true,
-            ["steps_offset"] = 1, ["trained_betas"] = null, ["clip_sample"] = false,
-        }, Path.Combine(schedDir, "scheduler_config.json"));
-
-        WriteJson(new JsonObject
-        {
-            ["_class_name"] = "StableDiffusionPipeline", ["_diffusers_version"] = "0.27.2",
-            ["feature_extractor"] = JArr(new string?[] { null, null }), ["requires_safety_checker"] = false,
-            ["safety_checker"] = JArr(new string?[] { null, null }), ["scheduler"] = JArr(new[] { "diffusers", "PNDMScheduler" }),
-            ["text_encoder"] = JArr(new[] { "transformers", "CLIPTextModel" }), ["tokenizer"] = JArr(new[] { "transformers", "CLIPTokenizer" }),
-            ["unet"] = JArr(new[] { "diffusers", "UNet2DConditionModel" }), ["vae"] = JArr(new[] { "diffusers", "AutoencoderKL" }),
-        }, Path.Combine(outDir, "model_index.json"));
+        StableDiffusion.WriteSchedulerConfig(Path.Combine(outDir, "scheduler"));
+        StableDiffusion.WriteModelIndex(outDir);
     }
 
     /// <summary>
@@ -481,14 +439,6 @@ public sealed class TextToImageTeacherTrainer : IDisposable
         GridSeconds += clock.Elapsed.TotalSeconds;
     }
 
-    private static JsonArray JArr<T>(IEnumerable<T> items) => new(items.Select(i => (JsonNode?)JsonValue.Create(i)).ToArray());
-
-    private static void WriteJson(JsonObject json, string path)
-    {
-        var tmp = path + ".tmp";
-        File.WriteAllText(tmp, json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
-        File.Move(tmp, path, overwrite: true);
-    }
 
     /// <summary>Frees the optimisers and generators; the networks stay usable.</summary>
     public void Dispose()
