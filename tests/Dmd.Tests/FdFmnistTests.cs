@@ -97,6 +97,25 @@ public class FdFmnistTests
     }
 
     [FashionMnistFact]
+    public void PrecisionAndRecallAreOneForTheTestImagesThemselvesAndNoneForNoise()
+    {
+        using var fd = FdFmnist.Load();
+        var test = TestSplit.Value;
+        using var same = fd.Features(ImageDataset.ToFloat(test.Images.narrow(0, 0, 500)));
+        var pr = fd.PrecisionRecallOfFeatures(same)!;
+        Assert.Equal(1.0, pr.Precision);
+        Assert.Equal(1.0, pr.Recall);
+        // other test images: most inside each other's manifold, but not all (k = 3 balls of 500 points)
+        using var others = fd.Features(ImageDataset.ToFloat(test.Images.narrow(0, 5000, 500)));
+        var pro = fd.PrecisionRecallOfFeatures(others)!;
+        using var noise = fd.Features(Noise(500, 3));
+        var prn = fd.PrecisionRecallOfFeatures(noise)!;
+        log.WriteLine($"precision/recall of 500 images against the first 500 test images: themselves {pr}, other test images {pro}, noise {prn}");
+        Assert.True(pro.Precision > 0.5 && pro.Precision < 1 && pro.Recall > 0.5 && pro.Recall < 1, pro.ToString());
+        Assert.True(prn.Precision < 0.05, prn.ToString());
+    }
+
+    [FashionMnistFact]
     public void ClassifierIsAtLeast90PercentAccurateOnTestImages()
     {
         using var fd = FdFmnist.Load();

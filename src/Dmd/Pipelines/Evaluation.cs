@@ -12,7 +12,7 @@ namespace Dmd.Pipelines;
 /// <param name="Samples">Samples drawn.</param>
 /// <param name="Guidance">CFG scale of multi-step sampling.</param>
 /// <param name="SamplesPerSecond">Sampling speed (wall clock, this machine).</param>
-/// <param name="Metrics">Images: fd_fmnist, class_accuracy; points: energy_distance, precision, recall, modes_covered, in_mode.</param>
+/// <param name="Metrics">Images: fd_fmnist, class_accuracy, precision, recall (in the judge's feature space, when Fashion-MNIST is installed); points: energy_distance, precision, recall, modes_covered, in_mode.</param>
 /// <param name="PerClassAccuracy">Per-class accuracy of a class-conditional Fashion-MNIST model (NaN: no samples of that class).</param>
 /// <param name="Reference">Points: the reference data the samples were compared with.</param>
 public sealed record EvalResult(string Model, string Sampler, int Nfe, int Samples, double Guidance, double SamplesPerSecond,
@@ -20,7 +20,7 @@ public sealed record EvalResult(string Model, string Sampler, int Nfe, int Sampl
 
 /// <summary>
 /// Draws N samples from any model and measures them: points against reference data (energy distance, precision/recall,
-/// mode coverage), Fashion-MNIST-shaped images with the shipped classifier (FD-FMNIST, class accuracy).
+/// mode coverage), Fashion-MNIST-shaped images with the shipped classifier (FD-FMNIST, class accuracy, precision/recall).
 /// </summary>
 public static class Evaluation
 {
@@ -49,6 +49,7 @@ public static class Evaluation
             var gather = System.Diagnostics.Stopwatch.StartNew();
             using var features = Gather(fd.Features(part), lo, count);
             metrics["fd_fmnist"] = fd.DistanceOfFeatures(features);
+            AddPrecisionRecall(fd, features, metrics, onMessage);
             if (y is not null && m.Spec.LabelDim == FmnistClassifier.NumClasses)
             {
                 using var logits = Gather(fd.Logits(part), lo, count);
@@ -72,6 +73,15 @@ public static class Evaluation
             if (row.ModesCovered is int mc) { metrics["modes_covered"] = mc; metrics["in_mode"] = row.HighQuality!.Value; }
         }
         return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName);
+    }
+
+    /// <summary>Adds precision and recall in the judge's feature space (against as many test images) when Fashion-MNIST is installed.</summary>
+    private static void AddPrecisionRecall(FdFmnist fd, Tensor features, Dictionary<string, double> metrics, Action<string>? onMessage)
+    {
+        var pr = fd.PrecisionRecallOfFeatures(features);
+        if (pr is null) { onMessage?.Invoke("precision/recall skipped: Fashion-MNIST's test split is not installed (apt-get install dataset-fashion-mnist)"); return; }
+        metrics["precision"] = pr.Precision;
+        metrics["recall"] = pr.Recall;
     }
 
     /// <summary>
@@ -109,7 +119,9 @@ public static class Evaluation
         double secs = clock.Elapsed.TotalSeconds;
         var all = cat(parts);
         using var fd = FdFmnist.Load();
-        var metrics = new Dictionary<string, double> { ["fd_fmnist"] = fd.DistanceOfFeatures(fd.Features(all)) };
+        using var features = fd.Features(all);
+        var metrics = new Dictionary<string, double> { ["fd_fmnist"] = fd.DistanceOfFeatures(features) };
+        AddPrecisionRecall(fd, features, metrics, null);
         var acc = FdFmnist.ClassAccuracyOfLogits(fd.Logits(all), Rng.OneHot(classes, FmnistClassifier.NumClasses));
         metrics["class_accuracy"] = acc.Overall;
         return new EvalResult(modelPath, sampler, nfe, count, guidance, count / secs, metrics, acc.PerClass);
