@@ -26,12 +26,13 @@ internal static class Text2ImgCommand
         var width = new Option<int?>("--width") { Description = "image width in pixels (default: as height; height defaults to width likewise)" };
         var sampler = new Option<string>("--sampler") { Description = "euler (diffusers' EulerDiscreteScheduler) or heun (EDM's Heun on the same sigmas, 2N-1 evaluations)", DefaultValueFactory = _ => "euler" };
         var batch = new Option<int>("--batch") { Description = "images per network batch", DefaultValueFactory = _ => 4 };
+        var scale = new Option<int>("--scale") { Description = "enlarge each image this many times in the PNG (nearest neighbour; small models' images are tiny)", DefaultValueFactory = _ => 1 };
         var outOpt = new Option<string>("--out", "-o") { Description = "output PNG (a grid when --n > 1)", DefaultValueFactory = _ => "text2img.png" };
-        foreach (var o in new Option[] { model, prompt, negative, steps, guidance, seed, n, height, width, sampler, batch, outOpt }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, prompt, negative, steps, guidance, seed, n, height, width, sampler, batch, scale, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
-            Common.RequirePositive(r, steps, n, height, width, batch);
+            Common.RequirePositive(r, steps, n, height, width, batch, scale);
             var outPath = r.GetValue(outOpt)!;
             if (!outPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase)) throw new DmdInputException($"--out {outPath}: give a .png file");
             var options = new TextToImageOptions
@@ -61,7 +62,7 @@ internal static class Text2ImgCommand
                 ProgressView.Run(report => res = sd.Generate(prompts, options, onEval: (d, t) => report("text2img", d, t, null)));
             var dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
             if (dir is not null) Directory.CreateDirectory(dir);
-            ImageGrid.Save(outPath, res.Images, columns: (int)Math.Ceiling(Math.Sqrt(count)));
+            ImageGrid.Save(outPath, res.Images, columns: (int)Math.Ceiling(Math.Sqrt(count)), scale: r.GetValue(scale));
             AnsiConsole.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
                 $"{count} image(s) {res.Images.shape[3]}x{res.Images.shape[2]}, {options.Sampler} {options.Steps} steps ({res.Nfe} NFE), guidance {options.Guidance}, " +
                 $"{res.Seconds:F1} s ({TorchSharp.torch.get_num_threads()} threads); wrote {outPath}")));
