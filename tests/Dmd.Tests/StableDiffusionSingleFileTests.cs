@@ -63,6 +63,28 @@ public sealed class StableDiffusionSingleFileTests
     }
 
     [Fact]
+    public void HalfPrecisionSingleFilesLoadIntoFloat32Networks()
+    {
+        // SD's single files are often float16 (v1-5-pruned-emaonly-fp16.safetensors): the weights arrive rounded, in float32
+        using var scope = NewDisposeScope();
+        var tensors = StableDiffusionCheckpoint.Read(Data("sd_single_file", "tiny-sd.safetensors"));
+        var half = tensors.ToDictionary(kv => kv.Key, kv => kv.Value.is_floating_point() ? kv.Value.to(ScalarType.Float16) : kv.Value);
+        var path = Path.Combine(TestUtil.TempDir(), "tiny-sd-fp16.safetensors");
+        Safetensors.SaveStateDict(path, half);
+        using var folder = StableDiffusion.Load(Folder);
+        using var single = StableDiffusion.LoadSingleFile(path, new SingleFileOptions { ConfigFolder = Folder });
+        foreach (var (a, b) in new (nn.Module, nn.Module)[] { (single.Unet, folder.Unet), (single.Vae, folder.Vae), (single.TextEncoder, folder.TextEncoder) })
+        {
+            var sb = b.state_dict();
+            foreach (var (k, v) in a.state_dict())
+            {
+                Assert.Equal(ScalarType.Float32, v.dtype);
+                Assert.True(v.eq(sb[k].to(ScalarType.Float16).to(ScalarType.Float32)).all().item<bool>(), $"{k}: not the float16-rounded weight");
+            }
+        }
+    }
+
+    [Fact]
     public void ConvertWritesADiffusersFolderOfTheSameModelAndRefusesAFullFolder()
     {
         using var scope = NewDisposeScope();

@@ -53,20 +53,20 @@ public sealed class FdFmnist : IDisposable
     }
 
     /// <summary>
-    /// Improved precision and recall (<see cref="Metrics.PrecisionRecall"/>, k = <paramref name="k"/>) of generated images'
+    /// Improved precision and recall (<see cref="PrecisionRecall"/>, k = <paramref name="k"/>) of generated images'
     /// classifier <paramref name="features"/> (N, 128) against the features of the first N images of Fashion-MNIST's test
     /// split (at most all 10000): precision = share of samples inside the test images' manifold (quality), recall = share
     /// of test images inside the samples' manifold (coverage). Null when the test split is not installed
     /// (<see cref="Data.FashionMnist.IsAvailable"/>); the FD statistics need no data, this does.
     /// </summary>
-    public Metrics.PrecisionRecall.Result? PrecisionRecallOfFeatures(Tensor features, int k = 3)
+    public PrecisionRecall.Result? PrecisionRecallOfFeatures(Tensor features, int k = 3)
     {
         if (!Data.FashionMnist.IsAvailable()) return null;
         using var scope = NewDisposeScope();
         var test = Data.FashionMnist.Load(test: true, padTo32: true);
         long n = Math.Min(features.shape[0], test.Count);
         var images = Data.ImageDataset.ToFloat(test.Images[..(int)n]);
-        return Metrics.PrecisionRecall.Compute(Features(images), features, k);
+        return PrecisionRecall.Compute(Features(images), features, k);
     }
 
     /// <summary>
