@@ -192,5 +192,13 @@ public sealed class StableDiffusionSingleFileTests
         Assert.Contains("model.diffusion_model.out.2.bias", missing.Message);
         Assert.DoesNotContain('\n', missing.Message);
         Assert.Contains("convert-sd", Assert.Throws<DmdInputException>(() => StableDiffusion.Load(tiny)).Message);
+        // passed where a teacher or model of this project is expected, it is named for what it is
+        foreach (var args in new[] { new[] { "distill", "--teacher", tiny, "--out", TestUtil.TempDir() }, new[] { "eval", "--model", tiny },
+                                     new[] { "pairs", "--teacher", tiny, "--prompts", tiny, "--out", TestUtil.TempDir() } })
+        {
+            var (code, text) = CliTests.Run(args);
+            Assert.Equal(2, code);
+            Assert.Contains("is a Stable Diffusion single-file checkpoint: convert it once with `dmd convert-sd", text);
+        }
     }
 }

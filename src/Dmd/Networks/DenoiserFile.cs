@@ -51,6 +51,30 @@ public static class DenoiserFile
         path = Resolve(path, defaultName);
         if (!File.Exists(path))
             throw new DmdInputException($"model not found: {path} (train one first, e.g. `dmd train-teacher`, or pass the .safetensors file)");
+        if (!File.Exists(SpecPath(path)) && IsStableDiffusionSingleFile(path))
+            throw new DmdInputException(SingleFileHint(path));
         return Checkpoint.LoadJson<NetworkSpec>(SpecPath(path));
+    }
+
+    /// <summary>The one-line advice for a Stable Diffusion single-file checkpoint passed where a model folder or file of this project is expected.</summary>
+    public static string SingleFileHint(string path) =>
+        $"{path} is a Stable Diffusion single-file checkpoint: convert it once with `dmd convert-sd {path} --out DIR --tokenizer TOKENIZER_DIR` and pass DIR";
+
+    /// <summary>True when <paramref name="path"/> is a safetensors file whose tensors are named as SD's original checkpoints (<c>model.diffusion_model.*</c>); reads the header only.</summary>
+    public static bool IsStableDiffusionSingleFile(string path)
+    {
+        if (!path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)) return false;
+        try
+        {
+            using var f = File.OpenRead(path);
+            var len = new byte[8];
+            if (f.Read(len, 0, 8) != 8) return false;
+            long n = BitConverter.ToInt64(len, 0);
+            if (n <= 0 || n > 100_000_000 || n > f.Length - 8) return false;
+            var header = new byte[n];
+            f.ReadExactly(header);
+            return System.Text.Encoding.UTF8.GetString(header).Contains("\"model.diffusion_model.", StringComparison.Ordinal);
+        }
+        catch (IOException) { return false; }
     }
 }
