@@ -467,20 +467,29 @@ public sealed class TextToImageTeacherTrainer : IDisposable
         {
             w.Module("vae.safetensors", t.Vae);
             w.Optimizer("optimizer.pt", t.vaeOpt);
-            w.Json("state.json", new TrainState(t.VaeStep, Checkpoint.GeneratorState(t.vaeRng), double.IsNaN(t.smoothedVae) ? null : t.smoothedVae));
+            WriteState(w, t.VaeStep, t.vaeRng, t.smoothedVae);
         }
 
         public void ReadCheckpoint(CheckpointReader r)
         {
             r.Module("vae.safetensors", t.Vae);
             r.Optimizer("optimizer.pt", t.vaeOpt);
-            var st = r.Json<TrainState>("state.json");
-            t.VaeStep = st.Step;
-            Checkpoint.RestoreGenerator(t.vaeRng, st.Rng);
-            t.smoothedVae = st.SmoothedLoss ?? double.NaN;
+            (t.VaeStep, t.smoothedVae) = ReadState(r, t.vaeRng);
         }
 
         public bool WeightsFinite() => TrainingUtils.AllFinite(t.Vae);
+    }
+
+    /// <summary>A stage's state.json: its step, its random generator, its smoothed loss (NaN: none yet).</summary>
+    private static void WriteState(CheckpointWriter w, int step, Generator rng, double smoothed) =>
+        w.Json("state.json", new TrainState(step, Checkpoint.GeneratorState(rng), double.IsNaN(smoothed) ? null : smoothed));
+
+    /// <summary>Reads <see cref="WriteState"/>'s file, restoring <paramref name="rng"/>; returns the step and the smoothed loss.</summary>
+    private static (int Step, double Smoothed) ReadState(CheckpointReader r, Generator rng)
+    {
+        var st = r.Json<TrainState>("state.json");
+        Checkpoint.RestoreGenerator(rng, st.Rng);
+        return (st.Step, st.SmoothedLoss ?? double.NaN);
     }
 
     /// <summary>Stage b as the run loop sees it.</summary>
@@ -503,7 +512,7 @@ public sealed class TextToImageTeacherTrainer : IDisposable
             w.Module("ema_text_encoder.safetensors", t.EmaTextEncoder);
             w.Module("ema_unet.safetensors", t.EmaUnet);
             w.Optimizer("optimizer.pt", t.opt);
-            w.Json("state.json", new TrainState(t.UnetStep, Checkpoint.GeneratorState(t.rng), double.IsNaN(t.smoothedUnet) ? null : t.smoothedUnet));
+            WriteState(w, t.UnetStep, t.rng, t.smoothedUnet);
         }
 
         public void ReadCheckpoint(CheckpointReader r)
@@ -513,10 +522,7 @@ public sealed class TextToImageTeacherTrainer : IDisposable
             r.Module("ema_text_encoder.safetensors", t.EmaTextEncoder);
             r.Module("ema_unet.safetensors", t.EmaUnet);
             r.Optimizer("optimizer.pt", t.opt);
-            var st = r.Json<TrainState>("state.json");
-            t.UnetStep = st.Step;
-            Checkpoint.RestoreGenerator(t.rng, st.Rng);
-            t.smoothedUnet = st.SmoothedLoss ?? double.NaN;
+            (t.UnetStep, t.smoothedUnet) = ReadState(r, t.rng);
         }
 
         public bool WeightsFinite() =>
