@@ -5,7 +5,7 @@ namespace Dmd;
 
 /// <summary>
 /// Process-wide workarounds for libtorch's native code, applied before the first network runs (the library does it when
-/// it loads; the tool and the tests call <see cref="Apply"/> first thing). Set <c>DMD_NATIVE_WORKAROUNDS=0</c> to skip both.
+/// it loads; the tool and the tests call <see cref="Apply"/> first thing). Set <c>DMD_NATIVE_WORKAROUNDS=0</c> to skip all three.
 /// <para>
 /// On this project's 2-core Debian VM (x86-64 with AVX-512, VNNI and BF16) libtorch 2.10 read memory it had not written:
 /// a forward pass of the small U-Nets returned all-NaN for finite weights and inputs in about 1.6 % of calls (123 of 7200
@@ -25,11 +25,24 @@ namespace Dmd;
 /// (measured side by side: a DMD iteration 1.1-1.9x slower); <c>ConvolutionGradientTests</c> checks a machine's kernels,
 /// so set ONEDNN_MAX_CPU_ISA=AVX2 (or higher) only where those tests pass with it.
 /// </para>
+/// <para>
+/// NNPACK off: on a CPU NNPACK does not support (this VM), libtorch tries it for every small-batch convolution on one
+/// thread and prints "Could not initialize NNPACK! Reason: Unsupported hardware." each time (22 lines for
+/// <c>dmd --threads 1 sample --n 10</c>), then falls back. TorchSharp has no <c>torch.backends.nnpack.enabled</c>, so the
+/// switch it sets, <c>at::Context::setUserEnabledNNPACK(false)</c>, is called through libtorch_cpu's exported C++ symbols
+/// (Linux names; where they are missing nothing happens). libtorch checks the switch before it tries NNPACK, so the
+/// convolutions and their results are the ones it computes after the failed attempt anyway.
+/// </para>
 /// </summary>
 internal static class NativeSetup
 {
     [DllImport("libc", EntryPoint = "setenv")] static extern int SetEnv(string name, string value, int overwrite);
     [DllImport("libc", EntryPoint = "mallopt")] static extern int MallOpt(int param, int value);
+    [DllImport("libtorch_cpu", EntryPoint = "_ZN2at13globalContextEv")] static extern IntPtr GlobalContext();
+    [DllImport("libtorch_cpu", EntryPoint = "_ZN2at7Context20setUserEnabledNNPACKEb")]
+    static extern void SetUserEnabledNnpack(IntPtr context, [MarshalAs(UnmanagedType.U1)] bool enabled);
+    [DllImport("libtorch_cpu", EntryPoint = "_ZNK2at7Context17userEnabledNNPACKEv")]
+    [return: MarshalAs(UnmanagedType.U1)] static extern bool UserEnabledNnpack(IntPtr context);
     const int M_PERTURB = -6;
     static bool applied;
 
@@ -45,6 +58,15 @@ internal static class NativeSetup
             if (Environment.GetEnvironmentVariable("MALLOC_PERTURB_") is null) MallOpt(M_PERTURB, 255);
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
+        try { SetUserEnabledNnpack(GlobalContext(), false); }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
+    }
+
+    /// <summary>Whether libtorch may use NNPACK (false once <see cref="Apply"/> has run on Linux; null where the symbols are missing).</summary>
+    internal static bool? NnpackEnabled()
+    {
+        try { return UserEnabledNnpack(GlobalContext()); }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return null; }
     }
 
 #pragma warning disable CA2255 // must run before any TorchSharp call creates a kernel or a tensor

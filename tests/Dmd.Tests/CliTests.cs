@@ -172,4 +172,19 @@ public class EvalAndBenchCliTests
         Assert.True(json.GetProperty("SpeedUp").GetDouble() > 0, output); // the ratio itself is a speed: judged by bench runs, not by tests
         Assert.Contains("speed ratio", output);
     }
+
+    [Fact]
+    public void SamplingOnOneThreadPrintsNothingFromLibtorch()
+    {
+        // libtorch tried NNPACK for each small-batch convolution on one thread and, on CPUs NNPACK does not support,
+        // printed "Could not initialize NNPACK!" every time (22 lines here); NativeSetup switches NNPACK off
+        Assert.False(NativeSetup.NnpackEnabled() ?? false);
+        var png = Path.Combine(TestUtil.TempDir(), "s.png");
+        var (code, output) = CliTests.Run("--threads", "1", "sample", "--model", Path.Combine(TestUtil.RepoRoot, "models", "fashion-mnist-student"),
+            "--n", "10", "--out", png);
+        Assert.Equal(0, code);
+        Assert.True(File.Exists(png));
+        Assert.DoesNotContain("NNPACK", output);
+        Assert.DoesNotContain("[W", output);
+    }
 }
