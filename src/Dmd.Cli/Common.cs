@@ -5,6 +5,7 @@ using Dmd.Data;
 using Dmd.Diffusion;
 using Dmd.Pipelines;
 using Dmd.IO;
+using Dmd.Networks;
 using Dmd.Training;
 using Spectre.Console;
 
@@ -75,6 +76,11 @@ internal static class Common
     }
 
     /// <summary>Whole-number options that must be at least 1 (counts, sizes, repeats): a one-line error otherwise.</summary>
+    /// <summary>The error for <c>--prompts</c> with a teacher that is not a diffusers text-to-image folder (an SD single file is named as one).</summary>
+    public static DmdInputException PromptsNeedTextToImage(string teacherPath) =>
+        new(DenoiserFile.IsStableDiffusionSingleFile(teacherPath) ? DenoiserFile.SingleFileHint(teacherPath)
+            : "--prompts: the teacher is not a text-to-image (diffusers Stable Diffusion) folder; prompts condition only those");
+
     public static void RequirePositive(ParseResult r, params Option[] options)
     {
         foreach (var o in options)

@@ -42,8 +42,7 @@ internal static class DistillCommand
             var teacherPath = r.GetValue(teacher)!;
             bool textToImage = TextToImageDistillation.IsPipelineFolder(teacherPath);
             if (!textToImage && r.GetValue(prompts) is not null)
-                throw new DmdInputException(DenoiserFile.IsStableDiffusionSingleFile(teacherPath) ? DenoiserFile.SingleFileHint(teacherPath)
-                                            : "--prompts: the teacher is not a text-to-image (diffusers Stable Diffusion) folder; prompts condition only those");
+                throw Common.PromptsNeedTextToImage(teacherPath);
             Threads.Apply(r, smallModel: !textToImage && !DenoiserFile.LoadSpec(teacherPath).IsImage); // the spec alone: FromFiles loads the network
             var outDir = r.GetValue(outOpt)!;
             Checkpoint.EnsureWritableFolder(outDir, "--out");

@@ -34,8 +34,7 @@ internal static class PairsCommand
             Common.RequirePositive(r, count, steps, batch);
             if (TextToImageDistillation.IsPipelineFolder(r.GetValue(teacher)!)) return TextToImagePairs(r, teacher, prompts, count, steps, guidance, sigmaMax, seed, batch, outOpt);
             if (r.GetValue(prompts) is not null)
-                throw new DmdInputException(DenoiserFile.IsStableDiffusionSingleFile(r.GetValue(teacher)!) ? DenoiserFile.SingleFileHint(r.GetValue(teacher)!)
-                                            : "--prompts: the teacher is not a text-to-image (diffusers Stable Diffusion) folder; prompts condition only those");
+                throw Common.PromptsNeedTextToImage(r.GetValue(teacher)!);
             var (net, spec) = DenoiserFile.Load(r.GetValue(teacher)!);
             Threads.Apply(r, smallModel: !spec.IsImage);
             var device = Devices.Get(r);
