@@ -348,7 +348,7 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
     static extern int SendSignal(int pid, int signal);
 
     [Fact]
-    public void CliDistillStopsAfterItsMinutesWithAGeneratorAndContinuesTheRun()
+    public async Task CliDistillStopsAfterItsMinutesWithAGeneratorAndContinuesTheRun()
     {
         var pairsDir = Path.Combine(TestUtil.TempDir(), "pairs");
         var (code, output) = CliTests.Run("--threads", "1", "pairs", "--teacher", tiny.Dir, "--count", "16", "--steps", "2", "--batch", "8", "--out", pairsDir);
@@ -381,9 +381,10 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         while (File.ReadAllLines(csv).Length <= rows + 2 && clock.Elapsed.TotalSeconds < 60 && !p.HasExited) Thread.Sleep(100);
         Assert.Equal(0, SendSignal(p.Id, 15)); // SIGTERM (no `kill` program on a bare machine)
         Assert.True(p.WaitForExit(60_000), "distill did not stop after SIGTERM");
-        log.WriteLine(outText.Result + err.Result);
+        string stdout = await outText, stderr = await err;
+        log.WriteLine(stdout + stderr);
         Assert.Equal(0, p.ExitCode);
-        Assert.Contains("stopped on request", outText.Result);
+        Assert.Contains("stopped on request", stdout);
         Assert.True(TestUtil.CheckpointStep(outDir) > before + 2);
     }
 }
