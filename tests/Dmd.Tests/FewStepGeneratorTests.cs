@@ -133,6 +133,61 @@ public class FewStepGeneratorTests
         Assert.True(trained.Count >= 3, $"the trained level should vary over 20 steps: saw {string.Join(",", trained)}");
     }
 
+    /// <summary>
+    /// With one fake denoiser per level, each step's DM call and every fake update go to the fake of the level the batch
+    /// came from (read off the generator's calls), and only that fake's weights move: a fake no update reached is untouched.
+    /// </summary>
+    [Fact]
+    public void FakePerLevelTrainsAndAsksOnlyTheFakeOfTheBatchsLevel()
+    {
+        var nets = new List<RecordingBackbone>();
+        EdmPrecond Build()
+        {
+            var rec = new RecordingBackbone(Spec.Build().Backbone);
+            nets.Add(rec);
+            return new EdmPrecond(rec, Spec.SigmaData);
+        }
+        var config = new DmdConfig
+        {
+            Mode = DmdMode.DmOnly, BatchSize = 8, LearningRate = 1e-3, WarmupSteps = 0, FakeUpdatesPerStep = 2, Seed = 5,
+            GeneratorSteps = 3, SigmaMax = 20, GeneratorSigmaMin = 0.5, FakePerLevel = true,
+        };
+        Assert.Throws<DmdInputException>(() => (config with { GeneratorSteps = 1 }).Validate());
+        var teacher = new EdmPrecond(new RecordingBackbone(Spec.Build().Backbone), Spec.SigmaData);
+        TestUtil.Perturb(teacher, 3, 0.1);
+        TrainingUtils.Freeze(teacher);
+        using var trainer = new DmdTrainer(teacher, Spec, config, pairs: null, buildNetwork: Build);
+        Assert.Equal(4, nets.Count); // three fakes, then the generator
+        Assert.Equal(3, trainer.Fakes.Count);
+        var fakes = nets.Take(3).ToArray();
+        var gen = nets[3];
+        var levels = config.GeneratorSigmas;
+        var untouchedSeen = false;
+        for (int step = 0; step < 12; step++)
+        {
+            foreach (var n in nets) n.Calls.Clear();
+            var before = trainer.Fakes.Select(f => f.parameters().Select(p => p.detach().clone()).ToArray()).ToArray();
+            trainer.TrainStep();
+            // the generator's calls: its update's chain 0..s (the last with gradient), then one fresh chain per further update
+            var calls = gen.Calls.Select(c => Array.FindIndex(levels, l => Math.Abs(l - c.Sigma) <= 1e-4 * l)).ToList();
+            int s = gen.Calls.FindIndex(c => c.Grad);
+            var updateLevels = new List<int> { s };
+            for (int i = s + 1; i < calls.Count; i++)
+                if (i + 1 == calls.Count || calls[i + 1] == 0) updateLevels.Add(calls[i]);
+            Assert.Equal(2, updateLevels.Count);
+            for (int j = 0; j < 3; j++)
+            {
+                int updates = updateLevels.Count(l => l == j);
+                Assert.Equal((s == j ? 1 : 0) + updates, fakes[j].Calls.Count);       // its DM call, then its denoising calls
+                Assert.Equal(updates, fakes[j].Calls.Count(c => c.Grad));
+                bool moved = trainer.Fakes[j].parameters().Zip(before[j]).Any(t => !TestUtil.Same(t.First, t.Second));
+                Assert.Equal(updates > 0, moved);
+                untouchedSeen |= updates == 0;
+            }
+        }
+        Assert.True(untouchedSeen, "some step should leave a fake without an update");
+    }
+
     /// <summary>Fresh batches cost one generator pass per further fake update; without them every update reuses the step's batch.</summary>
     [Theory]
     [InlineData(true, 3)]
@@ -170,8 +225,10 @@ public class FewStepGeneratorTests
     }
 
     /// <summary>A K-step run saves K and its levels; Load and Sample use them; `sample`/`eval` count K NFE; resume is bit for bit.</summary>
-    [Fact]
-    public void AFewStepRunSavesItsLevelsSamplesWithThemAndResumesBitForBit()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void AFewStepRunSavesItsLevelsSamplesWithThemAndResumesBitForBit(bool fakePerLevel)
     {
         var dir = TestUtil.TempDir();
         try
@@ -181,7 +238,7 @@ public class FewStepGeneratorTests
             var cfg = new DmdConfig
             {
                 Mode = DmdMode.DmOnly, BatchSize = 8, WarmupSteps = 0, FakeUpdatesPerStep = 2, Seed = 9, Steps = 4,
-                GeneratorSteps = 3, SigmaMax = 20, GeneratorSigmaMin = 0.5, CheckpointEvery = 2, LogEvery = 1,
+                GeneratorSteps = 3, SigmaMax = 20, GeneratorSigmaMin = 0.5, CheckpointEvery = 2, LogEvery = 1, FakePerLevel = fakePerLevel,
             };
             var straight = Path.Combine(dir, "straight");
             using (var t = new DmdTrainer(DenoiserFile.Load(teacherPath).Net, Spec, cfg, null)) t.Run(straight, teacherPath, null);
@@ -189,6 +246,7 @@ public class FewStepGeneratorTests
             using (var t = new DmdTrainer(DenoiserFile.Load(teacherPath).Net, Spec, cfg, null)) t.Run(resumed, teacherPath, null, new RunOptions { StopAfter = 2 });
             using (var t = new DmdTrainer(DenoiserFile.Load(teacherPath).Net, Spec, cfg, null)) t.Run(resumed, teacherPath, null);
 
+            Assert.Equal(fakePerLevel, new CheckpointStore(straight).Open()!.Has("fake-step3.safetensors"));
             var g = OneStepGenerator.Load(straight);
             Assert.Equal(3, g.Steps);
             Assert.Equal(cfg.GeneratorSigmas, g.Sigmas);

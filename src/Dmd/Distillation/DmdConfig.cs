@@ -68,6 +68,12 @@ public sealed record DmdConfig
     /// (the rule this project used before DMD2's, which the shipped Fashion-MNIST student was trained with)
     /// </summary>
     public bool FakeFreshBatches { get; init; } = true;
+    /// <summary>
+    /// a K-step generator gets one fake denoiser per step, each trained only on its step's outputs and giving that step's
+    /// DM and GAN terms; false = DMD2's one fake denoiser on the outputs of all steps, with which the DM loss matches only
+    /// the mixture of the steps' outputs to the data (K times the fake denoiser's memory)
+    /// </summary>
+    public bool FakePerLevel { get; init; }
     /// <summary>fake-denoiser lr / generator lr (paper: 1)</summary>
     public double FakeLrScale { get; init; } = 1.0;
     /// <summary>
@@ -140,6 +146,8 @@ public sealed record DmdConfig
             throw new DmdInputException($"generator-sigma-min {GeneratorSigmaMin:G}: must lie between 0 and sigma-max {SigmaMax:G} for a {GeneratorSteps}-step generator");
         Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
+        if (FakePerLevel && GeneratorSteps == 1)
+            throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");
         Settings.Positive("fake-lr-scale", FakeLrScale);
         Settings.InRange("gan-weight", GanWeight, 0, double.MaxValue);
         Settings.Positive("gan-fake-weight", GanFakeWeight);

@@ -22,6 +22,8 @@ internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Tea
 /// With <see cref="DmdConfig.GanWeight"/> &gt; 0, DMD2's GAN: a classifier head (<see cref="GanHead"/>) on the fake
 /// denoiser's features learns, with the fake denoiser, to tell noised real data from noised generated samples, and the
 /// generator is trained to fool it.
+/// A K-step generator with <see cref="DmdConfig.FakePerLevel"/> has one fake denoiser (and optimiser) per step: each
+/// update trains and uses the one of the level its batch came from.
 /// All randomness flows from one generator, saved with the checkpoint, so a resumed run continues bit for bit.
 /// In a data-parallel run (<see cref="DataParallel"/>) each rank draws its share of every batch and the gradients of
 /// each trained network are averaged over the ranks before its optimiser step.
@@ -34,8 +36,13 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     public NetworkSpec Spec { get; }
     /// <summary>The real denoiser: the teacher, frozen; with <see cref="DmdConfig.GuidanceReal"/> it gives the real score.</summary>
     public EdmPrecond Real { get; }
-    /// <summary>The fake denoiser, trained by denoising on generated samples so that it tracks the generator's distribution.</summary>
-    public EdmPrecond Fake { get; }
+    /// <summary>
+    /// The fake denoiser, trained by denoising on generated samples so that it tracks the generator's distribution (with
+    /// <see cref="DmdConfig.FakePerLevel"/>, the first step's: <see cref="Fakes"/>[0]).
+    /// </summary>
+    public EdmPrecond Fake => Fakes[0];
+    /// <summary>The fake denoisers: one, or with <see cref="DmdConfig.FakePerLevel"/> one per generator step, each tracking that step's outputs.</summary>
+    public IReadOnlyList<EdmPrecond> Fakes { get; }
     /// <summary>The one-step generator being trained (its raw weights).</summary>
     public OneStepGenerator Generator { get; }
     /// <summary>The moving average of the generator's weights when <see cref="DmdConfig.EmaDecay"/> &gt; 0, else null.</summary>
@@ -54,7 +61,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     private readonly Func<Tensor, Tensor, Tensor> regressionDistance;
     private readonly IDisposable? regressionNet; // the LPIPS network when the regression loss is lpips
     private readonly IDenoiser realGuided;
-    private readonly optim.Optimizer optG, optF;
+    private readonly optim.Optimizer optG;
+    private readonly optim.Optimizer[] optF;   // one per fake denoiser
     private readonly optim.Optimizer? optH;    // the GAN head's, when on
     private readonly IDataSource? realData;    // the GAN's real samples, when on
     private readonly Tensor grid;
@@ -134,8 +142,12 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         TrainingUtils.Freeze(Real);
         realGuided = Conditions.Guided(Real, config.GuidanceReal);
         var build = buildNetwork ?? Spec.Build;
-        Fake = build(); Fake.to(this.device);
-        TrainingUtils.CopyWeights(Real, Fake);
+        Fakes = Enumerable.Range(0, config.FakePerLevel ? config.GeneratorSteps : 1).Select(_ =>
+        {
+            var fake = build(); fake.to(this.device);
+            TrainingUtils.CopyWeights(Real, fake);
+            return fake;
+        }).ToArray();
         var genNet = build(); genNet.to(this.device);
         TrainingUtils.CopyWeights(Real, genNet);
         Generator = new OneStepGenerator(genNet, config.GeneratorSigmas);
@@ -160,7 +172,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
 
         double lr = LearningRate;
         optG = optim.AdamW(genNet.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
-        optF = optim.AdamW(Fake.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
+        optF = Fakes.Select(f => optim.AdamW(f.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay)).ToArray();
         if (GanHead is not null)
             optH = optim.AdamW(GanHead.parameters(), lr, config.Beta1, config.Beta2, weight_decay: config.WeightDecay);
         grid = (teacher.Schedule is { } schedule ? torch.tensor(schedule.TrainSigmas.ToArray(), dtype: ScalarType.Float32) /* float32 values */
@@ -293,22 +305,22 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         var losses = new Dictionary<string, double>();
         double lr = TrainingUtils.WarmupLr(LearningRate, Step, Config.WarmupSteps);
         TrainingUtils.SetLearningRate(optG, lr);
-        TrainingUtils.SetLearningRate(optF, lr * Config.FakeLrScale);
+        foreach (var o in optF) TrainingUtils.SetLearningRate(o, lr * Config.FakeLrScale);
         if (optH is not null) TrainingUtils.SetLearningRate(optH, lr * Config.FakeLrScale);
         Generator.Net.train();
-        Fake.train();
+        foreach (var f in Fakes) f.train();
         DataParallel.SeedStep(rng, Config.Seed, Step);
 
         // ---- generator update: loss_G = loss_dm + lambda_reg loss_reg (paper Eq. 9) ----
         var z = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
         var y = Conditions.Draw(batch, rng, device);
-        var (xIn, level) = GeneratorInput(z, y);
+        var (xIn, level) = GeneratorInput(z, y, draw: 0);
         var x = Generator.Denoise(xIn, level, y);
         var lossG = zeros(1, device: device).squeeze();
         if (Config.Mode != DmdMode.RegressionOnly)
         {
             var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, Config.MaxStep + 1, batch, rng, device));
-            var lossDm = DmdLoss.DistributionMatching(x, realGuided, Fake, sigma, y, rng);
+            var lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng);
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
         }
@@ -328,7 +340,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             // DMD2: + gen_cls_loss_weight softplus(-D(x)); the gradient reaches x through the fake denoiser's features,
             // whose weights (and the head's) take no gradient from the generator's loss
             Tensor logits;
-            using (TrainingUtils.NoParameterGradients(Fake, GanHead)) logits = GanLogits(x, y);
+            using (TrainingUtils.NoParameterGradients(FakeOf(level), GanHead)) logits = GanLogits(x, y, level);
             var lossGanG = DmdLoss.GanGenerator(logits);
             lossG = lossG + DenoiserExtensions.Const(Config.GanWeight, lossGanG) * lossGanG;
             losses["loss_gan_g"] = TrainingUtils.Value(lossGanG);
@@ -349,6 +361,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (Config.Mode != DmdMode.RegressionOnly)
         {
             var xFake = x.detach();
+            int levelFake = level;
             for (int k = 0; k < Config.FakeUpdatesPerStep; k++)
             {
                 if (k > 0 && Config.FakeFreshBatches)
@@ -357,41 +370,43 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                     y = Conditions.Draw(batch, rng, device);
                     using (no_grad())
                     {
-                        var (xkIn, levelK) = GeneratorInput(zk, y);
-                        xFake = Generator.Denoise(xkIn, levelK, y);
+                        (var xkIn, levelFake) = GeneratorInput(zk, y, draw: k);
+                        xFake = Generator.Denoise(xkIn, levelFake, y);
                     }
                 }
+                var fake = FakeOf(levelFake);
+                var opt = optF[Config.FakePerLevel ? levelFake : 0];
                 var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, batch, rng, device));
-                var lossFake = DmdLoss.FakeDenoising(Fake, xFake, sigma, y, rng);
+                var lossFake = DmdLoss.FakeDenoising(fake, xFake, sigma, y, rng);
                 if (GanHead is null)
                 {
-                    optF.zero_grad();
+                    opt.zero_grad();
                     lossFake.backward();
-                    DataParallel.AverageGradients(Fake);
+                    DataParallel.AverageGradients(fake);
                     losses["loss_fake"] = TrainingUtils.Value(lossFake);
-                    if (!TrainingUtils.UpdateIsFinite(lossFake, Fake)) { skipped = true; continue; }
-                    TrainingUtils.ClipGradNorm(Fake, Config.GradClip);
-                    optF.step();
+                    if (!TrainingUtils.UpdateIsFinite(lossFake, fake)) { skipped = true; continue; }
+                    TrainingUtils.ClipGradNorm(fake, Config.GradClip);
+                    opt.step();
                     continue;
                 }
                 // DMD2's guidance update: + cls_loss_weight (softplus(-D(real)) + softplus(D(fake))), head and fake
                 // denoiser together, one gradient clip over both
                 var (xReal, yReal) = realData!.Batch(batch, rng);
-                var logitsReal = GanLogits(xReal.to(device), Spec.LabelDim > 0 ? yReal!.to(device) : null);
-                var logitsFake = GanLogits(xFake.detach(), y);
+                var logitsReal = GanLogits(xReal.to(device), Spec.LabelDim > 0 ? yReal!.to(device) : null, levelFake);
+                var logitsFake = GanLogits(xFake.detach(), y, levelFake);
                 var lossGanD = DmdLoss.GanDiscriminator(logitsReal, logitsFake);
                 var lossF = lossFake + DenoiserExtensions.Const(Config.GanFakeWeight, lossGanD) * lossGanD;
-                optF.zero_grad();
+                opt.zero_grad();
                 optH!.zero_grad();
                 lossF.backward();
-                DataParallel.AverageGradients(Fake, GanHead);
+                DataParallel.AverageGradients(fake, GanHead);
                 losses["loss_fake"] = TrainingUtils.Value(lossFake);
                 losses["loss_gan_d"] = TrainingUtils.Value(lossGanD);
                 losses["gan_logit_real"] = TrainingUtils.Value(logitsReal.mean());
                 losses["gan_logit_fake"] = TrainingUtils.Value(logitsFake.mean());
-                if (!TrainingUtils.UpdateIsFinite(lossF, Fake) || !TrainingUtils.UpdateIsFinite(lossF, GanHead)) { skipped = true; continue; }
-                TrainingUtils.ClipGradNorm(Fake.parameters().Concat(GanHead.parameters()), Config.GradClip);
-                optF.step();
+                if (!TrainingUtils.UpdateIsFinite(lossF, fake) || !TrainingUtils.UpdateIsFinite(lossF, GanHead)) { skipped = true; continue; }
+                TrainingUtils.ClipGradNorm(fake.parameters().Concat(GanHead.parameters()), Config.GradClip);
+                opt.step();
                 optH.step();
             }
         }
@@ -405,11 +420,14 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// The generator's input and its level for one batch: sigma_max z at level 0 for a one-step generator (nothing drawn);
     /// for K steps, DMD2's backward simulation: a level s uniform in [0, K) drawn for the batch, then the current
     /// generator's own chain run from sigma_max z to level s without gradient, with fresh noise at each re-noising.
+    /// With one fake denoiser per level the level is the step's <paramref name="draw"/>-th shared draw, the same on every
+    /// rank, so that the ranks train the same fake denoiser.
     /// </summary>
-    (Tensor Input, int Level) GeneratorInput(Tensor z, Tensor? y)
+    (Tensor Input, int Level) GeneratorInput(Tensor z, Tensor? y, int draw)
     {
         if (Generator.Steps == 1) return (Generator.Input(z, y, 0, null), 0);
-        int s = (int)Rng.Integers(0, Generator.Steps, 1, rng).item<long>();
+        int s = Config.FakePerLevel ? DataParallel.SharedDraw(Config.Seed, Step, draw, Generator.Steps)
+                                    : (int)Rng.Integers(0, Generator.Steps, 1, rng).item<long>();
         var noise = Enumerable.Range(0, s).Select(_ => Rng.Normal(z.shape, rng, device)).ToArray();
         using (no_grad()) return (Generator.Input(z, y, s, noise), s);
     }
@@ -418,13 +436,19 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// DMD2's diffusion GAN logits for samples x (labels y): noise levels from the grid, indices uniform in
     /// [0, <see cref="DmdConfig.GanMaxStep"/>) drawn before the noise; with GanMaxStep 0 the clean samples at sigma_min.
     /// </summary>
-    Tensor GanLogits(Tensor x, Tensor? y)
+    Tensor GanLogits(Tensor x, Tensor? y, int level)
     {
         bool noised = Config.GanMaxStep > 0;
         var sigma = noised ? grid.index_select(0, Rng.Integers(0, Config.GanMaxStep, x.shape[0], rng, device))
                            : grid.narrow(0, 0, 1).expand(x.shape[0]);
-        return DmdLoss.GanLogits(Fake, GanHead!, x, sigma, y, rng, noised);
+        return DmdLoss.GanLogits(FakeOf(level), GanHead!, x, sigma, y, rng, noised);
     }
+
+    /// <summary>The fake denoiser of generator level <paramref name="level"/>: its own with <see cref="DmdConfig.FakePerLevel"/>, else the one.</summary>
+    EdmPrecond FakeOf(int level) => Fakes[Config.FakePerLevel ? level : 0];
+
+    /// <summary>A checkpoint file of fake denoiser <paramref name="i"/>: the first keeps the one-fake name, the others add their step.</summary>
+    static string FakeFile(string name, int i, string ext) => i == 0 ? $"{name}.{ext}" : $"{name}-step{i + 1}.{ext}";
 
     /// <summary>
     /// Trains to <see cref="DmdConfig.Steps"/> (or until <paramref name="options"/> stops it), resuming from
@@ -481,15 +505,15 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             b.UNet.SavePretrained(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "unet"));
     }
 
-    /// <summary>Writes the generator, fake, (if any) EMA and GAN head weights, the optimiser states, the step and the random generator state.</summary>
+    /// <summary>Writes the generator, fake denoiser(s), (if any) EMA and GAN head weights, the optimiser states, the step and the random generator state.</summary>
     public void WriteCheckpoint(CheckpointWriter w)
     {
         w.Module("generator.safetensors", Generator.Net);
-        w.Module("fake.safetensors", Fake);
+        for (int i = 0; i < Fakes.Count; i++) w.Module(FakeFile("fake", i, "safetensors"), Fakes[i]);
         if (Ema is not null) w.Module("ema.safetensors", Ema.Net);
         if (GanHead is not null) w.Module("gan_head.safetensors", GanHead);
         w.Optimizer("optim_generator.pt", optG);
-        w.Optimizer("optim_fake.pt", optF);
+        for (int i = 0; i < optF.Length; i++) w.Optimizer(FakeFile("optim_fake", i, "pt"), optF[i]);
         if (optH is not null) w.Optimizer("optim_gan_head.pt", optH);
         w.Json("state.json", new TrainState(Step, Checkpoint.GeneratorState(rng)));
     }
@@ -501,12 +525,12 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     public void ReadCheckpoint(CheckpointReader r)
     {
         r.Module("generator.safetensors", Generator.Net);
-        r.Module("fake.safetensors", Fake);
+        for (int i = 0; i < Fakes.Count; i++) r.Module(FakeFile("fake", i, "safetensors"), Fakes[i]);
         if (Ema is not null) // a checkpoint without an average (EMA switched on at resume) starts it from the weights
             if (r.Has("ema.safetensors")) r.Module("ema.safetensors", Ema.Net);
             else TrainingUtils.CopyWeights(Generator.Net, Ema.Net);
         r.Optimizer("optim_generator.pt", optG);
-        r.Optimizer("optim_fake.pt", optF);
+        for (int i = 0; i < optF.Length; i++) r.Optimizer(FakeFile("optim_fake", i, "pt"), optF[i]);
         if (GanHead is not null && r.Has("gan_head.safetensors"))
         {
             r.Module("gan_head.safetensors", GanHead);
@@ -517,15 +541,15 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Checkpoint.RestoreGenerator(rng, st.Rng);
     }
 
-    /// <summary>Whether every weight of the generator, the fake denoiser, the EMA and the GAN head is finite.</summary>
-    public bool WeightsFinite() => TrainingUtils.AllFinite(Generator.Net) && TrainingUtils.AllFinite(Fake) && (Ema is null || TrainingUtils.AllFinite(Ema.Net))
+    /// <summary>Whether every weight of the generator, the fake denoiser(s), the EMA and the GAN head is finite.</summary>
+    public bool WeightsFinite() => TrainingUtils.AllFinite(Generator.Net) && Fakes.All(TrainingUtils.AllFinite) && (Ema is null || TrainingUtils.AllFinite(Ema.Net))
                                    && (GanHead is null || TrainingUtils.AllFinite(GanHead));
 
     /// <summary>Frees the optimisers, the random generator and the LPIPS network; the denoisers stay usable.</summary>
     public void Dispose()
     {
         optG.Dispose();
-        optF.Dispose();
+        foreach (var o in optF) o.Dispose();
         optH?.Dispose();
         rng.Dispose();
         regressionNet?.Dispose();

@@ -51,6 +51,13 @@ public static class DataParallel
     public static ulong StepSeed(long seed, int rank, int step) =>
         SplitMix(SplitMix(SplitMix((ulong)seed) ^ (ulong)(uint)rank) ^ (ulong)(uint)step) >> 1; // >> 1: a non-negative long
 
+    /// <summary>
+    /// A draw in [0, <paramref name="n"/>) that every rank makes alike: the <paramref name="index"/>-th of step
+    /// <paramref name="step"/>, for choices the ranks must share (which network a step trains); the same in a one-process run.
+    /// </summary>
+    public static int SharedDraw(long seed, int step, int index, int n) =>
+        (int)(SplitMix(StepSeed(seed, 0, step) ^ SplitMix((ulong)(uint)index + 1)) % (ulong)n);
+
     static ulong SplitMix(ulong z)
     {
         z += 0x9E3779B97F4A7C15UL;
