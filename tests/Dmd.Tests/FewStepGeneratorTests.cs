@@ -77,6 +77,14 @@ public class FewStepGeneratorTests
         }
     }
 
+    /// <summary>A network builder for the trainer whose networks record their calls, each added to <paramref name="nets"/> in build order.</summary>
+    static Func<EdmPrecond> RecordingNetworks(List<RecordingBackbone> nets) => () =>
+    {
+        var rec = new RecordingBackbone(Spec.Build().Backbone);
+        nets.Add(rec);
+        return new EdmPrecond(rec, Spec.SigmaData);
+    };
+
     /// <summary>
     /// In every step the generator network is called as DMD2's backward simulation calls it: for the generator update,
     /// its own chain at levels 0..s-1 without gradient and then level s with gradient; for each further fake update a
@@ -87,12 +95,7 @@ public class FewStepGeneratorTests
     public void BackwardSimulationRunsWithoutGradientAndLandsOnTheGeneratorsLevels()
     {
         var nets = new List<RecordingBackbone>();
-        EdmPrecond Build()
-        {
-            var rec = new RecordingBackbone(Spec.Build().Backbone);
-            nets.Add(rec);
-            return new EdmPrecond(rec, Spec.SigmaData);
-        }
+        var build = RecordingNetworks(nets);
         var config = new DmdConfig
         {
             Mode = DmdMode.DmOnly, BatchSize = 8, LearningRate = 1e-4, WarmupSteps = 0, FakeUpdatesPerStep = 3, Seed = 11,
@@ -101,7 +104,7 @@ public class FewStepGeneratorTests
         var teacherRec = new EdmPrecond(new RecordingBackbone(Spec.Build().Backbone), Spec.SigmaData);
         TestUtil.Perturb(teacherRec, 2, 0.1);
         TrainingUtils.Freeze(teacherRec);
-        using var trainer = new DmdTrainer(teacherRec, Spec, config, pairs: null, buildNetwork: Build);
+        using var trainer = new DmdTrainer(teacherRec, Spec, config, pairs: null, buildNetwork: build);
         Assert.Equal(2, nets.Count); // fake, then generator
         var gen = nets[1];
         var levels = config.GeneratorSigmas;
@@ -141,12 +144,7 @@ public class FewStepGeneratorTests
     public void FakePerLevelTrainsAndAsksOnlyTheFakeOfTheBatchsLevel()
     {
         var nets = new List<RecordingBackbone>();
-        EdmPrecond Build()
-        {
-            var rec = new RecordingBackbone(Spec.Build().Backbone);
-            nets.Add(rec);
-            return new EdmPrecond(rec, Spec.SigmaData);
-        }
+        var build = RecordingNetworks(nets);
         var config = new DmdConfig
         {
             Mode = DmdMode.DmOnly, BatchSize = 8, LearningRate = 1e-3, WarmupSteps = 0, FakeUpdatesPerStep = 2, Seed = 5,
@@ -156,7 +154,7 @@ public class FewStepGeneratorTests
         var teacher = new EdmPrecond(new RecordingBackbone(Spec.Build().Backbone), Spec.SigmaData);
         TestUtil.Perturb(teacher, 3, 0.1);
         TrainingUtils.Freeze(teacher);
-        using var trainer = new DmdTrainer(teacher, Spec, config, pairs: null, buildNetwork: Build);
+        using var trainer = new DmdTrainer(teacher, Spec, config, pairs: null, buildNetwork: build);
         Assert.Equal(4, nets.Count); // three fakes, then the generator
         Assert.Equal(3, trainer.Fakes.Count);
         var fakes = nets.Take(3).ToArray();
@@ -195,17 +193,12 @@ public class FewStepGeneratorTests
     public void FakeUpdatesDrawFreshBatchesOnlyWhenAsked(bool fresh, int generatorCalls)
     {
         var nets = new List<RecordingBackbone>();
-        EdmPrecond Build()
-        {
-            var rec = new RecordingBackbone(Spec.Build().Backbone);
-            nets.Add(rec);
-            return new EdmPrecond(rec, Spec.SigmaData);
-        }
+        var build = RecordingNetworks(nets);
         var teacher = new EdmPrecond(new RecordingBackbone(Spec.Build().Backbone), Spec.SigmaData);
         TestUtil.Perturb(teacher, 6, 0.1);
         TrainingUtils.Freeze(teacher);
         var cfg = new DmdConfig { Mode = DmdMode.DmOnly, BatchSize = 8, WarmupSteps = 0, FakeUpdatesPerStep = 3, FakeFreshBatches = fresh, Seed = 1 };
-        using var trainer = new DmdTrainer(teacher, Spec, cfg, null, buildNetwork: Build);
+        using var trainer = new DmdTrainer(teacher, Spec, cfg, null, buildNetwork: build);
         trainer.TrainStep();
         Assert.Equal(generatorCalls, nets[1].Calls.Count);
         Assert.Equal(1 + 3, nets[0].Calls.Count); // the fake: its DM call, then one denoising call per update
