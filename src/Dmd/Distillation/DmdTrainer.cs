@@ -375,7 +375,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                     }
                 }
                 var fake = FakeOf(levelFake);
-                var opt = optF[Config.FakePerLevel ? levelFake : 0];
+                var opt = optF[FakeIndex(levelFake)];
                 var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, batch, rng, device));
                 var lossFake = DmdLoss.FakeDenoising(fake, xFake, sigma, y, rng);
                 if (GanHead is null)
@@ -444,8 +444,11 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         return DmdLoss.GanLogits(FakeOf(level), GanHead!, x, sigma, y, rng, noised);
     }
 
-    /// <summary>The fake denoiser of generator level <paramref name="level"/>: its own with <see cref="DmdConfig.FakePerLevel"/>, else the one.</summary>
-    EdmPrecond FakeOf(int level) => Fakes[Config.FakePerLevel ? level : 0];
+    /// <summary>The index of generator level <paramref name="level"/>'s fake denoiser (and optimiser): its own with <see cref="DmdConfig.FakePerLevel"/>, else the one.</summary>
+    int FakeIndex(int level) => Config.FakePerLevel ? level : 0;
+
+    /// <summary>The fake denoiser of generator level <paramref name="level"/>.</summary>
+    EdmPrecond FakeOf(int level) => Fakes[FakeIndex(level)];
 
     /// <summary>A checkpoint file of fake denoiser <paramref name="i"/>: the first keeps the one-fake name, the others add their step.</summary>
     static string FakeFile(string name, int i, string ext) => i == 0 ? $"{name}.{ext}" : $"{name}-step{i + 1}.{ext}";
