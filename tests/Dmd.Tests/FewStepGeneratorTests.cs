@@ -29,9 +29,25 @@ public class FewStepGeneratorTests
         var four = OneStepGenerator.Levels(80, 1, 4);
         Assert.Equal(new[] { 80.0, 18.566, 4.309, 1.0 }, four.Select(v => Math.Round(v, 3)));
         Assert.Equal(new[] { 40.0 }, OneStepGenerator.Levels(40, 1, 1));
-        Assert.Equal(new[] { 80.0, 18.566, 4.309, 1.0 }, new DmdConfig { GeneratorSteps = 4 }.GeneratorSigmas.Select(v => Math.Round(v, 3)));
+        Assert.Equal(new[] { 80.0, 18.566, 4.309, 1.0 }, new DmdConfig { GeneratorSteps = 4 }.GeneratorSigmas(0.5).Select(v => Math.Round(v, 3)));
         Assert.Throws<DmdInputException>(() => new DmdConfig { GeneratorSteps = 3, GeneratorSigmaMin = 90 }.Validate());
         Assert.Throws<DmdInputException>(() => new OneStepGenerator(Spec.Build(), new[] { 5.0, 5.0 }));
+    }
+
+    /// <summary>
+    /// "dmd2" levels: after sigma_max, sigma_data sqrt((1 - abar_t) / abar_t) at DMD2's timesteps 999 - k (1000 / K) of SD's
+    /// scaled-linear schedule (values from the DDPM formula in double precision, written out here); listed levels as given.
+    /// </summary>
+    [Fact]
+    public void Dmd2LevelsHaveTheSignalToNoiseOfDmd2sTimestepsAndListedLevelsAreChecked()
+    {
+        Assert.Equal(new[] { 80.0, 2.041, 0.806, 0.347 }, new DmdConfig { GeneratorSteps = 4, GeneratorLevels = "dmd2" }.GeneratorSigmas(0.5).Select(v => Math.Round(v, 3))); // 2.0409, 0.8064, 0.3466
+        Assert.Equal(new[] { 80.0, 2.918, 0.932 }, new DmdConfig { GeneratorSteps = 3, GeneratorLevels = "dmd2" }.GeneratorSigmas(1.0).Select(v => Math.Round(v, 3))); // 2.9183, 0.9324
+        Assert.Equal(new[] { 80.0 }, new DmdConfig { GeneratorLevels = "dmd2" }.GeneratorSigmas(0.5));
+        Assert.Equal(new[] { 80.0, 2, 0.5 }, new DmdConfig { GeneratorSteps = 3, GeneratorLevels = "80, 2,0.5" }.GeneratorSigmas(0.5));
+        foreach (var bad in new[] { "80,2", "80,2,x", "40,2,0.5", "80,0.5,2", "80,2,0", "geometric2" })
+            Assert.Throws<DmdInputException>(() => new DmdConfig { GeneratorSteps = 3, GeneratorLevels = bad }.Validate());
+        new DmdConfig { GeneratorSteps = 3, GeneratorLevels = "dmd2", GeneratorSigmaMin = 90 }.Validate(); // sigma-min is the geometric rule's
     }
 
     /// <summary>x = s0 z; x0 = D(x, s_k); x = x0 + s_(k+1) n_k; the last x0 is the sample, computed by hand.</summary>
@@ -107,7 +123,7 @@ public class FewStepGeneratorTests
         using var trainer = new DmdTrainer(teacherRec, Spec, config, pairs: null, buildNetwork: build);
         Assert.Equal(2, nets.Count); // fake, then generator
         var gen = nets[1];
-        var levels = config.GeneratorSigmas;
+        var levels = config.GeneratorSigmas(Spec.SigmaData);
         var trained = new HashSet<int>();
         for (int step = 0; step < 20; step++)
         {
@@ -159,7 +175,7 @@ public class FewStepGeneratorTests
         Assert.Equal(3, trainer.Fakes.Count);
         var fakes = nets.Take(3).ToArray();
         var gen = nets[3];
-        var levels = config.GeneratorSigmas;
+        var levels = config.GeneratorSigmas(Spec.SigmaData);
         var untouchedSeen = false;
         for (int step = 0; step < 12; step++)
         {
@@ -242,7 +258,7 @@ public class FewStepGeneratorTests
             Assert.Equal(fakePerLevel, new CheckpointStore(straight).Open()!.Has("fake-step3.safetensors"));
             var g = OneStepGenerator.Load(straight);
             Assert.Equal(3, g.Steps);
-            Assert.Equal(cfg.GeneratorSigmas, g.Sigmas);
+            Assert.Equal(cfg.GeneratorSigmas(Spec.SigmaData), g.Sigmas);
             var r = OneStepGenerator.Load(resumed);
             foreach (var (pa, pb) in g.Net.parameters().Zip(r.Net.parameters())) Assert.True(TestUtil.Same(pa, pb), "resumed run differs");
 

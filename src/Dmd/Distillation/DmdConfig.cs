@@ -57,8 +57,15 @@ public sealed record DmdConfig
     /// current generator's own chain to a random one of its levels, without gradient)
     /// </summary>
     public int GeneratorSteps { get; init; } = 1;
-    /// <summary>lowest noise level of a K-step generator; its levels are geometric from sigma-max to it (4 steps: 80, 18.6, 4.31, 1)</summary>
+    /// <summary>lowest noise level of a K-step generator with geometric levels (4 steps from 80: 80, 18.6, 4.31, 1)</summary>
     public double GeneratorSigmaMin { get; init; } = 1.0;
+    /// <summary>
+    /// how a K-step generator's noise levels are placed: "geometric" (from sigma-max down to generator-sigma-min), "dmd2"
+    /// (after sigma-max, the signal-to-noise ratios of DMD2's timesteps 999, 749, 499, 249 (K = 4) on Stable Diffusion's
+    /// schedule, for data of the teacher's sigma_data: 80, 2.04, 0.80, 0.35 at sigma_data 0.5), or the K levels themselves,
+    /// e.g. "80,2,0.8,0.35"
+    /// </summary>
+    public string GeneratorLevels { get; init; } = "geometric";
     /// <summary>CFG scale of the real score (1 = none)</summary>
     public double GuidanceReal { get; init; } = 1.0;
     /// <summary>fake-denoiser updates per generator update, each after the first on a fresh generated batch (DMD: 1; DMD2: 5)</summary>
@@ -115,9 +122,29 @@ public sealed record DmdConfig
     [System.Text.Json.Serialization.JsonIgnore]
     public bool UsesPairs => Mode == DmdMode.RegressionOnly || (Mode == DmdMode.Full && LambdaReg > 0);
 
-    /// <summary>The generator's noise levels: sigma-max alone, or K levels from it to <see cref="GeneratorSigmaMin"/>.</summary>
-    [System.Text.Json.Serialization.JsonIgnore]
-    public double[] GeneratorSigmas => OneStepGenerator.Levels(SigmaMax, GeneratorSigmaMin, GeneratorSteps);
+    /// <summary>The generator's noise levels for a teacher of the given sigma_data: sigma-max alone, or the K levels
+    /// <see cref="GeneratorLevels"/> names.</summary>
+    public double[] GeneratorSigmas(double sigmaData) => GeneratorSteps == 1 ? new[] { SigmaMax } : GeneratorLevels switch
+    {
+        "geometric" => OneStepGenerator.Levels(SigmaMax, GeneratorSigmaMin, GeneratorSteps),
+        "dmd2" => OneStepGenerator.Dmd2Levels(SigmaMax, GeneratorSteps, sigmaData),
+        _ => ListedLevels(),
+    };
+
+    double[] ListedLevels()
+    {
+        var parts = GeneratorLevels.Split(',', StringSplitOptions.TrimEntries);
+        var levels = parts.Select(t => double.TryParse(t, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) && double.IsFinite(v) ? v : double.NaN).ToArray();
+        if (levels.Any(double.IsNaN))
+            throw new DmdInputException($"generator-levels \"{GeneratorLevels}\": use geometric, dmd2 or the levels as numbers, e.g. 80,2,0.8,0.35");
+        if (levels.Length != GeneratorSteps)
+            throw new DmdInputException($"generator-levels \"{GeneratorLevels}\": {levels.Length} levels for a {GeneratorSteps}-step generator; give {GeneratorSteps}");
+        if (levels[0] != SigmaMax)
+            throw new DmdInputException($"generator-levels \"{GeneratorLevels}\": the first level is the generator's input noise, sigma-max {SigmaMax:G}; start the list with it");
+        if (levels.Any(v => !(v > 0)) || levels.Zip(levels.Skip(1)).Any(p => !(p.First > p.Second)))
+            throw new DmdInputException($"generator-levels \"{GeneratorLevels}\": the levels must be positive and decreasing");
+        return levels;
+    }
 
     /// <summary>Whether the run trains DMD2's GAN head (<see cref="GanWeight"/> &gt; 0) and so needs real data.</summary>
     [System.Text.Json.Serialization.JsonIgnore]
@@ -142,8 +169,9 @@ public sealed record DmdConfig
         Settings.Positive("sigma-min", SigmaMin);
         if (!(SigmaMax > SigmaMin)) throw new DmdInputException($"sigma-max {SigmaMax}: must be larger than sigma-min {SigmaMin}");
         Settings.AtLeast("generator-steps", GeneratorSteps, 1);
-        if (GeneratorSteps > 1 && !(GeneratorSigmaMin > 0 && GeneratorSigmaMin < SigmaMax))
+        if (GeneratorSteps > 1 && GeneratorLevels == "geometric" && !(GeneratorSigmaMin > 0 && GeneratorSigmaMin < SigmaMax))
             throw new DmdInputException($"generator-sigma-min {GeneratorSigmaMin:G}: must lie between 0 and sigma-max {SigmaMax:G} for a {GeneratorSteps}-step generator");
+        if (GeneratorSteps > 1 && GeneratorLevels is not ("geometric" or "dmd2")) ListedLevels();
         Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         if (FakePerLevel && GeneratorSteps == 1)

@@ -150,7 +150,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         }).ToArray();
         var genNet = build(); genNet.to(this.device);
         TrainingUtils.CopyWeights(Real, genNet);
-        Generator = new OneStepGenerator(genNet, config.GeneratorSigmas);
+        Generator = new OneStepGenerator(genNet, config.GeneratorSigmas(Spec.SigmaData));
         // a resumed run takes its weights from the checkpoint, so the starting model need not be there any more
         initPending = config.InitGenerator is not null && !File.Exists(config.InitGenerator) && !Directory.Exists(config.InitGenerator);
         if (config.InitGenerator is not null && !initPending)
@@ -160,7 +160,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var emaNet = build(); emaNet.to(this.device);
             TrainingUtils.CopyWeights(genNet, emaNet);
             TrainingUtils.Freeze(emaNet);
-            Ema = new OneStepGenerator(emaNet, config.GeneratorSigmas);
+            Ema = new OneStepGenerator(emaNet, config.GeneratorSigmas(Spec.SigmaData));
         }
 
         if (config.UsesGan) // initialised from torch's global generator, seeded above; DMD2 trains it with the fake denoiser

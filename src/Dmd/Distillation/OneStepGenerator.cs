@@ -44,6 +44,19 @@ public sealed class OneStepGenerator
         steps == 1 ? new[] { sigmaMax } : Enumerable.Range(0, steps).Select(k => sigmaMax * Math.Pow(last / sigmaMax, k / (double)(steps - 1))).ToArray();
 
     /// <summary>
+    /// DMD2's K levels in EDM's terms: <paramref name="sigmaMax"/>, then the noise levels whose signal-to-noise ratio for
+    /// data of standard deviation <paramref name="sigmaData"/> is that of DMD2's timesteps 999 - k (1000 / K) on Stable
+    /// Diffusion's schedule for its unit-variance latents: sigma_data sigma_SD(t_k) (4 steps at sigma_data 0.5: 80, 2.04,
+    /// 0.80, 0.35). DMD2's first step also starts from (almost) pure noise, here the EDM teacher's sigma_max.
+    /// </summary>
+    public static double[] Dmd2Levels(double sigmaMax, int steps, double sigmaData)
+    {
+        var sd = Diffusion.DiscreteVpSchedule.StableDiffusion15;
+        int n = sd.NumTrainTimesteps;
+        return Enumerable.Range(0, steps).Select(k => k == 0 ? sigmaMax : sigmaData * sd.TrainSigmas[n - 1 - k * (n / steps)]).ToArray();
+    }
+
+    /// <summary>
     /// Loads a distilled generator: a generator.safetensors (with its .json spec) or a folder holding one,
     /// e.g. <c>OneStepGenerator.Load("models/fashion-mnist-student")</c>.
     /// </summary>
