@@ -39,6 +39,7 @@ internal static class DistillCommand
         cmd.SetAction(r =>
         {
             var cfg = Common.LoadConfig(r, cfgFile, opts);
+            cfg.Validate(); // before --out is made: a bad setting leaves nothing behind
             var teacherPath = r.GetValue(teacher)!;
             bool textToImage = TextToImageDistillation.IsPipelineFolder(teacherPath);
             if (!textToImage && r.GetValue(prompts) is not null)

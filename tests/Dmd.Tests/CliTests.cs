@@ -46,6 +46,7 @@ public class CliTests
         var cases = new (string[] Args, string Expected)[]
         {
             (new[] { "distill", "--teacher", teacher, "--batch-size", "-3", "--mode", "DmOnly", "--out", Path.Combine(dir, "d") }, "batch-size -3: must be at least 1"),
+            (new[] { "distill", "--teacher", teacher, "--generator-steps", "3", "--generator-levels", "80,2", "--lambda-reg", "0", "--out", Path.Combine(dir, "d") }, "generator-levels \"80,2\": 2 levels for a 3-step generator"),
             (new[] { "sample", "--model", teacher, "--n", "-4" }, "--n -4: must be at least 1"),
             (new[] { "sample", "--model", teacher, "--steps", "0" }, "--steps 0: must be at least 1"),
             (new[] { "pairs", "--teacher", teacher, "--steps", "0", "--out", Path.Combine(dir, "p") }, "--steps 0: must be at least 1"),
@@ -71,6 +72,7 @@ public class CliTests
         }
         Assert.False(Directory.Exists(Path.Combine(dir, "t0", "checkpoint")));
         Assert.False(File.Exists(Path.Combine(dir, "t0", "teacher.safetensors")));
+        Assert.False(Directory.Exists(Path.Combine(dir, "d"))); // a refused distill setting leaves no --out folder behind
     }
 
     [Fact]
