@@ -48,6 +48,14 @@ public class FewStepGeneratorTests
         foreach (var bad in new[] { "80,2", "80,2,x", "40,2,0.5", "80,0.5,2", "80,2,0", "geometric2" })
             Assert.Throws<DmdInputException>(() => new DmdConfig { GeneratorSteps = 3, GeneratorLevels = bad }.Validate());
         new DmdConfig { GeneratorSteps = 3, GeneratorLevels = "dmd2", GeneratorSigmaMin = 90 }.Validate(); // sigma-min is the geometric rule's
+        // the trainer's generator and its average run on the named levels, at the teacher's sigma_data
+        var teacher = PerturbedNet(4);
+        TrainingUtils.Freeze(teacher);
+        var cfg = new DmdConfig { Mode = DmdMode.DmOnly, BatchSize = 4, GeneratorSteps = 4, GeneratorLevels = "dmd2", EmaDecay = 0.9 };
+        using var trainer = new DmdTrainer(teacher, Spec, cfg, null);
+        Assert.Equal(OneStepGenerator.Dmd2Levels(80, 4, Spec.SigmaData), trainer.Generator.Sigmas);
+        Assert.Equal(trainer.Generator.Sigmas, trainer.Ema!.Sigmas);
+        Assert.NotEqual(OneStepGenerator.Levels(80, 1, 4), trainer.Generator.Sigmas);
     }
 
     /// <summary>x = s0 z; x0 = D(x, s_k); x = x0 + s_(k+1) n_k; the last x0 is the sample, computed by hand.</summary>
