@@ -31,7 +31,7 @@ public sealed record ImageDemoConfig
     public DmdConfig Dmd { get; init; } = new()
     {
         Steps = 1_000_000, BatchSize = 16, RegressionBatchSize = 16, WarmupSteps = 50, LearningRate = 5e-5, FakeUpdatesPerStep = 5,
-        FakeFreshBatches = false, // the shipped student's rule; DMD2's fresh batches did no better continuing it (README)
+        FakeFreshBatches = false, // the rule of the shipped student's DMD stage; DMD2's fresh batches did no better continuing it (README)
         GridEvery = 100, CheckpointEvery = 100, LogEvery = 10, EmaDecay = 0.999,
     };
 }
