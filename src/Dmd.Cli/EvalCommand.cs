@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Dmd.Data;
 using Dmd.Distillation;
 using Dmd.IO;
 using Dmd.Networks;
@@ -56,13 +57,23 @@ internal static class EvalCommand
             foreach (var (k, v) in metrics) t.AddRow(k, v.ToString("G4", CultureInfo.InvariantCulture));
             AnsiConsole.Write(t);
             if (perClass is not null)
-                AnsiConsole.MarkupLine("per class: " + string.Join(", ", perClass.Select((a, c) => double.IsNaN(a) ? $"{c}: - (no samples)" : $"{c}: {100 * a:F1} %")));
+                AnsiConsole.MarkupLine(Markup.Escape(PerClassLine(perClass, res.RealPerClassAccuracy)));
             if (Mpi.IsRoot) Checkpoint.SaveJson(res, outPath);
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
             return 0;
         });
         return cmd;
     }
+
+    /// <summary>
+    /// "per class: T-shirt/top 83.2 %, ..." and, when the judge's own accuracy on real test images is known, each class's
+    /// in brackets, so that a class the judge confuses on real images (Shirt: 74 %) is not read against 100 %.
+    /// </summary>
+    static string PerClassLine(double[] perClass, double[]? real) =>
+        (real is null ? "per class: " : "per class (in brackets: the judge on real test images): ")
+        + string.Join(", ", perClass.Select((a, c) => FashionMnist.ClassNames[c]
+                                                      + (double.IsNaN(a) ? " - (no samples)" : string.Create(CultureInfo.InvariantCulture, $" {100 * a:F1} %"))
+                                                      + (real is null ? "" : string.Create(CultureInfo.InvariantCulture, $" ({100 * real[c]:F1})"))));
 
     /// <summary>The text-to-image folder a model path is (itself) or was distilled from (a run folder with an sd-unet generator); null otherwise.</summary>
     static string? TextToImageModel(string path)
@@ -122,7 +133,7 @@ internal static class EvalCommand
         foreach (var (key, v) in res.Metrics) t.AddRow(key, v.ToString("G4", CultureInfo.InvariantCulture));
         AnsiConsole.Write(t);
         if (res.PerClassAccuracy is { } perClass)
-            AnsiConsole.MarkupLine("per class: " + string.Join(", ", perClass.Select((a, c) => double.IsNaN(a) ? $"{c}: -" : $"{c}: {100 * a:F1} %")));
+            AnsiConsole.MarkupLine(Markup.Escape(PerClassLine(perClass, res.RealPerClassAccuracy)));
         Checkpoint.SaveJson(res, outPath);
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
         return 0;

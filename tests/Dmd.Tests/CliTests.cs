@@ -135,6 +135,23 @@ public class EvalAndBenchCliTests
     }
 
     [Fact]
+    public void EvalOfAClassConditionalImageModelShowsEachClassAgainstTheJudgesAccuracyOnRealImages()
+    {
+        var model = Path.Combine(TestUtil.RepoRoot, "models", "fashion-mnist-student");
+        var outPath = Path.Combine(TestUtil.TempDir(), "eval.json");
+        var (code, output) = CliTests.Run("eval", "--model", model, "--n", "100", "--out", outPath);
+        Assert.True(code == 0, output);
+        output = output.Replace("\r", "").Replace("\n", ""); // the console wraps long lines between words
+        // the judge's own test accuracy per class (its training.json; the classifier's card: Shirt 74.3, Bag 98.4) beside each class
+        Assert.Contains("in brackets: the judge on real test images", output);
+        Assert.Matches(@"Shirt -?[ 0-9.]+%? ?\(74\.3\)", output);
+        Assert.Matches(@"Bag -?[ 0-9.]+%? ?\(98\.4\)", output);
+        var real = System.Text.Json.JsonDocument.Parse(File.ReadAllText(outPath)).RootElement.GetProperty("RealPerClassAccuracy");
+        Assert.Equal(10, real.GetArrayLength());
+        Assert.Equal(0.743, real[6].GetDouble(), 6);
+    }
+
+    [Fact]
     public void EvalNeverWritesIntoTheModelFolderAndUsesTheModelsOwnData()
     {
         var work = TestUtil.TempDir();

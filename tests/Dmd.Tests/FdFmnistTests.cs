@@ -25,6 +25,28 @@ public class FdFmnistTests
     }
 
     [Fact]
+    public void TheShippedJudgesPerClassAccuracyOnRealImagesIsItsRecordedTestAccuracyPerClass()
+    {
+        using var fd = FdFmnist.Load();
+        var real = fd.RealPerClassAccuracy();
+        Assert.NotNull(real);
+        Assert.Equal(FmnistClassifier.NumClasses, real!.Length);
+        // the test split has 1000 images per class, so the per-class mean is the overall accuracy (both rounded to 3 places)
+        var info = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(fd.Folder, "training.json")))!;
+        Assert.InRange(Math.Abs(info["TestAccuracy"]!.GetValue<double>() - real.Average()), 0, 0.001);
+        // and the model card quotes them
+        var card = File.ReadAllText(Path.Combine(fd.Folder, "MODEL_CARD.md"));
+        Assert.Contains(FormattableString.Invariant($"Shirt {100 * real[6]:F1}"), card);
+        Assert.Contains(FormattableString.Invariant($"Sneaker {100 * real[7]:F1}"), card);
+
+        // a folder without training.json (a classifier copied without it) has no reference, and says so by null
+        var bare = TestUtil.TempDir();
+        foreach (var f in new[] { FdFmnist.WeightsFile, FdFmnist.StatsFile }) File.Copy(Path.Combine(fd.Folder, f), Path.Combine(bare, f));
+        using var fdBare = FdFmnist.Load(bare);
+        Assert.Null(fdBare.RealPerClassAccuracy());
+    }
+
+    [Fact]
     public void ShippedClassifierLoadsWithTheDocumentedParameterCountAndFeatureSize()
     {
         using var fd = FdFmnist.Load();

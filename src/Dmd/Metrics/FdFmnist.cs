@@ -53,6 +53,19 @@ public sealed class FdFmnist : IDisposable
     }
 
     /// <summary>
+    /// The judge's own accuracy per class on Fashion-MNIST's test images, from the training.json beside its weights: what
+    /// the per-class accuracy of conditional samples is read against (a class the judge confuses on real images, e.g.
+    /// Shirt, cannot score near 100 % on samples either). Null when the folder has no training.json or it lacks the field.
+    /// </summary>
+    public double[]? RealPerClassAccuracy()
+    {
+        var file = Path.Combine(Folder, "training.json");
+        if (!File.Exists(file)) return null;
+        var arr = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))?["TestAccuracyPerClass"]?.AsArray();
+        return arr is { Count: FmnistClassifier.NumClasses } ? arr.Select(v => v!.GetValue<double>()).ToArray() : null;
+    }
+
+    /// <summary>
     /// Improved precision and recall (<see cref="PrecisionRecall"/>, k = <paramref name="k"/>) of generated images'
     /// classifier <paramref name="features"/> (N, 128) against the features of the first N images of Fashion-MNIST's test
     /// split (at most all 10000): precision = share of samples inside the test images' manifold (quality), recall = share

@@ -15,8 +15,10 @@ namespace Dmd.Pipelines;
 /// <param name="Metrics">Images: fd_fmnist, class_accuracy, precision, recall (in the judge's feature space, when Fashion-MNIST is installed); points: energy_distance, precision, recall, modes_covered, in_mode.</param>
 /// <param name="PerClassAccuracy">Per-class accuracy of a class-conditional Fashion-MNIST model (NaN: no samples of that class).</param>
 /// <param name="Reference">Points: the reference data the samples were compared with.</param>
+/// <param name="RealPerClassAccuracy">Images: the judge's own per-class accuracy on real test images, the reference for <paramref name="PerClassAccuracy"/>.</param>
 public sealed record EvalResult(string Model, string Sampler, int Nfe, int Samples, double Guidance, double SamplesPerSecond,
-                                Dictionary<string, double> Metrics, double[]? PerClassAccuracy, string? Reference = null);
+                                Dictionary<string, double> Metrics, double[]? PerClassAccuracy, string? Reference = null,
+                                double[]? RealPerClassAccuracy = null);
 
 /// <summary>
 /// Draws N samples from any model and measures them: points against reference data (energy distance, precision/recall,
@@ -41,7 +43,7 @@ public static class Evaluation
         var (part, lo, secs) = DrawShare(m, z, y, batch ?? (m.Spec.IsImage ? 64 : 500), onBatch, seed);
 
         var metrics = new Dictionary<string, double>();
-        double[]? perClass = null;
+        double[]? perClass = null, realPerClass = null;
         string? referenceName = null;
         if (m.Spec.IsImage)
         {
@@ -56,6 +58,7 @@ public static class Evaluation
                 var acc = FdFmnist.ClassAccuracyOfLogits(logits, y);
                 metrics["class_accuracy"] = acc.Overall;
                 perClass = acc.PerClass;
+                realPerClass = fd.RealPerClassAccuracy();
             }
             if (Mpi.Size > 1) secs += gather.Elapsed.TotalSeconds; // a job's sampling rate counts the features' gathering
         }
@@ -72,7 +75,7 @@ public static class Evaluation
             metrics["recall"] = row.Recall;
             if (row.ModesCovered is int mc) { metrics["modes_covered"] = mc; metrics["in_mode"] = row.HighQuality!.Value; }
         }
-        return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName);
+        return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName, realPerClass);
     }
 
     /// <summary>Adds precision and recall in the judge's feature space (against as many test images) when Fashion-MNIST is installed.</summary>
@@ -124,7 +127,7 @@ public static class Evaluation
         AddPrecisionRecall(fd, features, metrics, null);
         var acc = FdFmnist.ClassAccuracyOfLogits(fd.Logits(all), Rng.OneHot(classes, FmnistClassifier.NumClasses));
         metrics["class_accuracy"] = acc.Overall;
-        return new EvalResult(modelPath, sampler, nfe, count, guidance, count / secs, metrics, acc.PerClass);
+        return new EvalResult(modelPath, sampler, nfe, count, guidance, count / secs, metrics, acc.PerClass, RealPerClassAccuracy: fd.RealPerClassAccuracy());
     }
 
     /// <summary>
