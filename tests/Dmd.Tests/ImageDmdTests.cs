@@ -303,6 +303,11 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         var report = File.ReadAllText(Path.Combine(outDir, "report.md"));
         foreach (var row in new[] { "| teacher (Heun 2 steps) | 3 |", "| teacher, 1 step | 1 |", "| DMD student | 1 |" }) Assert.Contains(row, report);
         Assert.Contains("Speed-up of the student", report);
+        // per class, beside the judge's own accuracy on real test images (the shipped judge's training.json: Shirt 74 %)
+        var real = Dmd.Metrics.FdFmnist.ReadRealPerClassAccuracy()!;
+        Assert.InRange(real[6], 0.70, 0.78);
+        Assert.Contains("| real test images (the judge's own accuracy) | "
+                        + string.Join(" | ", real.Select(v => (100 * v).ToString("F0", System.Globalization.CultureInfo.InvariantCulture))) + " |", report);
         var pictures = System.Text.RegularExpressions.Regex.Matches(report, @"\]\(([^)]+\.png)\)").Select(m => m.Groups[1].Value).ToList();
         Assert.True(pictures.Count >= 3, report); // start grid, end grid, losses
         foreach (var p in pictures) Assert.True(File.Exists(Path.Combine(outDir, p)), p);

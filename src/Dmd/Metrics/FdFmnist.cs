@@ -57,9 +57,12 @@ public sealed class FdFmnist : IDisposable
     /// the per-class accuracy of conditional samples is read against (a class the judge confuses on real images, e.g.
     /// Shirt, cannot score near 100 % on samples either). Null when the folder has no training.json or it lacks the field.
     /// </summary>
-    public double[]? RealPerClassAccuracy()
+    public double[]? RealPerClassAccuracy() => ReadRealPerClassAccuracy(Folder);
+
+    /// <summary><see cref="RealPerClassAccuracy"/> of the judge in <paramref name="folder"/> (null: the shipped one, found as <see cref="Load"/> finds it), without loading its weights.</summary>
+    public static double[]? ReadRealPerClassAccuracy(string? folder = null)
     {
-        var file = Path.Combine(Folder, "training.json");
+        var file = Path.Combine(FindFolder(folder), "training.json");
         if (!File.Exists(file)) return null;
         var arr = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))?["TestAccuracyPerClass"]?.AsArray();
         return arr is { Count: FmnistClassifier.NumClasses } ? arr.Select(v => v!.GetValue<double>()).ToArray() : null;

@@ -187,6 +187,8 @@ public sealed class ImageDemo
             sb.AppendLine("|---|" + string.Concat(Enumerable.Repeat("---|", names.Count)));
             foreach (var row in r.Rows.Where(x => x.PerClassAccuracy is not null))
                 sb.AppendLine($"| {row.Model} | " + string.Join(" | ", row.PerClassAccuracy!.Select(v => double.IsNaN(v) ? "-" : (100 * v).ToString("F0", inv))) + " |");
+            if (FdFmnist.ReadRealPerClassAccuracy() is double[] real) // what the judge itself scores on real test images, per class
+                sb.AppendLine("| real test images (the judge's own accuracy) | " + string.Join(" | ", real.Select(v => (100 * v).ToString("F0", inv))) + " |");
             sb.AppendLine();
         }
         sb.AppendLine("## Teacher (left, 35 NFE) and student (right, 1 NFE) from the same noise, one row per class").AppendLine();
