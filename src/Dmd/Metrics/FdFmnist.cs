@@ -19,6 +19,8 @@ public sealed class FdFmnist : IDisposable
     public const string WeightsFile = "classifier.safetensors";
     /// <summary>The test split's feature statistics (mu, sigma) in the models folder.</summary>
     public const string StatsFile = "test_stats.npz";
+    /// <summary>What the classifier's training run measured (<see cref="Training.ClassifierRunInfo"/>), beside the weights.</summary>
+    public const string TrainingFile = "training.json";
 
     /// <summary>The classifier, frozen, in eval mode.</summary>
     public FmnistClassifier Classifier { get; }
@@ -62,9 +64,9 @@ public sealed class FdFmnist : IDisposable
     /// <summary><see cref="RealPerClassAccuracy"/> of the judge in <paramref name="folder"/> (null: the shipped one, found as <see cref="Load"/> finds it), without loading its weights.</summary>
     public static double[]? ReadRealPerClassAccuracy(string? folder = null)
     {
-        var file = Path.Combine(FindFolder(folder), "training.json");
+        var file = Path.Combine(FindFolder(folder), TrainingFile);
         if (!File.Exists(file)) return null;
-        var arr = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))?["TestAccuracyPerClass"]?.AsArray();
+        var arr = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))?[nameof(Training.ClassifierRunInfo.TestAccuracyPerClass)]?.AsArray();
         return arr is { Count: FmnistClassifier.NumClasses } ? arr.Select(v => v!.GetValue<double>()).ToArray() : null;
     }
 

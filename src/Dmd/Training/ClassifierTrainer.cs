@@ -115,7 +115,7 @@ public sealed class ClassifierTrainer : IResumableTrainer, IDisposable
                                          Math.Round(seconds, 1), get_num_threads(),
                                          $"{Environment.ProcessorCount} cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
                                          (int)test.Count, DataFolder ?? FashionMnist.DebianFolder);
-        Checkpoint.SaveJson(info, Path.Combine(outDir, "training.json"));
+        Checkpoint.SaveJson(info, Path.Combine(outDir, FdFmnist.TrainingFile));
         return info;
     }
 
