@@ -19,7 +19,7 @@ public sealed class FdFmnist : IDisposable
     public const string WeightsFile = "classifier.safetensors";
     /// <summary>The test split's feature statistics (mu, sigma) in the models folder.</summary>
     public const string StatsFile = "test_stats.npz";
-    /// <summary>What the classifier's training run measured (<see cref="Training.ClassifierRunInfo"/>), beside the weights.</summary>
+    /// <summary>What the classifier's training run measured (written by the trainer), beside the weights.</summary>
     public const string TrainingFile = "training.json";
 
     /// <summary>The classifier, frozen, in eval mode.</summary>
@@ -66,7 +66,7 @@ public sealed class FdFmnist : IDisposable
     {
         var file = Path.Combine(FindFolder(folder), TrainingFile);
         if (!File.Exists(file)) return null;
-        var arr = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))?[nameof(Training.ClassifierRunInfo.TestAccuracyPerClass)]?.AsArray();
+        var arr = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(file))?["TestAccuracyPerClass"]?.AsArray();
         return arr is { Count: FmnistClassifier.NumClasses } ? arr.Select(v => v!.GetValue<double>()).ToArray() : null;
     }
 
