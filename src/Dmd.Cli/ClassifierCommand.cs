@@ -44,7 +44,7 @@ internal static class ClassifierCommand
                 AnsiConsole.MarkupLine($"stopped on request at step {trainer.Step} of {trainer.TotalSteps} (checkpoint written); the same command continues the run");
                 return 0;
             }
-            AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, FdFmnist.WeightsFile))}, {FdFmnist.StatsFile} and training.json " +
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, FdFmnist.WeightsFile))}, {FdFmnist.StatsFile} and {FdFmnist.TrainingFile} " +
                                    $"(training took {info.TrainSeconds / 60:F1} min)");
             return 0;
         });

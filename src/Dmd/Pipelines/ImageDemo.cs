@@ -129,7 +129,7 @@ public sealed class ImageDemo
         var res = new ImageDemoResults(rows, n, trainer.Step, dmdSeconds, pairSeconds, clock.Elapsed.TotalSeconds, speedUp, trainer.RegressionLoss,
                                        Guidance, Process.GetCurrentProcess().PeakWorkingSet64 >> 20);
         Checkpoint.SaveJson(res, Path.Combine(outDir, "results.json"));
-        WriteReport(outDir, res, spec, cfg);
+        WriteReport(outDir, res, spec, cfg, judge?.RealPerClassAccuracy());
         TrainingUtils.ReleaseFreedMemory();
         return res;
     }
@@ -161,7 +161,7 @@ public sealed class ImageDemo
 
     static string F(double? v, string fmt) => v is double d && double.IsFinite(d) ? d.ToString(fmt, CultureInfo.InvariantCulture) : "-";
 
-    void WriteReport(string outDir, ImageDemoResults r, NetworkSpec spec, DmdConfig cfg)
+    void WriteReport(string outDir, ImageDemoResults r, NetworkSpec spec, DmdConfig cfg, double[]? realPerClass)
     {
         var grids = Directory.GetFiles(Path.Combine(outDir, "dmd"), "samples-*.png").Select(Path.GetFileName).Order().ToList();
         var sb = new StringBuilder();
@@ -187,7 +187,7 @@ public sealed class ImageDemo
             sb.AppendLine("|---|" + string.Concat(Enumerable.Repeat("---|", names.Count)));
             foreach (var row in r.Rows.Where(x => x.PerClassAccuracy is not null))
                 sb.AppendLine($"| {row.Model} | " + string.Join(" | ", row.PerClassAccuracy!.Select(v => double.IsNaN(v) ? "-" : (100 * v).ToString("F0", inv))) + " |");
-            if (FdFmnist.ReadRealPerClassAccuracy() is double[] real) // what the judge itself scores on real test images, per class
+            if (realPerClass is double[] real) // what the judge itself scores on real test images, per class
                 sb.AppendLine("| real test images (the judge's own accuracy) | " + string.Join(" | ", real.Select(v => (100 * v).ToString("F0", inv))) + " |");
             sb.AppendLine();
         }
