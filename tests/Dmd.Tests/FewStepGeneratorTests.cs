@@ -163,6 +163,7 @@ public class FewStepGeneratorTests
     /// <summary>
     /// With one fake denoiser per level, each step's DM call and every fake update go to the fake of the level the batch
     /// came from (read off the generator's calls), and only that fake's weights move: a fake no update reached is untouched.
+    /// The updates go round the levels from the step's drawn one, so each fake gets its exact share.
     /// </summary>
     [Fact]
     public void FakePerLevelTrainsAndAsksOnlyTheFakeOfTheBatchsLevel()
@@ -197,6 +198,7 @@ public class FewStepGeneratorTests
             for (int i = s + 1; i < calls.Count; i++)
                 if (i + 1 == calls.Count || calls[i + 1] == 0) updateLevels.Add(calls[i]);
             Assert.Equal(2, updateLevels.Count);
+            for (int k = 0; k < updateLevels.Count; k++) Assert.Equal((s + k) % 3, updateLevels[k]); // round the levels from the drawn one
             for (int j = 0; j < 3; j++)
             {
                 int updates = updateLevels.Count(l => l == j);

@@ -420,13 +420,14 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// The generator's input and its level for one batch: sigma_max z at level 0 for a one-step generator (nothing drawn);
     /// for K steps, DMD2's backward simulation: a level s uniform in [0, K) drawn for the batch, then the current
     /// generator's own chain run from sigma_max z to level s without gradient, with fresh noise at each re-noising.
-    /// With one fake denoiser per level the level is the step's <paramref name="draw"/>-th shared draw, the same on every
-    /// rank, so that the ranks train the same fake denoiser.
+    /// With one fake denoiser per level the levels go round from a shared draw, the same on every rank (so that the ranks
+    /// train the same fake denoiser): <paramref name="draw"/> k of the step (0 the generator's batch, then each fake
+    /// update's) is at level (s0 + k) mod K, so every fake denoiser gets its exact share of the step's fake updates.
     /// </summary>
     (Tensor Input, int Level) GeneratorInput(Tensor z, Tensor? y, int draw)
     {
         if (Generator.Steps == 1) return (Generator.Input(z, y, 0, null), 0);
-        int s = Config.FakePerLevel ? DataParallel.SharedDraw(Config.Seed, Step, draw, Generator.Steps)
+        int s = Config.FakePerLevel ? LevelOfDraw(Config.Seed, Step, draw, Generator.Steps)
                                     : (int)Rng.Integers(0, Generator.Steps, 1, rng).item<long>();
         var noise = Enumerable.Range(0, s).Select(_ => Rng.Normal(z.shape, rng, device)).ToArray();
         using (no_grad()) return (Generator.Input(z, y, s, noise), s);
@@ -443,6 +444,14 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                            : grid.narrow(0, 0, 1).expand(x.shape[0]);
         return DmdLoss.GanLogits(FakeOf(level), GanHead!, x, sigma, y, rng, noised);
     }
+
+    /// <summary>
+    /// The generator level of draw <paramref name="draw"/> of step <paramref name="step"/> with one fake denoiser per
+    /// level: the step's first level is drawn (shared by all ranks), the following draws go round the
+    /// <paramref name="steps"/> levels from it.
+    /// </summary>
+    public static int LevelOfDraw(long seed, int step, int draw, int steps) =>
+        (DataParallel.SharedDraw(seed, step, 0, steps) + draw) % steps;
 
     /// <summary>The index of generator level <paramref name="level"/>'s fake denoiser (and optimiser): its own with <see cref="DmdConfig.FakePerLevel"/>, else the one.</summary>
     int FakeIndex(int level) => Config.FakePerLevel ? level : 0;
