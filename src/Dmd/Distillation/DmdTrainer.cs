@@ -450,7 +450,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// level: the step's first level is drawn (shared by all ranks), the following draws go round the
     /// <paramref name="steps"/> levels from it.
     /// </summary>
-    public static int LevelOfDraw(long seed, int step, int draw, int steps) =>
+    static int LevelOfDraw(long seed, int step, int draw, int steps) =>
         (DataParallel.SharedDraw(seed, step, 0, steps) + draw) % steps;
 
     /// <summary>The index of generator level <paramref name="level"/>'s fake denoiser (and optimiser): its own with <see cref="DmdConfig.FakePerLevel"/>, else the one.</summary>
