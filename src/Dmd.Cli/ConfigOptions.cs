@@ -19,7 +19,17 @@ internal sealed class ConfigOptions<T> where T : class, new()
     {
         defaults ??= new T();
         Collect(typeof(T), defaults, prefix, Array.Empty<PropertyInfo>(), nestedPrefixes ?? new());
-        foreach (var o in options) command.Options.Add(o.Option);
+        foreach (var o in options)
+        {
+            // a setting's doc naming another setting (<see cref="LpipsWeights"/>) names that setting's option, in the same record first
+            o.Option.Description = CrefMark.Replace(o.Option.Description ?? "", m =>
+            {
+                var named = options.Where(q => Id(q.Chain[^1]) == m.Groups[1].Value)
+                                   .OrderBy(q => q.Chain[..^1].SequenceEqual(o.Chain[..^1]) ? 0 : 1).ToList();
+                return named.Count > 0 ? named[0].Path : m.Groups[1].Value.Split('.')[^1];
+            });
+            command.Options.Add(o.Option);
+        }
     }
 
     void Collect(Type type, object defaults, string prefix, PropertyInfo[] chain, Dictionary<string, string> nested)
@@ -47,8 +57,24 @@ internal sealed class ConfigOptions<T> where T : class, new()
     static string? DocSummary(PropertyInfo p)
     {
         docs ??= LoadDocs();
-        return docs.TryGetValue($"P:{p.DeclaringType!.FullName}.{p.Name}", out var s) ? s : null;
+        return docs.TryGetValue(Id(p), out var s) ? s : null;
     }
+
+    /// <summary>The documentation id of a property, as the compiler writes it into Dmd.xml.</summary>
+    static string Id(PropertyInfo p) => $"P:{p.DeclaringType!.FullName}.{p.Name}";
+
+    /// <summary>Where a flattened summary referred to a member: its id between two control characters.</summary>
+    static readonly System.Text.RegularExpressions.Regex CrefMark = new("\u0001([^\u0002]*)\u0002");
+
+    /// <summary>A summary's text with its references kept: a cref as a mark (resolved to an option name later), a langword or paramref as its word.</summary>
+    static string Flatten(System.Xml.Linq.XElement e) => string.Concat(e.Nodes().Select(n => n switch
+    {
+        System.Xml.Linq.XText t => t.Value,
+        System.Xml.Linq.XElement r when r.Attribute("cref") is { } c => $"\u0001{c.Value}\u0002",
+        System.Xml.Linq.XElement r when (r.Attribute("langword") ?? r.Attribute("name")) is { } w => w.Value,
+        System.Xml.Linq.XElement r => Flatten(r),
+        _ => "",
+    }));
 
     static Dictionary<string, string>? docs;
 
@@ -61,7 +87,7 @@ internal sealed class ConfigOptions<T> where T : class, new()
             return System.Xml.Linq.XDocument.Load(path).Descendants("member")
                 .Where(m => m.Attribute("name") is not null && m.Element("summary") is not null)
                 .ToDictionary(m => m.Attribute("name")!.Value,
-                              m => string.Join(" ", m.Element("summary")!.Value.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)).TrimEnd('.'));
+                              m => string.Join(" ", Flatten(m.Element("summary")!).Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)).TrimEnd('.'));
         }
         catch (System.Xml.XmlException) { return new(); }
     }

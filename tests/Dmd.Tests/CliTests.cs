@@ -106,6 +106,20 @@ public class CliTests
         foreach (var o in new[] { "--teacher-steps", "--dmd-lambda-reg", "--dmd-min-step", "--dmd-guidance-real", "--dmd-mode", "--data", "--quick" })
             Assert.Contains(o, output);
     }
+
+    [Fact]
+    public void ASettingsHelpNamesTheOptionsItRefersTo()
+    {
+        // the regression loss's summary refers to <see cref="LpipsWeights"/>: help shows the option, nested prefix and all
+        static string Flat(string s) => System.Text.RegularExpressions.Regex.Replace(s, @"\s+", " "); // help wraps long lines
+        var (code, output) = Run("distill", "--help");
+        Assert.Equal(0, code);
+        Assert.Contains("\"lpips\" (needs --lpips-weights;", Flat(output));
+        (code, output) = Run("toy2d", "--help");
+        Assert.Equal(0, code);
+        Assert.Contains("\"lpips\" (needs --dmd-lpips-weights;", Flat(output));
+        Assert.False(output.Contains('\u0001'), "a reference mark left in the help");
+    }
 }
 
 public class EvalAndBenchCliTests
