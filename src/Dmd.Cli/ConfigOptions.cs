@@ -2,6 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using System.Reflection;
 using System.Text.Json;
+using System.Text.RegularExpressions;
+using System.Xml.Linq;
 using Dmd.IO;
 
 namespace Dmd.Cli;
@@ -64,15 +66,15 @@ internal sealed class ConfigOptions<T> where T : class, new()
     static string Id(PropertyInfo p) => $"P:{p.DeclaringType!.FullName}.{p.Name}";
 
     /// <summary>Where a flattened summary referred to a member: its id between two control characters.</summary>
-    static readonly System.Text.RegularExpressions.Regex CrefMark = new("\u0001([^\u0002]*)\u0002");
+    static readonly Regex CrefMark = new("\u0001([^\u0002]*)\u0002");
 
     /// <summary>A summary's text with its references kept: a cref as a mark (resolved to an option name later), a langword or paramref as its word.</summary>
-    static string Flatten(System.Xml.Linq.XElement e) => string.Concat(e.Nodes().Select(n => n switch
+    static string Flatten(XElement e) => string.Concat(e.Nodes().Select(n => n switch
     {
-        System.Xml.Linq.XText t => t.Value,
-        System.Xml.Linq.XElement r when r.Attribute("cref") is { } c => $"\u0001{c.Value}\u0002",
-        System.Xml.Linq.XElement r when (r.Attribute("langword") ?? r.Attribute("name")) is { } w => w.Value,
-        System.Xml.Linq.XElement r => Flatten(r),
+        XText t => t.Value,
+        XElement r when r.Attribute("cref") is { } c => $"\u0001{c.Value}\u0002",
+        XElement r when (r.Attribute("langword") ?? r.Attribute("name")) is { } w => w.Value,
+        XElement r => Flatten(r),
         _ => "",
     }));
 
@@ -84,7 +86,7 @@ internal sealed class ConfigOptions<T> where T : class, new()
         if (!File.Exists(path)) return new();
         try
         {
-            return System.Xml.Linq.XDocument.Load(path).Descendants("member")
+            return XDocument.Load(path).Descendants("member")
                 .Where(m => m.Attribute("name") is not null && m.Element("summary") is not null)
                 .ToDictionary(m => m.Attribute("name")!.Value,
                               m => string.Join(" ", Flatten(m.Element("summary")!).Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)).TrimEnd('.'));
