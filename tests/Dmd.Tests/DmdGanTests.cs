@@ -308,8 +308,9 @@ public class DmdGanTests(ITestOutputHelper log)
     /// <summary>
     /// With the GAN off (the default), three steps of Full DMD (pairs, guidance, two fake updates on fresh batches, EMA) on a
     /// point and an image teacher give the weights the trainer gave before the GAN was added: fingerprints (projections of
-    /// the weight changes on fixed directions) stored from the trainer of commit ed74892, to 1e-4 of their scale (another
-    /// CPU's kernels round differently; a changed draw order moves them by their whole size).
+    /// the weight changes on fixed directions) stored from the trainer of commit ed74892, to 1e-2 of their scale: another
+    /// CPU's kernels round differently, and through three Adam steps that moved the image run's projections by up to 4.4e-4
+    /// of their scale on a second machine (1e-4 failed there), while a changed draw order moves them by their whole size.
     /// </summary>
     [Theory]
     [InlineData(false)]
@@ -334,7 +335,7 @@ public class DmdGanTests(ITestOutputHelper log)
         foreach (var (k, e) in expected)
         {
             double err = Math.Abs(fp[k][0] - e[0]);
-            Assert.True(err <= 1e-4 * e[1] + 1e-12, $"{k}: projection {fp[k][0]:G6}, stored {e[0]:G6} (scale {e[1]:G3})");
+            Assert.True(err <= 1e-2 * e[1] + 1e-12, $"{k}: projection {fp[k][0]:G6}, stored {e[0]:G6} (scale {e[1]:G3})");
             if (e[1] > 0) moved++;
         }
         Assert.True(moved > expected.Count / 2, "most tensors moved in the stored run");
