@@ -1,3 +1,4 @@
+using Dmd.Diffusion;
 using System.CommandLine;
 using System.Globalization;
 using Dmd.Data;
@@ -28,21 +29,26 @@ internal static class EvalCommand
         var sampler = new Option<string?>("--sampler") { Description = "onestep, heun or euler (default: onestep for generators, heun otherwise)" };
         var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
+        var interval = new Option<string?>("--guidance-interval") { Description = "LO,HI: guide only at noise levels sigma in (LO, HI] (Kynkäänniemi et al. 2024; EDM2), the conditional model elsewhere; default: every level" };
         var n = new Option<int>("--n") { Description = "number of samples", DefaultValueFactory = _ => 10_000 };
         var batch = new Option<int?>("--batch") { Description = "samples per batch (default 500 for points, 64 for images: larger image batches ran slower per image on a 2-core CPU)" };
         var seed = new Option<long>("--seed") { Description = "seed of the noise and labels of the samples", DefaultValueFactory = _ => 0 };
         var data = new Option<string?>("--data") { Description = "points: the reference distribution (built-in name or csv:PATH; default: the data the model's run learned, from its config.json)" };
         var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file for the results (default: runs/eval/MODEL.json; never inside the model's folder unless named here)" };
-        foreach (var o in new Option[] { model, classPrompts, prompts, reference, fidWeights, sampler, steps, guidance, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, classPrompts, prompts, reference, fidWeights, sampler, steps, guidance, interval, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, steps, batch);
             if (TextToImageModel(r.GetValue(model)!) is string teacherFolder)
+            {
+                if (r.GetValue(interval) is not null) throw new DmdInputException("--guidance-interval is for class-conditional teachers; a text-to-image evaluation guides at every level");
                 return TextToImage(r, teacherFolder, model, classPrompts, sampler, steps, guidance, n, batch, seed, outOpt, (prompts, reference, fidWeights));
+            }
             if (r.GetValue(classPrompts) is not null || r.GetValue(prompts) is not null || r.GetValue(reference) is not null)
                 throw new DmdInputException("--class-prompts, --prompts and --reference are for a text-to-image model (a diffusers folder or a distillation of one)");
-            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r));
+            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r),
+                                  GuidanceInterval.Parse(r.GetValue(interval), "--guidance-interval"));
             var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(m.Path);
             Checkpoint.EnsureWritableFile(outPath, "--out");
             Threads.Apply(r, smallModel: !m.Spec.IsImage);
@@ -52,6 +58,8 @@ internal static class EvalCommand
             var (metrics, perClass, count, secs) = (res.Metrics, res.PerClassAccuracy, res.Samples, res.Samples / res.SamplesPerSecond);
             var t = new Table().AddColumns("measure", "value").Title(Markup.Escape(m.Title));
             t.AddRow("NFE", m.Nfe.ToString());
+            if (m.Guidance != 1 && m.Sampler != "onestep")
+                t.AddRow("guidance", m.Guidance.ToString("G", CultureInfo.InvariantCulture) + (m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : ""));
             t.AddRow("samples", count.ToString());
             t.AddRow("samples/s", (count / secs).ToString("N1", CultureInfo.InvariantCulture));
             foreach (var (k, v) in metrics) t.AddRow(k, v.ToString("G4", CultureInfo.InvariantCulture));

@@ -23,21 +23,23 @@ internal static class SampleCommand
         var sampler = new Option<string>("--sampler") { Description = "onestep, heun or euler (default: onestep for generator files, heun otherwise)" };
         var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
+        var interval = new Option<string?>("--guidance-interval") { Description = "LO,HI: guide only at noise levels sigma in (LO, HI] (Kynkäänniemi et al. 2024; EDM2), the conditional model elsewhere; default: every level" };
         var cls = new Option<int?>("--class") { Description = "class index for a conditional model (default: random for points, one row per class for images)" };
         var seed = new Option<long>("--seed") { Description = "random seed (images: image i uses seed + i, as EDM's --seeds)", DefaultValueFactory = _ => 0 };
         var each = new Option<bool>("--each") { Description = "images: also write one PNG per image into a folder named after --out" };
         var batch = new Option<int>("--batch") { Description = "samples per batch", DefaultValueFactory = _ => 256 };
         var scale = new Option<int>("--scale") { Description = "images: enlarge the grid's tiles this many times", DefaultValueFactory = _ => 1 };
         var outOpt = new Option<string>("--out", "-o") { Description = "output file (.csv for points, .png for images)", DefaultValueFactory = _ => "runs/samples.csv" };
-        foreach (var o in new Option[] { model, n, sampler, steps, guidance, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, n, sampler, steps, guidance, interval, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, n, steps, batch, scale);
-            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r));
+            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r),
+                                  GuidanceInterval.Parse(r.GetValue(interval), "--guidance-interval"));
             Threads.Apply(r, smallModel: !m.Spec.IsImage);
             var outPath = r.GetValue(outOpt)!;
-            var guided = m.Guidance != 1 && m.Sampler != "onestep" ? string.Create(CultureInfo.InvariantCulture, $", guidance {m.Guidance}") : "";
+            var guided = m.Guidance != 1 && m.Sampler != "onestep" ? string.Create(CultureInfo.InvariantCulture, $", guidance {m.Guidance}{(m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : "")}") : "";
             if (m.Spec.IsImage)
             {
                 ImageSampleResult res = null!;

@@ -115,4 +115,44 @@ public class DiffusionTests
         Assert.True(allclose(new GuidedDenoiser(net, 0.0).Denoise(x, sigma, y), uncond, 1e-5, 1e-6));
         Assert.True(allclose(new GuidedDenoiser(net, 2.5).Denoise(x, sigma, y), uncond + 2.5 * (cond - uncond), 1e-4, 1e-5));
     }
+
+    [Fact]
+    public void GuidanceIntervalGuidesOnlyTheSamplesInside()
+    {
+        var spec = new MlpSpec { Shape = new[] { 2 }, LabelDim = 3, SigmaData = 0.5, Width = 32, Depth = 1 };
+        var net = spec.Build();
+        using var g = new Generator(5);
+        var x = randn(new long[] { 5, 2 }, generator: g);
+        var sigma = tensor(new float[] { 0.1f, 0.28f, 0.3f, 5.42f, 40f }); // the ends: 0.28 is outside, 5.42 inside
+        var y = Rng.OneHotLabels(3, 5, g)!;
+        using var _ = no_grad();
+        var cond = net.Denoise(x, sigma, y);
+        var full = new GuidedDenoiser(net, 2.5).Denoise(x, sigma, y);
+        var limited = new GuidedDenoiser(net, 2.5, interval: new GuidanceInterval(0.28, 5.42)).Denoise(x, sigma, y);
+        var expected = cat(new[] { cond[..2], full[2..4], cond[4..] });
+        Assert.True((limited - expected).abs().max().item<float>() < 1e-5f);
+        Assert.False(allclose(full[2..4], cond[2..4], 1e-3, 1e-3)); // guidance does change them, so the test can tell
+        // all outside: the conditional output (one pass); a scalar sigma too
+        Assert.True(allclose(new GuidedDenoiser(net, 2.5, interval: new GuidanceInterval(50, 80)).Denoise(x, sigma, y), cond, 1e-5, 1e-6));
+        var one = tensor(3.0f);
+        Assert.True(allclose(new GuidedDenoiser(net, 2.5, interval: new GuidanceInterval(1, 5)).Denoise(x, one, y),
+                             new GuidedDenoiser(net, 2.5).Denoise(x, one, y), 1e-5, 1e-6));
+    }
+
+    [Theory]
+    [InlineData("0.28,5.42", 0.28, 5.42)]
+    [InlineData(" 0 , 80 ", 0, 80)]
+    public void GuidanceIntervalParses(string text, double lo, double hi) =>
+        Assert.Equal(new GuidanceInterval(lo, hi), GuidanceInterval.Parse(text, "--guidance-interval"));
+
+    [Theory]
+    [InlineData("5,1")]
+    [InlineData("1")]
+    [InlineData("a,b")]
+    [InlineData("-1,2")]
+    public void GuidanceIntervalRefusesBadText(string text)
+    {
+        var e = Assert.Throws<DmdInputException>(() => GuidanceInterval.Parse(text, "--guidance-interval"));
+        Assert.Contains("--guidance-interval", e.Message);
+    }
 }

@@ -42,13 +42,14 @@ public class DmdWiringTests(ITestOutputHelper log)
     [InlineData(DmdMode.Full, 1.0, 0.25)]
     [InlineData(DmdMode.DmOnly, 3.0, 0.25)]
     [InlineData(DmdMode.RegressionOnly, 2.0, 0.25)]
-    public void OneStepGivesTheGradientsOfGuidedDmPlusLambdaRegressionAndTheFakesLabelledDenoisingLoss(DmdMode mode, double w, double lambdaReg)
+    [InlineData(DmdMode.DmOnly, 3.0, 0.25, "0.5,5")] // guidance only at sigma in (0.5, 5]: about a third of the grid's levels
+    public void OneStepGivesTheGradientsOfGuidedDmPlusLambdaRegressionAndTheFakesLabelledDenoisingLoss(DmdMode mode, double w, double lambdaReg, string? interval = null)
     {
         torch.manual_seed(1);
         var teacher = PointSpec.Build();
         TestUtil.Perturb(teacher, 2, 0.05); // the zero-free start gives every layer a gradient
         TrainingUtils.Freeze(teacher);
-        var config = WiringConfig(mode, w, lambdaReg);
+        var config = WiringConfig(mode, w, lambdaReg) with { GuidanceRealInterval = interval };
         using var pg = new Generator(3);
         var pairs = new RegressionPairs(randn(new long[] { 40, 2 }, generator: pg), randn(new long[] { 40, 2 }, generator: pg) * 0.5,
                                         Rng.OneHotLabels(Classes, 40, pg), new PairInfo("test", 1, 1, w, 0, 40));
@@ -76,6 +77,12 @@ public class DmdWiringTests(ITestOutputHelper log)
                 var uncond = teacher.Denoise(xt, sigma, zeros_like(y));
                 var cond = teacher.Denoise(xt, sigma, y);
                 var pReal = uncond + w * (cond - uncond);
+                if (interval is not null)
+                {
+                    var inside = sigma.gt(0.5f).logical_and(sigma.le(5f));
+                    Assert.InRange(inside.sum().item<long>(), 1, config.BatchSize - 1); // both kinds in the batch, so the test can tell
+                    pReal = where(inside.unsqueeze(1), pReal, cond);
+                }
                 var pFake = fake0.Denoise(xt, sigma, y); // the fake: labels, never guidance
                 grad = DmdLoss.DmGradient(x.detach(), pReal, pFake);
             }
@@ -333,6 +340,11 @@ public class DmdWiringTests(ITestOutputHelper log)
         e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, ok with { GuidanceReal = 1 }, pairs));
         Assert.Contains("guidance 1.5", e.Message);
         Assert.Contains("--guidance 1", e.Message);
+        // pairs are guided at every level: a guidance interval in the real score would regress to another map
+        e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, ok with { GuidanceRealInterval = "0.5,5" }, pairs));
+        Assert.Contains("guidance-real-interval", e.Message);
+        e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, ok with { Mode = DmdMode.DmOnly, GuidanceRealInterval = "5,0.5" }, null));
+        Assert.Contains("guidance-real-interval '5,0.5'", e.Message);
         using (new DmdTrainer(teacher, PointSpec, ok with { Mode = DmdMode.DmOnly, GuidanceReal = 1 }, pairs)) { } // no pairs used
 
         var dir = TestUtil.TempDir();

@@ -31,13 +31,14 @@ public static class ImageSampling
 
     /// <summary>
     /// Runs a multi-step sampler ("heun" or "euler") with classifier-free guidance scale <paramref name="guidance"/>
-    /// over <paramref name="z"/> in batches of <paramref name="batch"/>; returns all samples and the NFE per sample.
+    /// (only at the noise levels of <paramref name="interval"/> when one is given) over <paramref name="z"/> in batches of
+    /// <paramref name="batch"/>; returns all samples and the NFE per sample.
     /// Each batch runs on the network's device (<see cref="IDenoiser.Device"/>); the samples come back on z's.
     /// </summary>
     public static SampleResult Generate(IDenoiser net, Tensor z, Tensor? labels, string sampler, int steps, double guidance = 1.0,
-                                        int batch = 256, Action<int, int>? onBatch = null)
+                                        int batch = 256, Action<int, int>? onBatch = null, GuidanceInterval? interval = null)
     {
-        var d = GuidedDenoiser.Wrap(net, guidance);
+        var d = GuidedDenoiser.Wrap(net, guidance, interval);
         int n = (int)z.shape[0], nfe = 0;
         var parts = new List<Tensor>();
         for (int i = 0; i < n; i += batch)

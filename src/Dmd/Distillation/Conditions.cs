@@ -14,8 +14,11 @@ public abstract class Conditions
     /// <summary>Conditions for <paramref name="n"/> samples, drawn with <paramref name="g"/>, on <paramref name="device"/> (CPU by default); null for an unconditional teacher.</summary>
     public abstract Tensor? Draw(long n, Generator? g, Device? device = null);
 
-    /// <summary>The denoiser with classifier-free guidance <paramref name="scale"/> against this kind's unconditional input (1 = itself).</summary>
-    public abstract IDenoiser Guided(IDenoiser d, double scale);
+    /// <summary>
+    /// The denoiser with classifier-free guidance <paramref name="scale"/> against this kind's unconditional input (1 = itself),
+    /// applied only at the noise levels of <paramref name="interval"/> when one is given.
+    /// </summary>
+    public abstract IDenoiser Guided(IDenoiser d, double scale, GuidanceInterval? interval = null);
 
     /// <summary>The conditions of a progress grid with <paramref name="perRow"/> images per row, row-major, and the rows' labels.</summary>
     public abstract (Tensor? Y, int Rows, string[]? RowLabels) Grid(int perRow);
@@ -37,7 +40,7 @@ public sealed class ClassConditions : Conditions
     public override Tensor? Draw(long n, Generator? g, Device? device = null) => Rng.OneHotLabels(LabelDim, n, g, device);
 
     /// <inheritdoc/>
-    public override IDenoiser Guided(IDenoiser d, double scale) => GuidedDenoiser.Wrap(d, scale);
+    public override IDenoiser Guided(IDenoiser d, double scale, GuidanceInterval? interval = null) => GuidedDenoiser.Wrap(d, scale, interval);
 
     /// <inheritdoc/>
     public override (Tensor? Y, int Rows, string[]? RowLabels) Grid(int perRow) => LabelDim > 0
@@ -80,7 +83,8 @@ public sealed class PromptConditions : Conditions
     public override Tensor? Draw(long n, Generator? g, Device? device = null) => Of(DrawIndices(n, g), device);
 
     /// <inheritdoc/>
-    public override IDenoiser Guided(IDenoiser d, double scale) => scale == 1.0 ? d : new GuidedDenoiser(d, scale, Unconditional);
+    public override IDenoiser Guided(IDenoiser d, double scale, GuidanceInterval? interval = null) =>
+        scale == 1.0 ? d : new GuidedDenoiser(d, scale, Unconditional, interval);
 
     /// <summary>
     /// The grid's rows: ten prompts spread evenly through the file (all of them when fewer; prompt i * P / 10, so a file

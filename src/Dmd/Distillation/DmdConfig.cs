@@ -1,3 +1,4 @@
+using Dmd.Diffusion;
 namespace Dmd.Distillation;
 
 /// <summary>Which generator loss to train with: the paper's full method or one of its ablations (Table 2).</summary>
@@ -68,6 +69,11 @@ public sealed record DmdConfig
     public string GeneratorLevels { get; init; } = "geometric";
     /// <summary>CFG scale of the real score (1 = none)</summary>
     public double GuidanceReal { get; init; } = 1.0;
+    /// <summary>
+    /// "LO,HI": the real score's CFG applies only at noise levels sigma in (LO, HI], the conditional score elsewhere (the
+    /// guidance interval of Kynkäänniemi et al. 2024, as EDM2 samples); none = every level
+    /// </summary>
+    public string? GuidanceRealInterval { get; init; }
     /// <summary>fake-denoiser updates per generator update, each after the first on a fresh generated batch (DMD: 1; DMD2: 5)</summary>
     public int FakeUpdatesPerStep { get; init; } = 1;
     /// <summary>
@@ -173,6 +179,7 @@ public sealed record DmdConfig
             throw new DmdInputException($"generator-sigma-min {GeneratorSigmaMin:G}: must lie between 0 and sigma-max {SigmaMax:G} for a {GeneratorSteps}-step generator");
         if (GeneratorSteps > 1 && GeneratorLevels is not ("geometric" or "dmd2")) ListedLevels();
         Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
+        GuidanceInterval.Parse(GuidanceRealInterval, "guidance-real-interval");
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         if (FakePerLevel && GeneratorSteps == 1)
             throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");

@@ -140,7 +140,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Real = teacher;
         Real.to(this.device);
         TrainingUtils.Freeze(Real);
-        realGuided = Conditions.Guided(Real, config.GuidanceReal);
+        realGuided = Conditions.Guided(Real, config.GuidanceReal, GuidanceInterval.Parse(config.GuidanceRealInterval, "guidance-real-interval"));
         var build = buildNetwork ?? Spec.Build;
         Fakes = Enumerable.Range(0, config.FakePerLevel ? config.GeneratorSteps : 1).Select(_ =>
         {
@@ -191,6 +191,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             throw new DmdInputException($"the regression pairs start at sigma_max {info.SigmaMax:G} but the run's sigma-max is {config.SigmaMax:G}: make pairs with `--sigma-max {config.SigmaMax:G}` or distil with sigma-max {info.SigmaMax:G}");
         if (info.Guidance != config.GuidanceReal)
             throw new DmdInputException($"the regression pairs were made with guidance {info.Guidance:G} but the run's guidance-real is {config.GuidanceReal:G}: make pairs with `--guidance {config.GuidanceReal:G}` or distil with guidance-real {info.Guidance:G}");
+        if (config.GuidanceRealInterval is not null && config.GuidanceReal != 1)
+            throw new DmdInputException($"guidance-real-interval {config.GuidanceRealInterval}: regression pairs are made with guidance at every level, so they would regress to another map; distil without pairs (lambda-reg 0) or without the interval");
     }
 
     /// <summary>The GAN needs real samples of the teacher's shape (and classes), and a fake denoiser that trains.</summary>

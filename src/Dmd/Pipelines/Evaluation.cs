@@ -18,7 +18,11 @@ namespace Dmd.Pipelines;
 /// <param name="RealPerClassAccuracy">Images: the judge's own per-class accuracy on real test images, the reference for <paramref name="PerClassAccuracy"/>.</param>
 public sealed record EvalResult(string Model, string Sampler, int Nfe, int Samples, double Guidance, double SamplesPerSecond,
                                 Dictionary<string, double> Metrics, double[]? PerClassAccuracy, string? Reference = null,
-                                double[]? RealPerClassAccuracy = null);
+                                double[]? RealPerClassAccuracy = null)
+{
+    /// <summary>The noise levels where multi-step sampling guided, "(LO, HI]"; null = all (or no guidance).</summary>
+    public string? GuidanceInterval { get; init; }
+}
 
 /// <summary>
 /// Draws N samples from any model and measures them: points against reference data (energy distance, precision/recall,
@@ -75,7 +79,8 @@ public static class Evaluation
             metrics["recall"] = row.Recall;
             if (row.ModesCovered is int mc) { metrics["modes_covered"] = mc; metrics["in_mode"] = row.HighQuality!.Value; }
         }
-        return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName, realPerClass);
+        return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName, realPerClass)
+            { GuidanceInterval = m.GuidanceInterval?.ToString() };
     }
 
     /// <summary>Adds precision and recall in the judge's feature space (against as many test images) when Fashion-MNIST is installed.</summary>

@@ -22,19 +22,25 @@ namespace Dmd.Pipelines;
 public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, string Sampler, int Steps, double Guidance,
                                  OneStepGenerator? Generator = null)
 {
+    /// <summary>The noise levels where multi-step sampling applies its guidance (null = all).</summary>
+    public GuidanceInterval? GuidanceInterval { get; init; }
+
     /// <summary>Heun steps when none are given: 18 (35 NFE, EDM's CIFAR-10 setting).</summary>
     public const int DefaultTeacherSteps = 18;
 
     /// <summary>
     /// Loads a model; the sampler defaults to the generator's own steps for generator files and Heun otherwise;
     /// <paramref name="steps"/> null = the generator's trained steps, or <see cref="DefaultTeacherSteps"/> for a teacher.
-    /// The network is moved to <paramref name="device"/> (CPU by default); samples come back on the CPU.
+    /// The network is moved to <paramref name="device"/> (CPU by default); samples come back on the CPU. With
+    /// <paramref name="interval"/> a multi-step sampler guides only at those noise levels.
     /// </summary>
-    public static ModelDraw Load(string path, string? sampler, int? steps, double guidance, Device? device = null)
+    public static ModelDraw Load(string path, string? sampler, int? steps, double guidance, Device? device = null, GuidanceInterval? interval = null)
     {
         var draw = LoadOnCpu(path, sampler, steps, guidance);
+        if (interval is not null && (draw.Sampler == "onestep" || guidance == 1))
+            throw new DmdInputException($"--guidance-interval {interval}: it limits the guidance of a multi-step sampler; give --guidance other than 1 (and a teacher or --sampler heun/euler)");
         if (device is not null) draw.Net.to(device);
-        return draw;
+        return draw with { GuidanceInterval = interval };
     }
 
     static ModelDraw LoadOnCpu(string path, string? sampler, int? steps, double guidance)
@@ -85,7 +91,7 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
             var noise = OneStepGenerator.SeededStepNoise(Spec.SampleShape, seed, (int)z.shape[0], Steps);
             x = Generator.GenerateInBatches(z, y, batch, onBatch, noise, Steps);
         }
-        else x = ImageSampling.Generate(Net, z, y, Sampler, Steps, Guidance, batch, onBatch).Samples;
+        else x = ImageSampling.Generate(Net, z, y, Sampler, Steps, Guidance, batch, onBatch, GuidanceInterval).Samples;
         return (x, sw.Elapsed.TotalSeconds);
     }
 
