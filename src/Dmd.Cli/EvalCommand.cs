@@ -1,7 +1,7 @@
-using Dmd.Diffusion;
 using System.CommandLine;
 using System.Globalization;
 using Dmd.Data;
+using Dmd.Diffusion;
 using Dmd.Distillation;
 using Dmd.IO;
 using Dmd.Networks;

@@ -1,4 +1,5 @@
 using Dmd.Diffusion;
+
 namespace Dmd.Distillation;
 
 /// <summary>Which generator loss to train with: the paper's full method or one of its ablations (Table 2).</summary>
