@@ -180,7 +180,8 @@ public sealed record DmdConfig
             throw new DmdInputException($"generator-sigma-min {GeneratorSigmaMin:G}: must lie between 0 and sigma-max {SigmaMax:G} for a {GeneratorSteps}-step generator");
         if (GeneratorSteps > 1 && GeneratorLevels is not ("geometric" or "dmd2")) ListedLevels();
         Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
-        GuidanceInterval.Parse(GuidanceRealInterval, "guidance-real-interval");
+        if (GuidanceInterval.Parse(GuidanceRealInterval, "guidance-real-interval") is not null && GuidanceReal == 1)
+            throw new DmdInputException($"guidance-real-interval {GuidanceRealInterval}: it limits the real score's guidance, and guidance-real is 1 (none); give --guidance-real above 1 or leave the interval out");
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         if (FakePerLevel && GeneratorSteps == 1)
             throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");
