@@ -346,7 +346,7 @@ public class DmdWiringTests(ITestOutputHelper log)
         e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, ok with { Mode = DmdMode.DmOnly, GuidanceRealInterval = "5,0.5" }, null));
         Assert.Contains("guidance-real-interval '5,0.5'", e.Message);
         e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, ok with { Mode = DmdMode.DmOnly, GuidanceReal = 1, GuidanceRealInterval = "0.5,5" }, null));
-        Assert.Contains("--guidance-real above 1", e.Message); // an interval without guidance would be silently ignored
+        Assert.Contains("--guidance-real other than 1", e.Message); // an interval without guidance would be silently ignored
         using (new DmdTrainer(teacher, PointSpec, ok with { Mode = DmdMode.DmOnly, GuidanceReal = 1 }, pairs)) { } // no pairs used
 
         var dir = TestUtil.TempDir();

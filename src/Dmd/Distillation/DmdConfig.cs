@@ -181,7 +181,7 @@ public sealed record DmdConfig
         if (GeneratorSteps > 1 && GeneratorLevels is not ("geometric" or "dmd2")) ListedLevels();
         Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
         if (GuidanceInterval.Parse(GuidanceRealInterval, "guidance-real-interval") is not null && GuidanceReal == 1)
-            throw new DmdInputException($"guidance-real-interval {GuidanceRealInterval}: it limits the real score's guidance, and guidance-real is 1 (none); give --guidance-real above 1 or leave the interval out");
+            throw new DmdInputException($"guidance-real-interval {GuidanceRealInterval}: it limits the real score's guidance, and guidance-real is 1 (none); give --guidance-real other than 1 or leave the interval out");
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         if (FakePerLevel && GeneratorSteps == 1)
             throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");
