@@ -123,6 +123,56 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         Assert.Equal(3, OneStepGenerator.Load(dirA).Steps);
     }
 
+    /// <summary>
+    /// A distillation checkpoint is a model: <c>RUN/checkpoint</c> (the latest), its step folder, and a run folder without
+    /// generator.safetensors load as the generator the run writes when stopped there (the average, on the run's K levels),
+    /// a damaged checkpoint is refused by name, and `dmd sample` draws from one.
+    /// </summary>
+    [Fact]
+    public void ADistillationCheckpointLoadsAsTheGeneratorTheRunWouldWrite()
+    {
+        var cfg = new DmdConfig
+        {
+            Steps = 4, BatchSize = 4, LearningRate = 1e-3, WarmupSteps = 1, LambdaReg = 0, FakeUpdatesPerStep = 1, GeneratorSteps = 3,
+            SigmaMax = 80, GeneratorSigmaMin = 2, EmaDecay = 0.9, GridEvery = 0, CheckpointEvery = 2, LogEvery = 1, Seed = 7,
+        };
+        var dir = TestUtil.TempDir();
+        using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, null)) t.Run(dir, TeacherPath, null, new RunOptions { StopAfter = 2 });
+        var written = OneStepGenerator.Load(dir); // what the stopped run wrote: the average at step 2
+        var step = Path.Combine(dir, "checkpoint", "step-00000002");
+        var raw = Checkpoint.LoadTensors(Path.Combine(step, "generator.safetensors"));
+        foreach (var path in new[] { Path.Combine(dir, "checkpoint"), step })
+        {
+            Assert.True(ModelDraw.IsGenerator(path), path);
+            var g = OneStepGenerator.Load(path);
+            Assert.Equal(written.Sigmas, g.Sigmas);
+            Assert.Equal(new[] { 80.0, Math.Round(Math.Sqrt(80 * 2), 9), 2 }, g.Sigmas.Select(s => Math.Round(s, 9)));
+            Assert.Equal(written.Spec, g.Spec);
+            var w = written.Net.state_dict();
+            foreach (var (k, v) in g.Net.state_dict()) Assert.True(TestUtil.Same(w[k], v), $"{path}: {k} is not the average the run wrote");
+            Assert.Contains(g.Net.state_dict(), kv => raw.ContainsKey(kv.Key) && !TestUtil.Same(raw[kv.Key], kv.Value)); // the average, not the raw weights
+            Assert.DoesNotContain(g.Net.parameters(), p => p.requires_grad);
+        }
+        Assert.Equal(Path.Combine("runs", "eval", Path.GetFileName(dir) + "-step2.json"), Evaluation.DefaultOut(Path.Combine(dir, "checkpoint")));
+        // a run folder whose generator.safetensors is not written yet: its latest checkpoint
+        File.Delete(Path.Combine(dir, "generator.safetensors"));
+        File.Delete(Path.Combine(dir, "generator.json"));
+        Assert.True(ModelDraw.IsGenerator(dir));
+        Assert.True(TestUtil.Same(written.Net.state_dict().First().Value, OneStepGenerator.Load(dir).Net.state_dict().First().Value));
+        var png = Path.Combine(TestUtil.TempDir(), "s.png");
+        var (code, output) = CliTests.Run("sample", "--model", Path.Combine(dir, "checkpoint"), "--n", "2", "--out", png, "--threads", "1");
+        Assert.True(code == 0, output);
+        Assert.True(File.Exists(png));
+        // a teacher is not a checkpoint, and a damaged checkpoint is refused with the file's name
+        Assert.False(ModelDraw.IsGenerator(tiny.Dir));
+        var ema = Path.Combine(step, "ema.safetensors");
+        var bytes = File.ReadAllBytes(ema);
+        bytes[^1] ^= 1;
+        File.WriteAllBytes(ema, bytes);
+        var e = Assert.ThrowsAny<DmdException>(() => OneStepGenerator.Load(Path.Combine(dir, "checkpoint")));
+        Assert.Contains("ema.safetensors", e.Message);
+    }
+
     [Fact]
     public void GeneratorAverageFollowsItsFormulaIsSavedAndSurvivesResume()
     {

@@ -258,10 +258,10 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <summary>Points drawn from a built-in distribution for the GAN (`dmd train-teacher`'s default --train-points).</summary>
     public const int RealPoints = 50_000;
 
-    /// <summary>The generator's starting weights: the teacher's (the paper), or a given model's of the same architecture.</summary>
+    /// <summary>The generator's starting weights: the teacher's (the paper), or a given model's of the same architecture (a distillation checkpoint: the weights it would write).</summary>
     EdmPrecond InitialGenerator(string path)
     {
-        var (net, spec) = DenoiserFile.Load(path, "generator.safetensors");
+        var (net, spec) = DistillCheckpoint.Locate(path) is { } c ? (c.Load().Net, c.Info.Spec) : DenoiserFile.Load(path, "generator.safetensors");
         if (spec.WithoutDropout() != Spec)
             throw new DmdInputException($"--init-generator {path} has another architecture than the teacher ({spec}); start from a generator distilled from this teacher");
         return net;

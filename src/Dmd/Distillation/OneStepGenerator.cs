@@ -58,10 +58,13 @@ public sealed class OneStepGenerator
 
     /// <summary>
     /// Loads a distilled generator: a generator.safetensors (with its .json spec) or a folder holding one,
-    /// e.g. <c>OneStepGenerator.Load("models/fashion-mnist-student")</c>.
+    /// e.g. <c>OneStepGenerator.Load("models/fashion-mnist-student")</c>; or a `dmd distill` run's checkpoint
+    /// (<c>RUN/checkpoint</c> for the latest, <c>RUN/checkpoint/step-NNNNNNNN</c>, or a run folder without
+    /// generator.safetensors yet), read as the generator the run would write if stopped there (<see cref="DistillCheckpoint"/>).
     /// </summary>
     public static OneStepGenerator Load(string path)
     {
+        if (DistillCheckpoint.Locate(path) is { } checkpoint) return checkpoint.Load();
         var file = Networks.DenoiserFile.Resolve(path, FileName);
         var (net, spec) = Networks.DenoiserFile.Load(file);
         Training.TrainingUtils.Freeze(net);

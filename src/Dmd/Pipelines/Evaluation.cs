@@ -1,4 +1,5 @@
 using Dmd.Data;
+using Dmd.Distillation;
 using Dmd.Metrics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -225,7 +226,8 @@ public static class Evaluation
     public static string DefaultOut(string modelPath)
     {
         var full = System.IO.Path.GetFullPath(modelPath).TrimEnd('/');
-        string name = Directory.Exists(full) ? System.IO.Path.GetFileName(full)
+        string name = DistillCheckpoint.Locate(modelPath) is { } checkpoint ? checkpoint.DisplayName
+            : Directory.Exists(full) ? System.IO.Path.GetFileName(full)
             : System.IO.Path.GetFileName(System.IO.Path.GetDirectoryName(full)!) + (System.IO.Path.GetFileNameWithoutExtension(full) is "teacher" or "generator" ? "" : "-" + System.IO.Path.GetFileNameWithoutExtension(full));
         return System.IO.Path.Combine("runs", "eval", name + ".json");
     }

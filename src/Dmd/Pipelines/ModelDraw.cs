@@ -64,10 +64,11 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
         return new ModelDraw(path, net, spec, which, steps ?? DefaultTeacherSteps, guidance);
     }
 
-    /// <summary>Whether a path names a DMD generator (a generator*.safetensors file, or a folder holding generator.safetensors).</summary>
+    /// <summary>Whether a path names a DMD generator (a generator*.safetensors file, a folder holding generator.safetensors, or a distillation run's checkpoint).</summary>
     public static bool IsGenerator(string path) =>
         System.IO.Path.GetFileName(path).StartsWith("generator") ||
-        (Directory.Exists(path) && File.Exists(System.IO.Path.Combine(path, OneStepGenerator.FileName)));
+        (Directory.Exists(path) && File.Exists(System.IO.Path.Combine(path, OneStepGenerator.FileName))) ||
+        DistillCheckpoint.Locate(path) is not null;
 
     /// <summary>A short name for tables: the file or folder and how it samples.</summary>
     public string Title => Sampler == "onestep"

@@ -66,10 +66,19 @@ internal sealed class CheckpointStore
         if (name is null)
             return File.Exists(Path.Combine(Root, "state.json")) ? CheckpointReader.Legacy(Root) : null;
         var folder = Path.Combine(Root, name);
-        var manifestPath = Path.Combine(folder, ManifestName);
-        if (!File.Exists(manifestPath))
+        if (!File.Exists(Path.Combine(folder, ManifestName)))
             throw new DmdException($"checkpoint {folder} named by {Path.Combine(Root, Pointer)} is missing or has no manifest; " +
                                    $"the run folder was changed by hand: delete {Root} to start the run afresh");
+        return OpenFolder(folder);
+    }
+
+    /// <summary>The checkpoint in one step folder (<c>checkpoint/step-NNNNNNNN</c>), verified against its manifest.</summary>
+    public static CheckpointReader OpenFolder(string folder)
+    {
+        var manifestPath = Path.Combine(folder, ManifestName);
+        string root = Path.GetDirectoryName(folder.TrimEnd('/', '\\')) is { Length: > 0 } d ? d : ".";
+        if (!File.Exists(manifestPath))
+            throw new DmdException($"{folder} is not a complete checkpoint (no {ManifestName}): name a step folder the run finished writing, or its checkpoint folder for the latest");
         var manifest = Checkpoint.LoadJson<CheckpointManifest>(manifestPath);
         foreach (var f in manifest.Files)
         {
@@ -78,12 +87,13 @@ internal sealed class CheckpointStore
                 : new FileInfo(path).Length != f.Bytes ? $"has {new FileInfo(path).Length} bytes, the manifest says {f.Bytes}"
                 : Sha256(path) != f.Sha256 ? "does not match its SHA-256 in the manifest" : null;
             if (problem is not null)
-                throw new DmdException($"checkpoint {folder} is damaged: {f.Name} {problem}; restore it from a backup or delete {Root} to start afresh");
+                throw new DmdException($"checkpoint {folder} is damaged: {f.Name} {problem}; restore it from a backup or delete {root} to start afresh");
         }
         return new CheckpointReader(folder, manifest.Step, manifest.Files.Select(f => f.Name).ToHashSet());
     }
 
-    string? ReadPointer()
+    /// <summary>The name of the latest complete checkpoint's folder (<c>step-NNNNNNNN</c>), or null when there is none in the current layout.</summary>
+    public string? ReadPointer()
     {
         var p = Path.Combine(Root, Pointer);
         if (!File.Exists(p)) return null;
