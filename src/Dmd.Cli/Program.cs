@@ -21,6 +21,7 @@ root.Subcommands.Add(TextToImageTeacherCommand.Build());
 root.Subcommands.Add(PairsCommand.Build());
 root.Subcommands.Add(DistillCommand.Build());
 root.Subcommands.Add(SampleCommand.Build());
+root.Subcommands.Add(ExportCommand.Build());
 root.Subcommands.Add(Text2ImgCommand.Build());
 root.Subcommands.Add(ConvertSdCommand.Build());
 root.Subcommands.Add(BenchCommand.Build());
@@ -33,7 +34,7 @@ try
     Mpi.Init();
     if (!Mpi.IsRoot) AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(TextWriter.Null) });
     var parsed = root.Parse(args);
-    if (Mpi.Size > 1 && parsed.CommandResult.Command.Name is "demo" or "toy2d" or "sample" or "text2img" or "convert-sd" or "bench" or "train-classifier")
+    if (Mpi.Size > 1 && parsed.CommandResult.Command.Name is "demo" or "toy2d" or "sample" or "export" or "text2img" or "convert-sd" or "bench" or "train-classifier")
         throw new DmdInputException($"dmd {parsed.CommandResult.Command.Name} does not run data-parallel: run it without mpirun/srun " +
                                     "(train-teacher, train-image-teacher, distill, pairs and eval do)");
     int exit = parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

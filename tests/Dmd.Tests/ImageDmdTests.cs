@@ -149,7 +149,7 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
             Assert.Equal(new[] { 80.0, Math.Round(Math.Sqrt(80 * 2), 9), 2 }, g.Sigmas.Select(s => Math.Round(s, 9)));
             Assert.Equal(written.Spec, g.Spec);
             var w = written.Net.state_dict();
-            foreach (var (k, v) in g.Net.state_dict()) Assert.True(TestUtil.Same(w[k], v), $"{path}: {k} is not the average the run wrote");
+            foreach (var (name, v) in g.Net.state_dict()) Assert.True(TestUtil.Same(w[name], v), $"{path}: {name} is not the average the run wrote");
             Assert.Contains(g.Net.state_dict(), kv => raw.ContainsKey(kv.Key) && !TestUtil.Same(raw[kv.Key], kv.Value)); // the average, not the raw weights
             Assert.DoesNotContain(g.Net.parameters(), p => p.requires_grad);
         }
@@ -163,6 +163,22 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         var (code, output) = CliTests.Run("sample", "--model", Path.Combine(dir, "checkpoint"), "--n", "2", "--out", png, "--threads", "1");
         Assert.True(code == 0, output);
         Assert.True(File.Exists(png));
+        // kept as a model folder (`dmd export`): the same generator, levels and spec; a second export there and an export
+        // into the run's checkpoint folder are refused
+        var kept = Path.Combine(TestUtil.TempDir(), "kept");
+        (code, output) = CliTests.Run("export", "--model", step, "--out", kept);
+        Assert.True(code == 0, output);
+        Assert.Contains("step 2", output);
+        var k = OneStepGenerator.Load(kept);
+        Assert.True(ModelDraw.IsGenerator(kept));
+        Assert.Null(DistillCheckpoint.Locate(kept)); // a plain generator folder now
+        Assert.Equal(written.Sigmas, k.Sigmas);
+        Assert.Equal(written.Spec, k.Spec);
+        foreach (var (key, v) in k.Net.state_dict()) Assert.True(TestUtil.Same(written.Net.state_dict()[key], v), $"exported {key} differs");
+        Assert.Equal(2, Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(kept, "config.json")).Config.Steps);
+        Assert.Contains("already holds a generator", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportCheckpoint(step, kept)).Message);
+        Assert.Contains("checkpoint folder", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportCheckpoint(step, Path.Combine(dir, "checkpoint", "x"))).Message);
+        Assert.Contains("not a `dmd distill` run's checkpoint", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportCheckpoint(tiny.Dir, kept)).Message);
         // a teacher is not a checkpoint, and a damaged checkpoint is refused with the file's name
         Assert.False(ModelDraw.IsGenerator(tiny.Dir));
         var ema = Path.Combine(step, "ema.safetensors");

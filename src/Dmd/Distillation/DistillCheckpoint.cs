@@ -63,7 +63,10 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
     /// Loads the generator (frozen, on the CPU), after checking every file of the checkpoint against its manifest. The
     /// latest checkpoint of a run that is still going may be replaced while it is read: then the new latest is read.
     /// </summary>
-    public OneStepGenerator Load()
+    public OneStepGenerator Load() => LoadAt().Generator;
+
+    /// <summary>As <see cref="Load"/>, with the step of the checkpoint that was read.</summary>
+    public (OneStepGenerator Generator, int Step) LoadAt()
     {
         for (int attempt = 0; ; attempt++)
         {
@@ -77,12 +80,33 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
                 reader.Module(reader.Has("ema.safetensors") ? "ema.safetensors" : OneStepGenerator.FileName, net);
                 net.eval();
                 TrainingUtils.Freeze(net);
-                return new OneStepGenerator(net, Info.Config.GeneratorSigmas(Info.Spec.SigmaData)) { Spec = Info.Spec };
+                return (new OneStepGenerator(net, Info.Config.GeneratorSigmas(Info.Spec.SigmaData)) { Spec = Info.Spec }, reader.Step);
             }
             catch (Exception e) when (e is DmdException or IOException && StepFolder is null && attempt < 3 && store.ReadPointer() != pointer)
             {
                 // the run wrote a newer checkpoint and removed this one meanwhile: read the newer one
             }
         }
+    }
+
+    /// <summary>
+    /// Writes the generator this checkpoint holds as a model folder, as the run itself writes one when it stops
+    /// (generator.safetensors and .json, with a K-step generator's levels; config.json: the run's, its Steps set to the
+    /// checkpoint's step), so a good step can be kept before the run moves on. Refuses a folder that already holds a generator
+    /// and any folder inside the run's checkpoint/. Returns the step written.
+    /// </summary>
+    public int Export(string outDir)
+    {
+        var checkpointRoot = Path.GetFullPath(Path.Combine(RunDir, "checkpoint")) + Path.DirectorySeparatorChar;
+        if ((Path.GetFullPath(outDir).TrimEnd('/', '\\') + Path.DirectorySeparatorChar).StartsWith(checkpointRoot, StringComparison.Ordinal))
+            throw new DmdInputException($"--out {outDir} is inside the run's checkpoint folder, which the run manages: choose a folder outside it");
+        var target = Path.Combine(outDir, OneStepGenerator.FileName);
+        if (File.Exists(target))
+            throw new DmdInputException($"{outDir} already holds a generator ({target}): choose another --out, or delete it to replace it");
+        var (generator, step) = LoadAt();
+        Directory.CreateDirectory(outDir);
+        Checkpoint.SaveJson(Info with { Config = Info.Config with { Steps = step } }, Path.Combine(outDir, "config.json"));
+        generator.Save(target, Info.Spec);
+        return step;
     }
 }

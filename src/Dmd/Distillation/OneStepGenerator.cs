@@ -77,6 +77,18 @@ public sealed class OneStepGenerator
         return new OneStepGenerator(net, sigmas) { Spec = spec };
     }
 
+    /// <summary>
+    /// Writes a `dmd distill` run's checkpoint (<c>RUN/checkpoint</c> for the latest, or <c>RUN/checkpoint/step-NNNNNNNN</c>)
+    /// as a generator folder in <paramref name="outDir"/> (generator.safetensors and .json, the run's config.json), the
+    /// generator the run would write if stopped there: e.g. to keep a good step before the run goes on past it (a run keeps
+    /// only its latest checkpoint). Refuses a
+    /// folder that already holds a generator. Returns the checkpoint's step.
+    /// </summary>
+    public static int ExportCheckpoint(string checkpoint, string outDir) =>
+        (DistillCheckpoint.Locate(checkpoint) ?? throw new DmdInputException(
+            $"{checkpoint} is not a `dmd distill` run's checkpoint: name RUN/checkpoint (the latest) or RUN/checkpoint/step-NNNNNNNN"))
+        .Export(outDir);
+
     /// <summary>The generator's file name in a run folder.</summary>
     public const string FileName = "generator.safetensors";
     const string SigmaMaxKey = "SigmaMax", StepsKey = "Steps";
