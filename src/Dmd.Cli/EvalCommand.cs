@@ -87,10 +87,12 @@ internal static class EvalCommand
     static string? TextToImageModel(string path)
     {
         if (TextToImageDistillation.IsPipelineFolder(path)) return path;
-        if (DistillCheckpoint.Locate(path) is { } c)
-            return c.Info.Spec is SdUNetSpec ? (TextToImageDistillation.IsPipelineFolder(c.Info.Teacher) ? c.Info.Teacher
-                                                 : throw new DmdInputException($"{path} is a text-to-image run's checkpoint but its teacher folder {c.Info.Teacher} is gone"))
-                                             : null;
+        if (DistillCheckpoint.Locate(path) is { Info: var info })
+        {
+            if (info.Spec is not SdUNetSpec) return null;
+            return TextToImageDistillation.IsPipelineFolder(info.Teacher) ? info.Teacher
+                : throw new DmdInputException($"{path} is a text-to-image run's checkpoint but its teacher folder {info.Teacher} is gone");
+        }
         var spec = Path.Combine(path, "generator.json");
         if (!File.Exists(spec) || Checkpoint.LoadJson<NetworkSpec>(spec) is not SdUNetSpec) return null;
         var teacher = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(path, "config.json")))?["Teacher"]?.GetValue<string>();

@@ -106,7 +106,7 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
         var (generator, step) = LoadAt();
         Directory.CreateDirectory(outDir);
         Checkpoint.SaveJson(Info with { Config = Info.Config with { Steps = step } }, Path.Combine(outDir, "config.json"));
-        generator.Save(target, Info.Spec);
+        DmdTrainer.SaveGenerator(generator, Info.Spec, target); // as the run writes it: a text-to-image one-step generator's unet/ too
         return step;
     }
 }

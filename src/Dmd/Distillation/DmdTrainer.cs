@@ -512,10 +512,13 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// teacher's pipeline with that UNet, one Euler step at timestep 999 (diffusers: <c>EulerDiscreteScheduler</c> with
     /// <c>timestep_spacing="trailing"</c>, <c>num_inference_steps=1</c>, <c>guidance_scale=1</c>) gives exactly its samples.
     /// </summary>
-    public void SaveGenerator(string path)
+    public void SaveGenerator(string path) => SaveGenerator(Output, Spec, path);
+
+    /// <summary>Writes <paramref name="generator"/> as <see cref="SaveGenerator(string)"/> does (also for <c>dmd export</c>).</summary>
+    internal static void SaveGenerator(OneStepGenerator generator, NetworkSpec spec, string path)
     {
-        Output.Save(path, Spec);
-        if (Output.Net.Backbone is SdUNetBackbone b && Output.Steps == 1)
+        generator.Save(path, spec);
+        if (generator.Net.Backbone is SdUNetBackbone b && generator.Steps == 1)
             b.UNet.SavePretrained(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "unet"));
     }
 
