@@ -75,6 +75,9 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
         ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")})"
         : $"{System.IO.Path.GetFileName(Path)} ({Sampler}, {Nfe} NFE)";
 
+    /// <summary>How it samples, for messages: "heun", "euler", "one-step generator" or "K-step generator".</summary>
+    public string SamplerName => Sampler != "onestep" ? Sampler : Steps == 1 ? "one-step generator" : $"{Steps}-step generator";
+
     /// <summary>Network evaluations per sample.</summary>
     public int Nfe => Sampler switch { "onestep" => Steps, "euler" => Steps, _ => 2 * Steps - 1 };
 
