@@ -105,6 +105,9 @@ public class NetworkSpecTests
         Assert.Equal(teacher.WithoutDropout(), student);
         Assert.Equal(teacher, Checkpoint.LoadJson<TeacherRunInfo>(Path.Combine(models, "fashion-mnist-teacher", "config.json")).Spec);
         Assert.Equal(student, Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(models, "fashion-mnist-student", "config.json")).Spec);
+        var student4 = Checkpoint.LoadJson<NetworkSpec>(Path.Combine(models, "fashion-mnist-student-4step", "generator.json"));
+        Assert.Equal(student, student4);
+        Assert.Equal(student4, Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(models, "fashion-mnist-student-4step", "config.json")).Spec);
     }
 
     [Fact]

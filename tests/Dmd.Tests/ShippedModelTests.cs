@@ -11,9 +11,9 @@ namespace Dmd.Tests;
 
 /// <summary>
 /// The models in models/ keep giving what they gave when they were shipped: stored outputs for fixed seeds of the
-/// teacher (its denoiser at four noise levels and a 3-step Heun sample with CFG), the student (one-step samples) and
-/// the classifier (logits and features). Any change to loading, a network, the preconditioning, the sampler, the
-/// generator's sigma_max or the seeding moves them. The fixture is made by this test itself with
+/// teacher (its denoiser at four noise levels and a 3-step Heun sample with CFG), the student (one-step samples), the
+/// 4-step student (its 4-step samples and those of its first two steps) and the classifier (logits and features). Any change to loading, a network, the preconditioning, the sampler, the
+/// generator's sigma_max and noise levels or the seeding moves them. The fixture is made by this test itself with
 /// DMD_WRITE_FIXTURES=1 (see TestData/shipped_models/README.md) and only ever remade on purpose.
 /// Tolerance 1e-4 relative to the largest value: a bit-identical match is what this machine gives; another CPU's kernels
 /// round differently.
@@ -39,6 +39,9 @@ public class ShippedModelTests(ITestOutputHelper log)
 
         var student = OneStepGenerator.Load(Model("fashion-mnist-student"));
         outputs["student.sample.seed0"] = student.Sample(Classes, seed: 0);
+        var student4 = OneStepGenerator.Load(Model("fashion-mnist-student-4step"));
+        outputs["student-4step.sample.seed0"] = student4.Sample(Classes, seed: 0);
+        outputs["student-4step.first2.seed0"] = student4.Sample(Classes, seed: 0, steps: 2);
 
         using var judge = FdFmnist.Load(Model("fmnist-classifier"));
         outputs["classifier.logits"] = judge.Classifier.forward(outputs["student.sample.seed0"]);
