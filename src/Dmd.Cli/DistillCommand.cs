@@ -71,7 +71,7 @@ internal static class DistillCommand
             if (trainer.Step < cfg.Steps)
                 AnsiConsole.MarkupLine($"stopped {(signal.Requested ? "on request" : $"after {r.GetValue(minutes)} min")} at step {trainer.Step} of {cfg.Steps}; the same command continues the run");
             ranks.Print(trainer.Generator.Net, trainer.Fake, trainer.Ema?.Net, trainer.GanHead);
-            AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "generator.safetensors")}");
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "generator.safetensors"))}");
             return 0;
         });
         return cmd;

@@ -56,17 +56,17 @@ internal static class EvalCommand
             ProgressView.Run(report => res = Evaluation.Run(m, r.GetValue(n), r.GetValue(seed), r.GetValue(batch), r.GetValue(data),
                                                             (d, t) => report("sample", d, t, null), msg => AnsiConsole.MarkupLine(Markup.Escape(msg))));
             var (metrics, perClass, count, secs) = (res.Metrics, res.PerClassAccuracy, res.Samples, res.Samples / res.SamplesPerSecond);
+            if (Mpi.IsRoot) Checkpoint.SaveJson(res, outPath); // before any printing: the measurement is never lost to the console
             var t = new Table().AddColumns("measure", "value").Title(Markup.Escape(m.Title));
             t.AddRow("NFE", m.Nfe.ToString());
             if (m.Guidance != 1 && m.Sampler != "onestep")
-                t.AddRow("guidance", m.Guidance.ToString("G", CultureInfo.InvariantCulture) + (m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : ""));
+                t.AddRow("guidance", Markup.Escape(m.Guidance.ToString("G", CultureInfo.InvariantCulture) + (m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : "")));
             t.AddRow("samples", count.ToString());
             t.AddRow("samples/s", (count / secs).ToString("N1", CultureInfo.InvariantCulture));
-            foreach (var (k, v) in metrics) t.AddRow(k, v.ToString("G4", CultureInfo.InvariantCulture));
+            foreach (var (k, v) in metrics) t.AddRow(Markup.Escape(k), v.ToString("G4", CultureInfo.InvariantCulture));
             AnsiConsole.Write(t);
             if (perClass is not null)
                 AnsiConsole.MarkupLine(Markup.Escape(PerClassLine(perClass, res.RealPerClassAccuracy)));
-            if (Mpi.IsRoot) Checkpoint.SaveJson(res, outPath);
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
             return 0;
         });
@@ -142,13 +142,13 @@ internal static class EvalCommand
         else
             ProgressView.Run(report => res = Evaluation.RunTextToImage(modelPath, samplerName, nfe, w, prompts, shape, Make,
                                                                        r.GetValue(n), r.GetValue(seed), options.Batch, (d, t) => report("sample", d, t, null)));
+        Checkpoint.SaveJson(res, outPath); // before any printing, as above
         var t = new Table().AddColumns("measure", "value").Title(Markup.Escape($"{modelPath} ({res.Sampler}, {res.Nfe} NFE)"));
         t.AddRow("samples/s", res.SamplesPerSecond.ToString("N1", CultureInfo.InvariantCulture));
-        foreach (var (key, v) in res.Metrics) t.AddRow(key, v.ToString("G4", CultureInfo.InvariantCulture));
+        foreach (var (key, v) in res.Metrics) t.AddRow(Markup.Escape(key), v.ToString("G4", CultureInfo.InvariantCulture));
         AnsiConsole.Write(t);
         if (res.PerClassAccuracy is { } perClass)
             AnsiConsole.MarkupLine(Markup.Escape(PerClassLine(perClass, res.RealPerClassAccuracy)));
-        Checkpoint.SaveJson(res, outPath);
         AnsiConsole.MarkupLine($"wrote {Markup.Escape(outPath)}");
         return 0;
     }

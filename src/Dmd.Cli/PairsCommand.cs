@@ -49,7 +49,7 @@ internal static class PairsCommand
                                                                         batchSize: b, onBatch: (d, n) => report("pairs", d, n, null), shardDir: file ? null : outPath,
                                                                         sigmaMax: r.GetValue(sigmaMax), device: device));
             if (file && Mpi.IsRoot) pairs!.Save(outPath);
-            AnsiConsole.MarkupLine($"wrote {pairs!.Count:N0} pairs ({pairs.Info.Nfe} NFE each) to {outPath} in {sw.Elapsed.TotalSeconds:F0} s");
+            AnsiConsole.MarkupLine($"wrote {pairs!.Count:N0} pairs ({pairs.Info.Nfe} NFE each) to {Markup.Escape(outPath)} in {sw.Elapsed.TotalSeconds:F0} s");
             return 0;
         });
         return cmd;
@@ -73,7 +73,7 @@ internal static class PairsCommand
         ProgressView.Run(report => pairs = TextToImageDistillation.MakePairs(sd, promptList, r.GetValue(count), r.GetValue(steps), r.GetValue(guidance), r.GetValue(seed),
                                                                              r.GetValue(batch) ?? 64, (d, n) => report("pairs", d, n, null), file ? null : outPath));
         if (file && Mpi.IsRoot) pairs!.Save(outPath);
-        AnsiConsole.MarkupLine($"wrote {pairs!.Count:N0} latent pairs ({pairs.Info.Nfe} NFE each, {promptList.Length} prompts) to {outPath} in {sw.Elapsed.TotalSeconds:F0} s");
+        AnsiConsole.MarkupLine($"wrote {pairs!.Count:N0} latent pairs ({pairs.Info.Nfe} NFE each, {promptList.Length} prompts) to {Markup.Escape(outPath)} in {sw.Elapsed.TotalSeconds:F0} s");
         return 0;
     }
 }

@@ -44,7 +44,7 @@ internal static class TeacherCommand
                 AnsiConsole.MarkupLine($"stopped on request at step {trainer.Step} of {cfg.Steps} (checkpoint written); the same command continues the run");
                 return 0;
             }
-            AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "teacher.safetensors")}");
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "teacher.safetensors"))}");
             return 0;
         });
         return cmd;

@@ -36,7 +36,7 @@ internal static class Toy2dCommand
                 AnsiConsole.MarkupLine($"DMD student / teacher (35 NFE) energy distance: [bold]{res.StudentTeacherRatio:F2}x[/];  student / teacher 1-step: {res.StudentOneStepTeacherRatio:P1}");
             else
                 AnsiConsole.MarkupLine($"the teacher (35 NFE) is at the noise floor of the metric, so a student/teacher ratio means nothing here; student / teacher 1-step: {res.StudentOneStepTeacherRatio:P1}");
-            AnsiConsole.MarkupLine($"wrote {Path.Combine(outDir, "results.json")}, samples.png, losses.png in {sw.Elapsed.TotalSeconds:F0} s");
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(Path.Combine(outDir, "results.json"))}, samples.png, losses.png in {sw.Elapsed.TotalSeconds:F0} s");
             return 0;
         });
         return cmd;

@@ -149,6 +149,27 @@ public class EvalAndBenchCliTests
     }
 
     [Fact]
+    public void EvalWithAGuidanceIntervalIntoAFolderNamedWithBracketsPrintsBothAndKeepsTheJson()
+    {
+        // Spectre.Console reads [ and ] as markup: "(0.1, 1]" in the table and a path like runs/[a] once failed
+        // after the whole evaluation, before the JSON was written
+        var dir = Path.Combine(TestUtil.TempDir(), "[a]");
+        Directory.CreateDirectory(dir);
+        var spec = new MlpSpec { Shape = new[] { 2 }, LabelDim = 8, SigmaData = 1.0, Width = 16, Depth = 1 };
+        var teacher = Path.Combine(dir, "teacher.safetensors");
+        Dmd.Networks.DenoiserFile.Save(spec.Build(), spec, teacher);
+        var outPath = Path.Combine(dir, "eval.json");
+        var (code, output) = CliTests.Run("eval", "--model", teacher, "--n", "200", "--steps", "3", "--data", "ring8",
+                                          "--guidance", "2", "--guidance-interval", "0.1,1", "--out", outPath);
+        Assert.True(code == 0, output);
+        Assert.Contains("2 at sigma in (0.1, 1]", output);
+        Assert.Contains("wrote " + outPath, output.Replace("\r", "").Replace("\n", ""));
+        var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(outPath)).RootElement;
+        Assert.Equal(2, json.GetProperty("Guidance").GetDouble());
+        Assert.Equal("(0.1, 1]", json.GetProperty("GuidanceInterval").GetString());
+    }
+
+    [Fact]
     public void EvalOfAClassConditionalImageModelShowsEachClassAgainstTheJudgesAccuracyOnRealImages()
     {
         var model = Path.Combine(TestUtil.RepoRoot, "models", "fashion-mnist-student");

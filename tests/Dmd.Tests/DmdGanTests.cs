@@ -462,11 +462,12 @@ public class DmdGanTests(ITestOutputHelper log)
     /// <summary>
     /// `dmd distill --gan-weight 0.003 --gan-data ring8` on a tiny point teacher runs and logs the GAN's columns; without
     /// --gan-data it takes the teacher run's own data; a teacher without a run folder and no --gan-data is refused.
+    /// The runs sit in a folder named with brackets, which the console's markup once took for a style after the training.
     /// </summary>
     [Fact]
     public void DistillWithGanDataRunsAndLogsTheGanLosses()
     {
-        var work = TestUtil.TempDir();
+        var work = Path.Combine(TestUtil.TempDir(), "[w]");
         var teacher = Path.Combine(work, "teacher");
         var (code, output) = CliTests.Run("train-teacher", "--data", "ring8", "--train-points", "500", "--width", "16", "--depth", "1",
                                           "--steps", "3", "--batch-size", "16", "--out", teacher);
