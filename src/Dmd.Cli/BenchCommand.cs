@@ -61,7 +61,7 @@ internal static class BenchCommand
             if (res.SpeedUp is double q) AnsiConsole.MarkupLine($"speed ratio (second / first): [bold]{q:F1}x[/]");
             if (res.DmdIterations is { } recipes)
             {
-                AnsiConsole.MarkupLine($"convolution peak: {res.ConvPeakGflops:F0} GFLOP/s (one 4.8 GFLOP fp32 convolution, {res.Threads} threads)");
+                AnsiConsole.MarkupLine($"convolution peak: {res.ConvPeakGflops:F0} GFLOP/s (one 4.8 GFLOP fp32 convolution, {Wording.Threads(res.Threads)})");
                 foreach (var d in recipes)
                     AnsiConsole.MarkupLine(Markup.Escape($"{d.Recipe}, batch {d.Batch}: {d.Ms:F0} ms per iteration, {d.Gflop:F1} GFLOP, " +
                                                          $"{d.AchievedGflops:F0} GFLOP/s" + (d.PeakFraction is double f ? $" = {100 * f:F0} % of the peak" : " (FLOPs counted for the U-Nets only)")));
@@ -69,7 +69,7 @@ internal static class BenchCommand
             else if (res.DmdIterationMs is double ms) AnsiConsole.MarkupLine($"DMD iteration: {ms:F1} ms (batch {res.DmdBatch})");
             if (res.TrainImagesPerSecond is double tr) AnsiConsole.MarkupLine($"teacher training: {tr:F1} images/s (batch {res.TrainBatch})");
             if (res.Rss is not null) AnsiConsole.MarkupLine(Markup.Escape(res.Rss.Describe()));
-            AnsiConsole.MarkupLine($"peak RSS {res.PeakRssMb} MB, {res.Threads} thread(s)");
+            AnsiConsole.MarkupLine($"peak RSS {res.PeakRssMb} MB, {Wording.Threads(res.Threads)}");
             AnsiConsole.MarkupLine($"wrote {Markup.Escape(req.OutPath)}");
             return 0;
         });

@@ -34,7 +34,7 @@ internal static class ClassifierCommand
             Checkpoint.EnsureWritableFolder(outDir, "--out");
             using var trainer = ClassifierTrainer.ForFashionMnist(r.GetValue(data)!, cfg);
             Console.WriteLine($"classifier: {FmnistClassifier.ParameterCount:N0} parameters; {trainer.TrainImages:N0} training images, " +
-                              $"{cfg.Epochs} epochs of batch {cfg.BatchSize}, {torch.get_num_threads()} thread(s)");
+                              $"{cfg.Epochs} epochs of batch {cfg.BatchSize}, {Wording.Threads(torch.get_num_threads())}");
             using var signal = new StopSignal();
             ClassifierRunInfo? info = null;
             ProgressView.Run(report => info = trainer.RunAndSave(outDir, Common.RunOptions(r, allow,

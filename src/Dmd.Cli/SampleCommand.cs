@@ -47,7 +47,7 @@ internal static class SampleCommand
                                                                r.GetValue(scale), r.GetValue(each), (d, t) => report("sample", d, t, null)));
                 var also = res.EachFolder is null ? "" : $" and {res.Count} PNGs in {res.EachFolder}";
                 AnsiConsole.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
-                    $"{res.Count} images, {m.SamplerName}, {m.Nfe} NFE{guided}, {res.ImagesPerSecond:F1} images/s ({torch.get_num_threads()} threads); wrote {res.GridPath}{also}")));
+                    $"{res.Count} images, {m.SamplerName}, {m.Nfe} NFE{guided}, {res.ImagesPerSecond:F1} images/s ({Wording.Threads(torch.get_num_threads())}); wrote {res.GridPath}{also}")));
                 return 0;
             }
             int count = r.GetValue(n) ?? 2000;

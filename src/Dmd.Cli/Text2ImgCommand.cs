@@ -65,7 +65,7 @@ internal static class Text2ImgCommand
             ImageGrid.Save(outPath, res.Images, columns: (int)Math.Ceiling(Math.Sqrt(count)), scale: r.GetValue(scale));
             AnsiConsole.MarkupLine(Markup.Escape(string.Create(CultureInfo.InvariantCulture,
                 $"{count} image(s) {res.Images.shape[3]}x{res.Images.shape[2]}, {options.Sampler} {options.Steps} steps ({res.Nfe} NFE), guidance {options.Guidance}, " +
-                $"{res.Seconds:F1} s ({TorchSharp.torch.get_num_threads()} threads); wrote {outPath}")));
+                $"{res.Seconds:F1} s ({Wording.Threads(TorchSharp.torch.get_num_threads())}); wrote {outPath}")));
             return 0;
         });
         return cmd;

@@ -167,7 +167,7 @@ public static class Benchmark
         var speeds = new List<ModelSpeed>();
         foreach (var m in draws)
         {
-            onMessage?.Invoke($"timing {m.Path}: {m.SamplerName}, {m.Nfe} NFE, {req.Repeats} batches of {b} after a warm-up one ({get_num_threads()} threads)");
+            onMessage?.Invoke($"timing {m.Path}: {m.SamplerName}, {m.Nfe} NFE, {req.Repeats} batches of {b} after a warm-up one ({Wording.Threads(get_num_threads())})");
             speeds.Add(SamplingSpeed(m, b, req.Repeats));
         }
         double? ratio = speeds.Count == 2 ? speeds[1].SamplesPerSecond / speeds[0].SamplesPerSecond : null;

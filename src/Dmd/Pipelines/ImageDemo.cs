@@ -169,7 +169,7 @@ public sealed class ImageDemo
         sb.AppendLine("# DMD demo: one-step Fashion-MNIST generator from a 35-NFE teacher").AppendLine();
         sb.AppendLine(string.Create(inv, $"Teacher `{Config.Teacher}` ({spec}). {r.Samples} regression pairs ({Config.PairSteps}-step Heun) in {r.PairSeconds:F0} s; ")
           + string.Create(inv, $"DMD for {r.DmdSteps} steps in {r.DmdSeconds:F0} s (batch {cfg.BatchSize} + {cfg.RegressionBatchSize} pairs, lr {cfg.LearningRate}, regression loss {r.RegressionLoss}, ")
-          + string.Create(inv, $"{cfg.FakeUpdatesPerStep} fake update(s) per step, real-score CFG {r.Guidance}); whole demo {r.TotalSeconds / 60:F1} min on {torch.get_num_threads()} thread(s), ")
+          + string.Create(inv, $"{cfg.FakeUpdatesPerStep} fake update(s) per step, real-score CFG {r.Guidance}); whole demo {r.TotalSeconds / 60:F1} min on {Wording.Threads(torch.get_num_threads())}, ")
           + string.Create(inv, $"peak RSS {r.PeakRssMb} MB (teacher, fake denoiser and generator resident).")).AppendLine();
         sb.AppendLine("| model | NFE | FD-FMNIST (lower is better) | class accuracy | images/s |");
         sb.AppendLine("|---|---|---|---|---|");
