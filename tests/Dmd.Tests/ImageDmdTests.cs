@@ -124,6 +124,57 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
     }
 
     /// <summary>
+    /// `--keep-every 2` keeps the generator of steps 2 and 4 as model folders (the run's average, whole: no .tmp left),
+    /// the last one the generator the run writes; a resumed run may change it and keeps its new steps; `dmd export` with
+    /// two of them writes the element-wise mean of their weights on the same levels, naming them, and refuses a
+    /// generator on other levels, a single source and a folder that holds a generator.
+    /// </summary>
+    [Fact]
+    public void KeptStepsAreModelFoldersAndExportAveragesThem()
+    {
+        var cfg = new DmdConfig
+        {
+            Steps = 4, BatchSize = 4, LearningRate = 1e-3, WarmupSteps = 1, LambdaReg = 0, FakeUpdatesPerStep = 1, GeneratorSteps = 3,
+            SigmaMax = 80, GeneratorSigmaMin = 2, EmaDecay = 0.9, GridEvery = 0, CheckpointEvery = 4, LogEvery = 1, Seed = 7, KeepEvery = 2,
+        };
+        var dir = TestUtil.TempDir();
+        using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg, null)) t.Run(dir, TeacherPath, null);
+        Assert.Equal(new[] { "step-00000002", "step-00000004" }, Directory.GetDirectories(Path.Combine(dir, "kept")).Select(Path.GetFileName).Order());
+        var (k2, k4) = (DmdTrainer.KeptFolder(dir, 2), DmdTrainer.KeptFolder(dir, 4));
+        var (g2, g4, written) = (OneStepGenerator.Load(k2), OneStepGenerator.Load(k4), OneStepGenerator.Load(dir));
+        Assert.Equal(2, Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(k2, "config.json")).Config.Steps);
+        Assert.Equal(written.Sigmas, g2.Sigmas);
+        foreach (var (name, v) in g4.Net.state_dict()) Assert.True(TestUtil.Same(written.Net.state_dict()[name], v), $"kept step 4: {name} is not what the run wrote");
+        Assert.Contains(g2.Net.state_dict(), kv => !TestUtil.Same(g4.Net.state_dict()[kv.Key], kv.Value));
+
+        // resumed with another --keep-every (allowed without --allow-changes): the new step is kept too
+        using (var t = new DmdTrainer(DenoiserFile.Load(TeacherPath).Net, tiny.Spec, cfg with { Steps = 5, KeepEvery = 1 }, null)) t.Run(dir, TeacherPath, null);
+        Assert.True(File.Exists(Path.Combine(DmdTrainer.KeptFolder(dir, 5), OneStepGenerator.FileName)));
+
+        var avg = Path.Combine(TestUtil.TempDir(), "avg");
+        var (code, output) = CliTests.Run("export", "--model", k2, "--model", k4, "--out", avg);
+        Assert.True(code == 0, output);
+        Assert.Contains("mean of 2 generators", output);
+        var a = OneStepGenerator.Load(avg);
+        Assert.Equal(written.Sigmas, a.Sigmas);
+        Assert.Equal(written.Spec, a.Spec);
+        foreach (var (name, v) in a.Net.state_dict())
+            if (v.is_floating_point())
+                Assert.True(v.allclose((g2.Net.state_dict()[name] + g4.Net.state_dict()[name]) / 2, rtol: 1e-5, atol: 1e-7), $"{name} is not the mean");
+        Assert.Equal(4, Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(avg, "config.json")).Config.Steps); // the last source's
+        var named = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(avg, "average.json"))).RootElement.GetProperty("Sources");
+        Assert.Equal(new[] { k2, k4 }, named.EnumerateArray().Select(e => e.GetString()));
+
+        var otherLevels = Path.Combine(TestUtil.TempDir(), "levels");
+        Directory.CreateDirectory(otherLevels);
+        new OneStepGenerator(g2.Net, new[] { 80.0, 9, 3 }) { Spec = g2.Spec }.Save(Path.Combine(otherLevels, OneStepGenerator.FileName), g2.Spec!);
+        var refusal = Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, otherLevels }, Path.Combine(TestUtil.TempDir(), "x")));
+        Assert.Contains("other noise levels", refusal.Message);
+        Assert.Contains("at least two", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2 }, Path.Combine(TestUtil.TempDir(), "y"))).Message);
+        Assert.Contains("already holds a generator", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, k4 }, avg)).Message);
+    }
+
+    /// <summary>
     /// A distillation checkpoint is a model: <c>RUN/checkpoint</c> (the latest), its step folder, and a run folder without
     /// generator.safetensors load as the generator the run writes when stopped there (the average, on the run's K levels),
     /// a damaged checkpoint is refused by name, and `dmd sample` draws from one.

@@ -123,6 +123,12 @@ public sealed record DmdConfig
     public int CheckpointEvery { get; init; } = 500;
     /// <summary>a losses.csv row every N steps (and at the last step)</summary>
     public int LogEvery { get; init; } = 20;
+    /// <summary>
+    /// keep the generator the run would write at that step (its weight average with EmaDecay) every N steps as
+    /// RUN/kept/step-NNNNNNNN, a generator folder that sample and eval read and `dmd export` averages (0 = off; a run
+    /// otherwise keeps only its latest checkpoint)
+    /// </summary>
+    public int KeepEvery { get; init; } = 0;
 
     /// <summary>Whether the generator loss has a regression term, i.e. the run needs pairs: RegressionOnly, or Full with
     /// lambda_reg &gt; 0 (Full with lambda_reg 0 is DMD2's loss: distribution matching alone, at the full learning rate).</summary>
@@ -192,6 +198,7 @@ public sealed record DmdConfig
         Settings.InRange("ema-decay", EmaDecay, 0, 1);
         Settings.AtLeast("grid-every", GridEvery, 0);
         Settings.AtLeast("checkpoint-every", CheckpointEvery, 1);
+        Settings.AtLeast("keep-every", KeepEvery, 0);
         Settings.AtLeast("log-every", LogEvery, 1);
     }
 }

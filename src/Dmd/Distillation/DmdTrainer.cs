@@ -495,15 +495,39 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         string GridPath(int step) => Path.Combine(outDir, $"samples-{step:D6}.png");
         if (grids is not null && !resumed) grids.Save(GridPath(Step), Output);
         bool finished = TrainingLoop.Run(this, outDir, resumed, Config.Steps, Config.LogEvery, Config.CheckpointEvery, options,
-            afterStep: step => { if (grids is not null && (step % Config.GridEvery == 0 || step == end)) grids.Save(GridPath(step), Output); });
+            afterStep: step =>
+            {
+                if (grids is not null && (step % Config.GridEvery == 0 || step == end)) grids.Save(GridPath(step), Output);
+                if (Config.KeepEvery > 0 && step % Config.KeepEvery == 0 && DataParallel.IsRoot) Keep(outDir, info, step);
+            });
         if (!finished) grids?.Save(GridPath(Step), Output); // stopped early: show what was reached
         if ((Step == Config.Steps || !finished) && DataParallel.IsRoot) SaveGenerator(Path.Combine(outDir, "generator.safetensors"));
         if (DataParallel.IsRoot) Plots.LossCurves(Path.Combine(outDir, "losses.png"), new[] { ("dmd", Path.Combine(outDir, "losses.csv")) });
         return finished;
     }
 
-    /// <summary>Settings a resumed run may change without --allow-changes: how long it runs and how often it reports.</summary>
-    static readonly string[] MayChange = { "Config.Steps", "Config.CheckpointEvery", "Config.LogEvery", "Config.GridEvery" };
+    /// <summary>Settings a resumed run may change without --allow-changes: how long it runs and how often it reports or keeps.</summary>
+    static readonly string[] MayChange = { "Config.Steps", "Config.CheckpointEvery", "Config.LogEvery", "Config.GridEvery", "Config.KeepEvery" };
+
+    /// <summary>The folder of the generator kept at <paramref name="step"/> (<see cref="DmdConfig.KeepEvery"/>): RUN/kept/step-NNNNNNNN.</summary>
+    public static string KeptFolder(string outDir, int step) => Path.Combine(outDir, "kept", $"step-{step:D8}");
+
+    /// <summary>
+    /// Writes the generator of this step (the average when the run keeps one) as a model folder, as `dmd export` writes
+    /// a checkpoint: generator files and the run's config.json with Steps set to the step. Written beside and then
+    /// renamed, so the folder is whole or absent; a resumed run passing the step again replaces it with the same weights.
+    /// </summary>
+    void Keep(string outDir, DmdRunInfo info, int step)
+    {
+        var dir = KeptFolder(outDir, step);
+        var tmp = dir + ".tmp";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+        Directory.CreateDirectory(tmp);
+        Checkpoint.SaveJson(info with { Config = info.Config with { Steps = step } }, Path.Combine(tmp, "config.json"));
+        SaveGenerator(Path.Combine(tmp, OneStepGenerator.FileName));
+        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        Directory.Move(tmp, dir);
+    }
     static readonly string[] PathFields = { "Teacher", "Pairs", "Prompts", "Config.InitGenerator", "Config.LpipsWeights" };
 
     /// <summary>

@@ -89,6 +89,61 @@ public sealed class OneStepGenerator
             $"{checkpoint} is not a `dmd distill` run's checkpoint: name RUN/checkpoint (the latest) or RUN/checkpoint/step-NNNNNNNN"))
         .Export(outDir);
 
+    /// <summary>
+    /// Writes the element-wise mean of several generators' weights as a model folder in <paramref name="outDir"/>: a
+    /// post-hoc weight average over a run's steps (e.g. the folders `distill --keep-every` keeps, RUN/kept/step-NNNNNNNN,
+    /// or checkpoints), longer than the run's own moving average. Each source is read as <see cref="Load"/> reads it; all
+    /// must share the network's spec and noise levels. Beside the generator files: the config.json of the last source
+    /// that has one (a checkpoint's run config with its step) and average.json naming the sources. Refuses a folder that
+    /// already holds a generator. E.g. <c>OneStepGenerator.ExportAverage(new[] { "runs/r/kept/step-00000350", "runs/r/kept/step-00000400" }, "models/mine")</c>.
+    /// </summary>
+    public static void ExportAverage(IReadOnlyList<string> sources, string outDir)
+    {
+        if (sources.Count < 2) throw new DmdInputException("an average needs at least two generators");
+        var target = Path.Combine(outDir, FileName);
+        if (File.Exists(target))
+            throw new DmdInputException($"{outDir} already holds a generator ({target}): choose another --out, or delete it to replace it");
+        foreach (var source in sources)
+            if (DistillCheckpoint.Locate(source) is { } c && (Path.GetFullPath(outDir).TrimEnd('/', '\\') + Path.DirectorySeparatorChar)
+                    .StartsWith(Path.GetFullPath(Path.Combine(c.RunDir, "checkpoint")) + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                throw new DmdInputException($"--out {outDir} is inside a run's checkpoint folder, which the run manages: choose a folder outside it");
+        var generators = sources.Select(Load).ToList();
+        var first = generators[0];
+        for (int i = 1; i < generators.Count; i++)
+        {
+            if (!Equals(generators[i].Spec, first.Spec))
+                throw new DmdInputException($"{sources[i]} is another network ({generators[i].Spec}) than {sources[0]} ({first.Spec}): only generators of one architecture average");
+            if (!generators[i].Sigmas.SequenceEqual(first.Sigmas))
+                throw new DmdInputException($"{sources[i]} samples on other noise levels ({string.Join(", ", generators[i].Sigmas)}) than {sources[0]} " +
+                                            $"({string.Join(", ", first.Sigmas)}): only generators of one run's settings average");
+        }
+        var spec = first.Spec ?? throw new DmdInputException($"{sources[0]}: a generator without its spec (.json) cannot be averaged");
+        var net = spec.Build();
+        using (no_grad())
+        {
+            var weights = generators.Select(g => g.Net.state_dict()).ToList();
+            foreach (var (name, t) in net.state_dict())
+                t.copy_(t.is_floating_point() ? stack(weights.Select(w => w[name]).ToArray()).mean(new long[] { 0 }) : weights[0][name]);
+        }
+        net.eval();
+        Training.TrainingUtils.Freeze(net);
+        Directory.CreateDirectory(outDir);
+        DmdTrainer.SaveGenerator(new OneStepGenerator(net, first.Sigmas) { Spec = spec }, spec, target);
+        var config = sources.Select(RunConfig).LastOrDefault(c => c is not null);
+        if (config is not null) IO.Checkpoint.SaveJson(config, Path.Combine(outDir, "config.json"));
+        IO.Checkpoint.SaveJson(new { Sources = sources }, Path.Combine(outDir, "average.json"));
+    }
+
+    /// <summary>The run config of a source: a checkpoint's (its Steps the checkpoint's step) or a model folder's config.json; null when none.</summary>
+    static DmdRunInfo? RunConfig(string source)
+    {
+        if (DistillCheckpoint.Locate(source) is { } c)
+            return c.Step is int step ? c.Info with { Config = c.Info.Config with { Steps = step } } : c.Info;
+        var file = Path.Combine(Directory.Exists(source) ? source : Path.GetDirectoryName(Path.GetFullPath(source))!, "config.json");
+        try { return File.Exists(file) ? IO.Checkpoint.LoadJson<DmdRunInfo>(file) : null; }
+        catch (DmdInputException) { return null; } // another kind of config.json (a teacher run's): none to keep
+    }
+
     /// <summary>The generator's file name in a run folder.</summary>
     public const string FileName = "generator.safetensors";
     const string SigmaMaxKey = "SigmaMax", StepsKey = "Steps";
