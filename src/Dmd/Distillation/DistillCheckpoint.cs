@@ -36,6 +36,21 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
         return runDir is not null && ReadInfo(runDir) is { } info ? new DistillCheckpoint(runDir, stepFolder, info) : null;
     }
 
+    /// <summary>
+    /// The generator file an export into <paramref name="outDir"/> writes; refuses a folder that already holds a generator
+    /// and one inside the checkpoint folder of any of <paramref name="runDirs"/> (the runs manage those).
+    /// </summary>
+    internal static string ExportTarget(string outDir, IEnumerable<string> runDirs)
+    {
+        var outFull = Path.GetFullPath(outDir).TrimEnd('/', '\\') + Path.DirectorySeparatorChar;
+        if (runDirs.Any(run => outFull.StartsWith(Path.GetFullPath(Path.Combine(run, "checkpoint")) + Path.DirectorySeparatorChar, StringComparison.Ordinal)))
+            throw new DmdInputException($"--out {outDir} is inside the run's checkpoint folder, which the run manages: choose a folder outside it");
+        var target = Path.Combine(outDir, OneStepGenerator.FileName);
+        if (File.Exists(target))
+            throw new DmdInputException($"{outDir} already holds a generator ({target}): choose another --out, or delete it to replace it");
+        return target;
+    }
+
     /// <summary>The run's config.json when it is a distillation run's (it names a teacher); null for other runs.</summary>
     static DmdRunInfo? ReadInfo(string runDir)
     {
@@ -97,12 +112,7 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
     /// </summary>
     public int Export(string outDir)
     {
-        var checkpointRoot = Path.GetFullPath(Path.Combine(RunDir, "checkpoint")) + Path.DirectorySeparatorChar;
-        if ((Path.GetFullPath(outDir).TrimEnd('/', '\\') + Path.DirectorySeparatorChar).StartsWith(checkpointRoot, StringComparison.Ordinal))
-            throw new DmdInputException($"--out {outDir} is inside the run's checkpoint folder, which the run manages: choose a folder outside it");
-        var target = Path.Combine(outDir, OneStepGenerator.FileName);
-        if (File.Exists(target))
-            throw new DmdInputException($"{outDir} already holds a generator ({target}): choose another --out, or delete it to replace it");
+        var target = ExportTarget(outDir, new[] { RunDir });
         var (generator, step) = LoadAt();
         Directory.CreateDirectory(outDir);
         Checkpoint.SaveJson(Info with { Config = Info.Config with { Steps = step } }, Path.Combine(outDir, "config.json"));

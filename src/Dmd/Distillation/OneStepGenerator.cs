@@ -100,13 +100,7 @@ public sealed class OneStepGenerator
     public static void ExportAverage(IReadOnlyList<string> sources, string outDir)
     {
         if (sources.Count < 2) throw new DmdInputException("an average needs at least two generators");
-        var target = Path.Combine(outDir, FileName);
-        if (File.Exists(target))
-            throw new DmdInputException($"{outDir} already holds a generator ({target}): choose another --out, or delete it to replace it");
-        foreach (var source in sources)
-            if (DistillCheckpoint.Locate(source) is { } c && (Path.GetFullPath(outDir).TrimEnd('/', '\\') + Path.DirectorySeparatorChar)
-                    .StartsWith(Path.GetFullPath(Path.Combine(c.RunDir, "checkpoint")) + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-                throw new DmdInputException($"--out {outDir} is inside a run's checkpoint folder, which the run manages: choose a folder outside it");
+        var target = DistillCheckpoint.ExportTarget(outDir, sources.Select(DistillCheckpoint.Locate).OfType<DistillCheckpoint>().Select(c => c.RunDir));
         var generators = sources.Select(Load).ToList();
         var first = generators[0];
         for (int i = 1; i < generators.Count; i++)
