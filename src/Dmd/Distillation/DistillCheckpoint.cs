@@ -115,7 +115,7 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
         var target = ExportTarget(outDir, new[] { RunDir });
         var (generator, step) = LoadAt();
         Directory.CreateDirectory(outDir);
-        Checkpoint.SaveJson(Info with { Config = Info.Config with { Steps = step } }, Path.Combine(outDir, "config.json"));
+        Checkpoint.SaveJson(Info.AtStep(step), Path.Combine(outDir, "config.json"));
         DmdTrainer.SaveGenerator(generator, Info.Spec, target); // as the run writes it: a text-to-image one-step generator's unet/ too
         return step;
     }

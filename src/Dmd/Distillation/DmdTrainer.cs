@@ -10,7 +10,11 @@ namespace Dmd.Distillation;
 
 /// <summary>What a DMD run saves beside its checkpoints; <paramref name="GanData"/> names the real data of the GAN head (null when off),
 /// <paramref name="Prompts"/> the prompts file of a text-to-image teacher (null for class labels).</summary>
-internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs, string? GanData = null, string? Prompts = null);
+internal sealed record DmdRunInfo(NetworkSpec Spec, DmdConfig Config, string Teacher, string? Pairs, string? GanData = null, string? Prompts = null)
+{
+    /// <summary>The run's settings as a generator written at <paramref name="step"/> records them: Steps set to that step.</summary>
+    public DmdRunInfo AtStep(int step) => this with { Config = Config with { Steps = step } };
+}
 
 /// <summary>
 /// Distribution Matching Distillation (Yin et al. 2024, Algorithm 1; DESIGN.md section 3), generic over the
@@ -523,7 +527,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         var tmp = dir + ".tmp";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
         Directory.CreateDirectory(tmp);
-        Checkpoint.SaveJson(info with { Config = info.Config with { Steps = step } }, Path.Combine(tmp, "config.json"));
+        Checkpoint.SaveJson(info.AtStep(step), Path.Combine(tmp, "config.json"));
         SaveGenerator(Path.Combine(tmp, OneStepGenerator.FileName));
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         Directory.Move(tmp, dir);

@@ -132,7 +132,7 @@ public sealed class OneStepGenerator
     static DmdRunInfo? RunConfig(string source)
     {
         if (DistillCheckpoint.Locate(source) is { } c)
-            return c.Step is int step ? c.Info with { Config = c.Info.Config with { Steps = step } } : c.Info;
+            return c.Step is int step ? c.Info.AtStep(step) : c.Info;
         var file = Path.Combine(Directory.Exists(source) ? source : Path.GetDirectoryName(Path.GetFullPath(source))!, "config.json");
         try { return File.Exists(file) ? IO.Checkpoint.LoadJson<DmdRunInfo>(file) : null; }
         catch (DmdInputException) { return null; } // another kind of config.json (a teacher run's): none to keep
