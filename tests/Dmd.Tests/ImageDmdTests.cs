@@ -163,7 +163,7 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
                 Assert.True(v.allclose((g2.Net.state_dict()[name] + g4.Net.state_dict()[name]) / 2, rtol: 1e-5, atol: 1e-7), $"{name} is not the mean");
         Assert.Equal(4, Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(avg, "config.json")).Config.Steps); // the last source's
         var named = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(avg, "average.json"))).RootElement.GetProperty("Sources");
-        Assert.Equal(new[] { k2, k4 }, named.EnumerateArray().Select(e => e.GetString()));
+        Assert.Equal(new[] { Path.GetFullPath(k2), Path.GetFullPath(k4) }, named.EnumerateArray().Select(e => e.GetString()));
 
         var otherLevels = Path.Combine(TestUtil.TempDir(), "levels");
         Directory.CreateDirectory(otherLevels);
@@ -172,6 +172,15 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         Assert.Contains("other noise levels", refusal.Message);
         Assert.Contains("at least two", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2 }, Path.Combine(TestUtil.TempDir(), "y"))).Message);
         Assert.Contains("already holds a generator", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, k4 }, avg)).Message);
+        // the run's own folders are refused whatever the sources: its kept/ and checkpoint/ (which it replaces and
+        // removes), and the run folder itself (whose config.json the export would replace)
+        Assert.Contains("kept/ folder", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, k4 }, DmdTrainer.KeptFolder(dir, 6))).Message);
+        Assert.Contains("checkpoint/ folder", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, k4 }, Path.Combine(dir, "checkpoint", "step-00000006"))).Message);
+        File.Delete(Path.Combine(dir, OneStepGenerator.FileName));
+        Assert.Contains("run's folder", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, k4 }, dir)).Message);
+        Assert.False(Directory.Exists(DmdTrainer.KeptFolder(dir, 6)));
+        // one kept folder is a model already: export says so
+        Assert.Contains("generator folder already", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportCheckpoint(k2, Path.Combine(TestUtil.TempDir(), "z"))).Message);
     }
 
     /// <summary>
@@ -228,7 +237,7 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         foreach (var (key, v) in k.Net.state_dict()) Assert.True(TestUtil.Same(written.Net.state_dict()[key], v), $"exported {key} differs");
         Assert.Equal(2, Checkpoint.LoadJson<DmdRunInfo>(Path.Combine(kept, "config.json")).Config.Steps);
         Assert.Contains("already holds a generator", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportCheckpoint(step, kept)).Message);
-        Assert.Contains("checkpoint folder", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportCheckpoint(step, Path.Combine(dir, "checkpoint", "x"))).Message);
+        Assert.Contains("checkpoint/ folder", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportCheckpoint(step, Path.Combine(dir, "checkpoint", "x"))).Message);
         Assert.Contains("not a `dmd distill` run's checkpoint", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportCheckpoint(tiny.Dir, kept)).Message);
         // a teacher is not a checkpoint, and a damaged checkpoint is refused with the file's name
         Assert.False(ModelDraw.IsGenerator(tiny.Dir));

@@ -37,18 +37,34 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
     }
 
     /// <summary>
-    /// The generator file an export into <paramref name="outDir"/> writes; refuses a folder that already holds a generator
-    /// and one inside the checkpoint folder of any of <paramref name="runDirs"/> (the runs manage those).
+    /// The generator file an export into <paramref name="outDir"/> writes. Refuses a folder that already holds a
+    /// generator, a `dmd distill` run's folder (the export would replace its config.json) and any folder inside a run's
+    /// checkpoint/ or kept/ (the run replaces and removes those): checked on the folders themselves, whichever run
+    /// they belong to, so a path through a link or in other case is caught too.
     /// </summary>
-    internal static string ExportTarget(string outDir, IEnumerable<string> runDirs)
+    internal static string ExportTarget(string outDir)
     {
-        var outFull = Path.GetFullPath(outDir).TrimEnd('/', '\\') + Path.DirectorySeparatorChar;
-        if (runDirs.Any(run => outFull.StartsWith(Path.GetFullPath(Path.Combine(run, "checkpoint")) + Path.DirectorySeparatorChar, StringComparison.Ordinal)))
-            throw new DmdInputException($"--out {outDir} is inside the run's checkpoint folder, which the run manages: choose a folder outside it");
         var target = Path.Combine(outDir, OneStepGenerator.FileName);
         if (File.Exists(target))
             throw new DmdInputException($"{outDir} already holds a generator ({target}): choose another --out, or delete it to replace it");
+        var full = Path.GetFullPath(outDir).TrimEnd('/', '\\');
+        if (IsRun(full))
+            throw new DmdInputException($"--out {outDir} is a `dmd distill` run's folder, whose config.json the export would replace: choose another folder");
+        for (var dir = full; Path.GetDirectoryName(dir) is { } parent; dir = parent)
+        {
+            var name = Path.GetFileName(dir);
+            if ((name.Equals("checkpoint", StringComparison.OrdinalIgnoreCase) || name.Equals("kept", StringComparison.OrdinalIgnoreCase)) && IsRun(parent))
+                throw new DmdInputException($"--out {outDir} is inside the run {parent}'s {name}/ folder, which the run manages: choose a folder outside it");
+        }
         return target;
+    }
+
+    /// <summary>Whether <paramref name="dir"/> is a `dmd distill` run's folder: it holds a checkpoint or the run's config.json.</summary>
+    static bool IsRun(string dir)
+    {
+        if (new CheckpointStore(dir).Exists) return true;
+        try { return ReadInfo(dir) is not null; }
+        catch (Exception e) when (e is System.Text.Json.JsonException or DmdInputException) { return false; } // another file named config.json
     }
 
     /// <summary>The run's config.json when it is a distillation run's (it names a teacher); null for other runs.</summary>
@@ -107,12 +123,12 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
     /// <summary>
     /// Writes the generator this checkpoint holds as a model folder, as the run itself writes one when it stops
     /// (generator.safetensors and .json, with a K-step generator's levels; config.json: the run's, its Steps set to the
-    /// checkpoint's step), so a good step can be kept before the run moves on. Refuses a folder that already holds a generator
-    /// and any folder inside the run's checkpoint/. Returns the step written.
+    /// checkpoint's step), so a good step can be kept before the run moves on. Refuses a folder that already holds a
+    /// generator, a run's folder and any folder inside a run's checkpoint/ or kept/ (<see cref="ExportTarget"/>). Returns the step written.
     /// </summary>
     public int Export(string outDir)
     {
-        var target = ExportTarget(outDir, new[] { RunDir });
+        var target = ExportTarget(outDir);
         var (generator, step) = LoadAt();
         Directory.CreateDirectory(outDir);
         Checkpoint.SaveJson(Info.AtStep(step), Path.Combine(outDir, "config.json"));

@@ -86,7 +86,9 @@ public sealed class OneStepGenerator
     /// </summary>
     public static int ExportCheckpoint(string checkpoint, string outDir) =>
         (DistillCheckpoint.Locate(checkpoint) ?? throw new DmdInputException(
-            $"{checkpoint} is not a `dmd distill` run's checkpoint: name RUN/checkpoint (the latest) or RUN/checkpoint/step-NNNNNNNN"))
+            File.Exists(Path.Combine(checkpoint, FileName))
+                ? $"{checkpoint} is a generator folder already (it holds {FileName}): sample, eval and --init-generator read it as it is; to average generators, give two or more --model"
+                : $"{checkpoint} is not a `dmd distill` run's checkpoint: name RUN/checkpoint (the latest) or RUN/checkpoint/step-NNNNNNNN"))
         .Export(outDir);
 
     /// <summary>
@@ -94,20 +96,20 @@ public sealed class OneStepGenerator
     /// post-hoc weight average over a run's steps (e.g. the folders `distill --keep-every` keeps, RUN/kept/step-NNNNNNNN,
     /// or checkpoints), longer than the run's own moving average. Each source is read as <see cref="Load"/> reads it; all
     /// must share the network's spec and noise levels. Beside the generator files: the config.json of the last source
-    /// that has one (a checkpoint's run config with its step) and average.json naming the sources. Refuses a folder that
-    /// already holds a generator. E.g. <c>OneStepGenerator.ExportAverage(new[] { "runs/r/kept/step-00000350", "runs/r/kept/step-00000400" }, "models/mine")</c>.
+    /// that has one (a checkpoint's run config with its step) and average.json naming the sources (full paths). Refuses a
+    /// folder that already holds a generator, a run's folder and any folder inside a run's checkpoint/ or kept/. E.g. <c>OneStepGenerator.ExportAverage(new[] { "runs/r/kept/step-00000350", "runs/r/kept/step-00000400" }, "models/mine")</c>.
     /// </summary>
     public static void ExportAverage(IReadOnlyList<string> sources, string outDir)
     {
         if (sources.Count < 2) throw new DmdInputException("an average needs at least two generators");
-        var target = DistillCheckpoint.ExportTarget(outDir, sources.Select(DistillCheckpoint.Locate).OfType<DistillCheckpoint>().Select(c => c.RunDir));
+        var target = DistillCheckpoint.ExportTarget(outDir);
         var generators = sources.Select(Load).ToList();
         var first = generators[0];
         for (int i = 1; i < generators.Count; i++)
         {
             if (!Equals(generators[i].Spec, first.Spec))
                 throw new DmdInputException($"{sources[i]} is another network ({generators[i].Spec}) than {sources[0]} ({first.Spec}): only generators of one architecture average");
-            if (!generators[i].Sigmas.SequenceEqual(first.Sigmas))
+            if (generators[i].Sigmas.Count != first.Sigmas.Count || generators[i].Sigmas.Zip(first.Sigmas).Any(p => Math.Abs(p.First - p.Second) > 1e-9 * Math.Abs(p.Second)))
                 throw new DmdInputException($"{sources[i]} samples on other noise levels ({string.Join(", ", generators[i].Sigmas)}) than {sources[0]} " +
                                             $"({string.Join(", ", first.Sigmas)}): only generators of one run's settings average");
         }
@@ -125,7 +127,7 @@ public sealed class OneStepGenerator
         DmdTrainer.SaveGenerator(new OneStepGenerator(net, first.Sigmas) { Spec = spec }, spec, target);
         var config = sources.Select(RunConfig).LastOrDefault(c => c is not null);
         if (config is not null) IO.Checkpoint.SaveJson(config, Path.Combine(outDir, "config.json"));
-        IO.Checkpoint.SaveJson(new { Sources = sources }, Path.Combine(outDir, "average.json"));
+        IO.Checkpoint.SaveJson(new { Sources = sources.Select(Path.GetFullPath) }, Path.Combine(outDir, "average.json"));
     }
 
     /// <summary>The run config of a source: a checkpoint's (its Steps the checkpoint's step) or a model folder's config.json; null when none.</summary>
