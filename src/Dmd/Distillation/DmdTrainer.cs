@@ -519,7 +519,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <summary>
     /// Writes the generator of this step (the average when the run keeps one) as a model folder, as `dmd export` writes
     /// a checkpoint: generator files and the run's config.json with Steps set to the step. Written beside and then
-    /// renamed, so the folder is whole or absent; a resumed run passing the step again replaces it with the same weights.
+    /// renamed (flushed to the disk first, as checkpoints are), so the folder is whole or absent; a resumed run passing the step again replaces it with the same weights.
     /// </summary>
     void Keep(string outDir, DmdRunInfo info, int step)
     {
@@ -529,8 +529,11 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Directory.CreateDirectory(tmp);
         Checkpoint.SaveJson(info.AtStep(step), Path.Combine(tmp, "config.json"));
         SaveGenerator(Path.Combine(tmp, OneStepGenerator.FileName));
+        foreach (var file in Directory.EnumerateFiles(tmp, "*", SearchOption.AllDirectories)) FileSync.File(file);
+        FileSync.Directory(tmp);
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         Directory.Move(tmp, dir);
+        FileSync.Directory(Path.GetDirectoryName(dir)!);
     }
     static readonly string[] PathFields = { "Teacher", "Pairs", "Prompts", "Config.InitGenerator", "Config.LpipsWeights" };
 
