@@ -524,16 +524,12 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     void Keep(string outDir, DmdRunInfo info, int step)
     {
         var dir = KeptFolder(outDir, step);
-        var tmp = dir + ".tmp";
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
-        Directory.CreateDirectory(tmp);
-        Checkpoint.SaveJson(info.AtStep(step), Path.Combine(tmp, "config.json"));
-        SaveGenerator(Path.Combine(tmp, OneStepGenerator.FileName));
-        foreach (var file in Directory.EnumerateFiles(tmp, "*", SearchOption.AllDirectories)) FileSync.File(file);
-        FileSync.Directory(tmp);
-        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-        Directory.Move(tmp, dir);
-        FileSync.Directory(Path.GetDirectoryName(dir)!);
+        FileSync.WholeFolder(dir + ".tmp", dir, tmp =>
+        {
+            Checkpoint.SaveJson(info.AtStep(step), Path.Combine(tmp, "config.json"));
+            SaveGenerator(Path.Combine(tmp, OneStepGenerator.FileName));
+            foreach (var file in Directory.EnumerateFiles(tmp, "*", SearchOption.AllDirectories)) FileSync.File(file);
+        });
     }
     static readonly string[] PathFields = { "Teacher", "Pairs", "Prompts", "Config.InitGenerator", "Config.LpipsWeights" };
 

@@ -40,15 +40,12 @@ internal sealed class CheckpointStore
         Directory.CreateDirectory(Root);
         string name = $"step-{step:D8}";
         if (ReadPointer() == name) return; // this step is already the latest checkpoint (a run is deterministic)
-        string partial = Path.Combine(Root, name + ".partial"), final = Path.Combine(Root, name);
-        foreach (var stale in new[] { partial, final }) if (Directory.Exists(stale)) Directory.Delete(stale, recursive: true);
-        Directory.CreateDirectory(partial);
-        var writer = new CheckpointWriter(partial);
-        write(writer);
-        writer.WriteManifest(step);
-        FileSync.Directory(partial);
-        Directory.Move(partial, final);
-        FileSync.Directory(Root);
+        FileSync.WholeFolder(Path.Combine(Root, name + ".partial"), Path.Combine(Root, name), partial =>
+        {
+            var writer = new CheckpointWriter(partial);
+            write(writer);
+            writer.WriteManifest(step);
+        });
         AfterFileWritten?.Invoke(name + "/");
         string tmp = Path.Combine(Root, Pointer + ".tmp");
         File.WriteAllText(tmp, name + "\n");
@@ -211,6 +208,20 @@ internal static class FileSync
     [DllImport("libc", EntryPoint = "open", SetLastError = true)] static extern int Open(string path, int flags);
     [DllImport("libc", EntryPoint = "fsync", SetLastError = true)] static extern int Fsync(int fd);
     [DllImport("libc", EntryPoint = "close")] static extern int Close(int fd);
+
+    /// <summary>
+    /// Writes a folder whole or not at all: through <paramref name="write"/> into <paramref name="staging"/> (an old
+    /// staging folder and an old <paramref name="final"/> removed first), flushed, then renamed to <paramref name="final"/>.
+    /// </summary>
+    public static void WholeFolder(string staging, string final, Action<string> write)
+    {
+        foreach (var stale in new[] { staging, final }) if (System.IO.Directory.Exists(stale)) System.IO.Directory.Delete(stale, recursive: true);
+        System.IO.Directory.CreateDirectory(staging);
+        write(staging);
+        Directory(staging);
+        System.IO.Directory.Move(staging, final);
+        Directory(Path.GetDirectoryName(Path.GetFullPath(final))!);
+    }
 
     /// <summary>Makes renames and new entries of a folder durable (Linux; elsewhere a no-op).</summary>
     public static void Directory(string path)
