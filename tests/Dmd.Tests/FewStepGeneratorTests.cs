@@ -230,6 +230,32 @@ public class FewStepGeneratorTests
         Assert.Equal(1 + 3, nets[0].Calls.Count); // the fake: its DM call, then one denoising call per update
     }
 
+    /// <summary>
+    /// Online regression targets (teacher-regression-steps N): the real score's Heun ODE from the step's own input at its
+    /// level. With N = 1 the ODE is one Euler step to 0, i.e. the teacher's denoising of that input, which a generator that
+    /// still is the teacher (learning rate ~0) reproduces on every level: loss_reg 0. A target made on another level, from
+    /// another input, with more steps or with the real score's guidance is not that.
+    /// </summary>
+    [Fact]
+    public void TeacherRegressionTargetsAreTheRealScoresOdeFromTheStepsOwnInput()
+    {
+        var teacher = PerturbedNet(4);
+        TrainingUtils.Freeze(teacher);
+        var cfg = new DmdConfig { LambdaReg = 1, TeacherRegressionSteps = 1, BatchSize = 8, WarmupSteps = 0, LearningRate = 1e-30,
+                                  WeightDecay = 0, GeneratorSteps = 4, FakePerLevel = true, Seed = 3 };
+        Assert.False(cfg.UsesPairs);
+        double Reg(DmdConfig c, int steps)
+        {
+            using var trainer = new DmdTrainer(teacher, Spec, c, null);
+            return Enumerable.Range(0, steps).Max(_ => trainer.TrainStep()["loss_reg"]);
+        }
+        Assert.True(Reg(cfg, 8) < 1e-10); // eight steps: the levels of the chain, drawn at random, not only the first
+        Assert.True(Reg(cfg with { TeacherRegressionSteps = 3 }, 1) > 1e-6);
+        Assert.True(Reg(cfg with { GuidanceReal = 2 }, 1) > 1e-6);
+        Assert.Throws<DmdInputException>(() => (cfg with { LambdaReg = 0 }).Validate());
+        Assert.Throws<DmdInputException>(() => (cfg with { Mode = DmdMode.DmOnly }).Validate());
+    }
+
     [Fact]
     public void AOneStepGeneratorStepIsUnchangedByTheFewStepMachinery()
     {

@@ -43,6 +43,14 @@ public sealed record DmdConfig
     public double GradClip { get; init; } = 10.0;
     /// <summary>weight of the regression loss</summary>
     public double LambdaReg { get; init; } = 0.25;
+    /// <summary>
+    /// the regression target made during training instead of read from pairs: the real score's Heun ODE (with its
+    /// guidance and interval) from the generator step's own input at its level down to 0 in N steps (2N-1 teacher
+    /// evaluations a step); a K-step generator's inputs come from backward simulation, so every step learns the
+    /// teacher's ODE from where its chain puts it. Needs a regression term (lambda-reg &gt; 0 or mode RegressionOnly) and no
+    /// pairs; 0 = the stored pairs (DMD)
+    /// </summary>
+    public int TeacherRegressionSteps { get; init; } = 0;
     /// <summary>Karras grid for training noise levels</summary>
     public int GridLevels { get; init; } = 1000;
     /// <summary>DM noise-level index range: 2 % ...</summary>
@@ -130,10 +138,15 @@ public sealed record DmdConfig
     /// </summary>
     public int KeepEvery { get; init; } = 0;
 
-    /// <summary>Whether the generator loss has a regression term, i.e. the run needs pairs: RegressionOnly, or Full with
-    /// lambda_reg &gt; 0 (Full with lambda_reg 0 is DMD2's loss: distribution matching alone, at the full learning rate).</summary>
+    /// <summary>Whether the generator loss has a regression term: RegressionOnly, or Full with lambda_reg &gt; 0 (Full with
+    /// lambda_reg 0 is DMD2's loss: distribution matching alone, at the full learning rate).</summary>
     [System.Text.Json.Serialization.JsonIgnore]
-    public bool UsesPairs => Mode == DmdMode.RegressionOnly || (Mode == DmdMode.Full && LambdaReg > 0);
+    public bool UsesRegression => Mode == DmdMode.RegressionOnly || (Mode == DmdMode.Full && LambdaReg > 0);
+
+    /// <summary>Whether the run needs regression pairs: a regression term whose targets are not made by the teacher during
+    /// training (<see cref="TeacherRegressionSteps"/> 0).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool UsesPairs => UsesRegression && TeacherRegressionSteps == 0;
 
     /// <summary>The generator's noise levels for a teacher of the given sigma_data: sigma-max alone, or the K levels
     /// <see cref="GeneratorLevels"/> names.</summary>
@@ -178,6 +191,9 @@ public sealed record DmdConfig
         Settings.InRange("weight-decay", WeightDecay, 0, double.MaxValue);
         Settings.InRange("grad-clip", GradClip, 0, double.MaxValue);
         Settings.InRange("lambda-reg", LambdaReg, 0, double.MaxValue);
+        Settings.AtLeast("teacher-regression-steps", TeacherRegressionSteps, 0);
+        if (TeacherRegressionSteps > 0 && !UsesRegression)
+            throw new DmdInputException($"teacher-regression-steps {TeacherRegressionSteps}: the run has no regression term (mode {Mode}{(Mode == DmdMode.Full ? $", lambda-reg {LambdaReg:G}" : "")}); give lambda-reg > 0 with mode Full, or leave the option out");
         Settings.AtLeast("grid-levels", GridLevels, 2);
         Settings.Positive("sigma-min", SigmaMin);
         if (!(SigmaMax > SigmaMin)) throw new DmdInputException($"sigma-max {SigmaMax}: must be larger than sigma-min {SigmaMin}");

@@ -65,6 +65,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     private readonly Func<Tensor, Tensor, Tensor> regressionDistance;
     private readonly IDisposable? regressionNet; // the LPIPS network when the regression loss is lpips
     private readonly IDenoiser realGuided;
+    /// <summary>Where the teacher's ODE of an online regression target ends before its last step to 0: the grid's lowest level.</summary>
+    private readonly double odeSigmaMin;
     private readonly optim.Optimizer optG;
     private readonly optim.Optimizer[] optF;   // one per fake denoiser
     private readonly optim.Optimizer? optH;    // the GAN head's, when on
@@ -117,6 +119,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (config.UsesGan) CheckRealData(realData, spec, config);
         else realData = null; // GAN off: real data given anyway is not used
         this.realData = realData;
+        if (config.TeacherRegressionSteps > 0 && pairs is not null)
+            throw new DmdInputException($"teacher-regression-steps {config.TeacherRegressionSteps}: the regression targets are made by the teacher during training; leave --pairs out, or set teacher-regression-steps 0 to use the pairs");
         if (config.UsesPairs && pairs is null)
             throw new DmdInputException($"mode {config.Mode}{(config.Mode == DmdMode.Full ? $" with lambda-reg {config.LambdaReg:G}" : "")} needs regression pairs: make them with `dmd pairs`" +
                                         (config.Mode == DmdMode.Full ? ", or train on distribution matching alone with lambda-reg 0 (DMD2) or mode DmOnly" : ""));
@@ -182,6 +186,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         grid = (teacher.Schedule is { } schedule ? torch.tensor(schedule.TrainSigmas.ToArray(), dtype: ScalarType.Float32) /* float32 values */
                                                   : KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax)).to(this.device);
         (RegressionLoss, regressionDistance, regressionNet) = ResolveRegressionLoss(config, this.device);
+        odeSigmaMin = grid[0].item<float>();
     }
 
     /// <summary>
@@ -338,6 +343,16 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var xr = pairs.X.index_select(0, idx).to(device);
             // pairs map z to the teacher's ODE output from sigma_max z: the generator's first step (all of a one-step one)
             var lossReg = regressionDistance(Generator.Generate(zr, yr, steps: 1), xr);
+            lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
+            losses["loss_reg"] = TrainingUtils.Value(lossReg);
+        }
+        if (Config.UsesRegression && Config.TeacherRegressionSteps > 0)
+        {
+            // the target made now: the (guided) real score's deterministic Heun ODE from this step's input at its level
+            Tensor target;
+            using (no_grad())
+                target = Samplers.Heun(realGuided, xIn.detach(), y, KarrasSchedule.Sigmas(Config.TeacherRegressionSteps, odeSigmaMin, Generator.Sigmas[level])).Samples;
+            var lossReg = regressionDistance(x, target);
             lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
             losses["loss_reg"] = TrainingUtils.Value(lossReg);
         }
