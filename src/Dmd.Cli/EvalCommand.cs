@@ -30,12 +30,14 @@ internal static class EvalCommand
         var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
         var interval = new Option<string?>("--guidance-interval") { Description = "LO,HI: guide only at noise levels sigma in (LO, HI] (Kynkäänniemi et al. 2024; EDM2), the conditional model elsewhere; default: every level" };
+        var finishWith = new Option<string?>("--finish-with") { Description = "a teacher (teacher.safetensors or its run folder) that takes over after a K-step generator's first --steps k: the k-th output re-noised to the next level as the chain would, then the teacher's Heun to 0 (with --guidance, --guidance-interval); shows where along the chain the student falls behind" };
+        var finishSteps = new Option<int>("--finish-steps") { Description = "Heun steps of --finish-with", DefaultValueFactory = _ => 10 };
         var n = new Option<int>("--n") { Description = "number of samples", DefaultValueFactory = _ => 10_000 };
         var batch = new Option<int?>("--batch") { Description = "samples per batch (default 500 for points, 64 for images: larger image batches ran slower per image on a 2-core CPU)" };
         var seed = new Option<long>("--seed") { Description = "seed of the noise and labels of the samples", DefaultValueFactory = _ => 0 };
         var data = new Option<string?>("--data") { Description = "points: the reference distribution (built-in name or csv:PATH; default: the data the model's run learned, from its config.json)" };
         var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file for the results (default: runs/eval/MODEL.json; never inside the model's folder unless named here)" };
-        foreach (var o in new Option[] { model, classPrompts, prompts, reference, fidWeights, sampler, steps, guidance, interval, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
+        foreach (var o in new Option[] { model, classPrompts, prompts, reference, fidWeights, sampler, steps, guidance, interval, finishWith, finishSteps, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
@@ -43,12 +45,17 @@ internal static class EvalCommand
             if (TextToImageModel(r.GetValue(model)!) is string teacherFolder)
             {
                 if (r.GetValue(interval) is not null) throw new DmdInputException("--guidance-interval is for class-conditional teachers; a text-to-image evaluation guides at every level");
+                if (r.GetValue(finishWith) is not null) throw new DmdInputException("--finish-with is for class-conditional generators; a text-to-image generator is evaluated on its own steps");
                 return TextToImage(r, teacherFolder, model, classPrompts, sampler, steps, guidance, n, batch, seed, outOpt, (prompts, reference, fidWeights));
             }
             if (r.GetValue(classPrompts) is not null || r.GetValue(prompts) is not null || r.GetValue(reference) is not null)
                 throw new DmdInputException("--class-prompts, --prompts and --reference are for a text-to-image model (a diffusers folder or a distillation of one)");
-            var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r),
-                                  GuidanceInterval.Parse(r.GetValue(interval), "--guidance-interval"));
+            var finisher = r.GetValue(finishWith);
+            var guideAt = GuidanceInterval.Parse(r.GetValue(interval), "--guidance-interval");
+            var m = finisher is null
+                ? ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r), guideAt)
+                : ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), 1, Devices.Get(r))
+                           .FinishedBy(finisher, r.GetValue(finishSteps), r.GetValue(guidance), guideAt, Devices.Get(r));
             var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(m.Path);
             Checkpoint.EnsureWritableFile(outPath, "--out");
             Threads.Apply(r, smallModel: !m.Spec.IsImage);
@@ -59,7 +66,7 @@ internal static class EvalCommand
             if (Mpi.IsRoot) Checkpoint.SaveJson(res, outPath); // before any printing: the measurement is never lost to the console
             var t = new Table().AddColumns("measure", "value").Title(Markup.Escape(m.Title));
             t.AddRow("NFE", m.Nfe.ToString());
-            if (m.Guidance != 1 && m.Sampler != "onestep")
+            if (m.Guidance != 1 && (m.Sampler != "onestep" || m.Finisher is not null))
                 t.AddRow("guidance", Markup.Escape(m.Guidance.ToString("G", CultureInfo.InvariantCulture) + (m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : "")));
             t.AddRow("samples", count.ToString());
             t.AddRow("samples/s", (count / secs).ToString("N1", CultureInfo.InvariantCulture));

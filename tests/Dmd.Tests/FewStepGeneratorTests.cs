@@ -82,6 +82,37 @@ public class FewStepGeneratorTests
         Assert.Throws<DmdInputException>(() => g.Generate(z, y, noise, steps: 4));
     }
 
+    /// <summary>
+    /// `eval --steps k --finish-with TEACHER`: the generator's first k steps, its output re-noised to level k + 1 with the
+    /// chain's own noise, then the teacher's Heun. A teacher that is the generator's own network, in one (Euler) step, is
+    /// the generator's last step: the whole chain comes out. A teacher file of another shape is refused, and so is k = K.
+    /// </summary>
+    [Fact]
+    public void AGeneratorsFirstStepsFinishedByATeacherContinueItsOwnChain()
+    {
+        var net = PerturbedNet(5);
+        TrainingUtils.Freeze(net);
+        var g = new OneStepGenerator(net, new[] { 8.0, 2.0, 0.5 }) { Spec = Spec };
+        using var rng = new Generator(7);
+        var z = randn(new long[] { 10, 2 }, generator: rng);
+        var y = Rng.OneHotLabels(3, 10, rng);
+        var full = new ModelDraw("g", net, Spec, "onestep", 3, 1, g).Draw(z, y, batch: 4, seed: 11).X;
+        var dir = TestUtil.TempDir();
+        var teacherPath = Path.Combine(dir, "teacher.safetensors");
+        DenoiserFile.Save(net, Spec, teacherPath);
+        var finished = new ModelDraw("g", net, Spec, "onestep", 2, 1, g).FinishedBy(teacherPath, 1, 1, null);
+        Assert.Equal(2 + 1, finished.Nfe);
+        Assert.True(allclose(full, finished.Draw(z, y, batch: 4, seed: 11).X, rtol: 1e-5, atol: 1e-6));
+        var two = new ModelDraw("g", net, Spec, "onestep", 2, 1, g).FinishedBy(teacherPath, 3, 1, null);
+        Assert.Equal(2 + 5, two.Nfe);
+        Assert.False(allclose(full, two.Draw(z, y, batch: 4, seed: 11).X, rtol: 1e-5, atol: 1e-6)); // a real ODE from level 3 is not one step
+        Assert.Throws<DmdInputException>(() => new ModelDraw("g", net, Spec, "onestep", 3, 1, g).FinishedBy(teacherPath, 1, 1, null));
+        var otherPath = Path.Combine(dir, "other.safetensors");
+        var other = Spec with { LabelDim = 0 };
+        DenoiserFile.Save(other.Build(), other, otherPath);
+        Assert.Throws<DmdInputException>(() => new ModelDraw("g", net, Spec, "onestep", 1, 1, g).FinishedBy(otherPath, 1, 1, null));
+    }
+
     /// <summary>Records, for each call of the wrapped network, its noise level and whether autograd was on.</summary>
     sealed class RecordingBackbone : EdmBackbone
     {

@@ -23,6 +23,8 @@ public sealed record EvalResult(string Model, string Sampler, int Nfe, int Sampl
 {
     /// <summary>The noise levels where multi-step sampling guided, "(LO, HI]"; null = all (or no guidance).</summary>
     public string? GuidanceInterval { get; init; }
+    /// <summary>A generator's first steps finished by a teacher (<see cref="ModelDraw.FinishedBy"/>): "TEACHER, Heun N from sigma S"; null = none.</summary>
+    public string? FinishedBy { get; init; }
 }
 
 /// <summary>
@@ -81,7 +83,8 @@ public static class Evaluation
             if (row.ModesCovered is int mc) { metrics["modes_covered"] = mc; metrics["in_mode"] = row.HighQuality!.Value; }
         }
         return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName, realPerClass)
-            { GuidanceInterval = m.GuidanceInterval?.ToString() };
+            { GuidanceInterval = m.GuidanceInterval?.ToString(),
+              FinishedBy = m.Finisher is null ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"teacher, Heun {m.FinishSteps} from sigma {m.FinishSigma:G6}") };
     }
 
     /// <summary>Adds precision and recall in the judge's feature space (against as many test images) when Fashion-MNIST is installed.</summary>

@@ -25,6 +25,40 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     /// <summary>The noise levels where multi-step sampling applies its guidance (null = all).</summary>
     public GuidanceInterval? GuidanceInterval { get; init; }
 
+    /// <summary>
+    /// A teacher that takes over after a K-step generator's first <see cref="Steps"/> steps (null = none): the generator's
+    /// output re-noised to its next level, as its own chain would, then the teacher's Heun from that level to 0 in
+    /// <see cref="FinishSteps"/> steps, with <see cref="Guidance"/> and <see cref="GuidanceInterval"/>. It shows where
+    /// along the chain a student falls behind its teacher. See <see cref="FinishedBy"/>.
+    /// </summary>
+    public EdmPrecond? Finisher { get; init; }
+    /// <summary>Heun steps of <see cref="Finisher"/>.</summary>
+    public int FinishSteps { get; init; }
+
+    /// <summary>
+    /// This generator's first <see cref="Steps"/> steps (fewer than it was trained for), then the teacher at
+    /// <paramref name="teacherPath"/> from the next level: Heun in <paramref name="steps"/> steps with guidance
+    /// <paramref name="guidance"/> (only at sigma in <paramref name="interval"/> when given).
+    /// </summary>
+    public ModelDraw FinishedBy(string teacherPath, int steps, double guidance, GuidanceInterval? interval, Device? device = null)
+    {
+        if (Generator is null) throw new DmdInputException($"--finish-with: {Path} is not a generator; it takes over from a K-step generator's first steps");
+        if (Steps >= Generator.Steps)
+            throw new DmdInputException($"--finish-with: give --steps k below the generator's {Generator.Steps} (the teacher takes over at level k + 1)");
+        Settings.AtLeast("finish-steps", steps, 1);
+        if (interval is not null && guidance == 1) throw new DmdInputException($"--guidance-interval {interval}: give --guidance other than 1 for the finishing teacher");
+        var (net, spec) = DenoiserFile.Load(teacherPath, "teacher.safetensors");
+        if (!spec.SampleShape.SequenceEqual(Spec.SampleShape) || spec.LabelDim != Spec.LabelDim)
+            throw new DmdInputException($"--finish-with {teacherPath}: its samples ([{string.Join(",", spec.SampleShape)}], {spec.LabelDim} classes) are not the generator's ([{string.Join(",", Spec.SampleShape)}], {Spec.LabelDim} classes)");
+        if (device is not null) net.to(device);
+        net.eval();
+        Training.TrainingUtils.Freeze(net);
+        return this with { Finisher = net, FinishSteps = steps, Guidance = guidance, GuidanceInterval = interval };
+    }
+
+    /// <summary>The noise level where <see cref="Finisher"/> takes over.</summary>
+    public double FinishSigma => Generator!.Sigmas[Steps];
+
     /// <summary>Heun steps when none are given: 18 (35 NFE, EDM's CIFAR-10 setting).</summary>
     public const int DefaultTeacherSteps = 18;
 
@@ -71,7 +105,9 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
         DistillCheckpoint.Locate(path) is not null;
 
     /// <summary>A short name for tables: the file or folder and how it samples.</summary>
-    public string Title => Sampler == "onestep"
+    public string Title => Finisher is not null
+        ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")}, then the teacher's Heun {FinishSteps} from sigma {FinishSigma:G4})"
+        : Sampler == "onestep"
         ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")})"
         : $"{System.IO.Path.GetFileName(Path)} ({Sampler}, {Nfe} NFE)";
 
@@ -79,7 +115,7 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     public string SamplerName => Sampler != "onestep" ? Sampler : Steps == 1 ? "one-step generator" : $"{Steps}-step generator";
 
     /// <summary>Network evaluations per sample.</summary>
-    public int Nfe => Sampler switch { "onestep" => Steps, "euler" => Steps, _ => 2 * Steps - 1 };
+    public int Nfe => Sampler switch { "onestep" => Steps + (Finisher is null ? 0 : 2 * FinishSteps - 1), "euler" => Steps, _ => 2 * Steps - 1 };
 
     /// <summary>
     /// Samples for noise z (and labels) in batches; returns them with the wall time in seconds. A generator of more than
@@ -90,7 +126,27 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     {
         var sw = Stopwatch.StartNew();
         Tensor x;
-        if (Generator is not null && Sampler == "onestep")
+        if (Generator is not null && Finisher is not null)
+        {
+            // the noise of the full chain's steps 2..k+1: the (k+1)-th re-noises the k-th output to the teacher's start
+            var noise = OneStepGenerator.SeededStepNoise(Spec.SampleShape, seed, (int)z.shape[0], Steps + 1);
+            var teacher = GuidedDenoiser.Wrap(Finisher, Guidance, GuidanceInterval);
+            var sigmas = KarrasSchedule.Sigmas(FinishSteps, KarrasSchedule.DefaultSigmaMin, FinishSigma);
+            var parts = new List<Tensor>();
+            using (no_grad())
+                for (int i = 0, n = (int)z.shape[0]; i < n; i += batch)
+                {
+                    int j = Math.Min(n, i + batch);
+                    using var scope = NewDisposeScope();
+                    var dev = Net.Device;
+                    var yb = y?[i..j].to(dev);
+                    var start = Generator.Input(z[i..j].to(dev), yb, Steps, noise.Select(t => t[i..j].to(dev)).ToArray());
+                    parts.Add(Samplers.Heun(teacher, start, yb, sigmas).Samples.to(z.device).MoveToOuterDisposeScope());
+                    onBatch?.Invoke(j, n);
+                }
+            x = parts.Count == 0 ? z.clone() : cat(parts);
+        }
+        else if (Generator is not null && Sampler == "onestep")
         {
             var noise = OneStepGenerator.SeededStepNoise(Spec.SampleShape, seed, (int)z.shape[0], Steps);
             x = Generator.GenerateInBatches(z, y, batch, onBatch, noise, Steps);
