@@ -23,7 +23,7 @@ public sealed record EvalResult(string Model, string Sampler, int Nfe, int Sampl
 {
     /// <summary>The noise levels where multi-step sampling guided, "(LO, HI]"; null = all (or no guidance).</summary>
     public string? GuidanceInterval { get; init; }
-    /// <summary>A generator's first steps finished by a teacher (<see cref="ModelDraw.FinishedBy"/>): "TEACHER, Heun N from sigma S"; null = none.</summary>
+    /// <summary>A generator's first steps finished by a teacher (<see cref="ModelDraw.FinishedBy"/>): "TEACHER, Heun N from sigma S" (TEACHER its path); null = none.</summary>
     public string? FinishedBy { get; init; }
 }
 
@@ -84,7 +84,7 @@ public static class Evaluation
         }
         return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName, realPerClass)
             { GuidanceInterval = m.GuidanceInterval?.ToString(),
-              FinishedBy = m.Finisher is null ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"teacher, Heun {m.FinishSteps} from sigma {m.FinishSigma:G6}") };
+              FinishedBy = m.Finisher is null ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{m.FinisherPath}, Heun {m.FinishSteps} from sigma {m.FinishSigma:G6}") };
     }
 
     /// <summary>Adds precision and recall in the judge's feature space (against as many test images) when Fashion-MNIST is installed.</summary>

@@ -32,6 +32,8 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     /// along the chain a student falls behind its teacher. See <see cref="FinishedBy"/>.
     /// </summary>
     public EdmPrecond? Finisher { get; init; }
+    /// <summary>Where <see cref="Finisher"/> was loaded from.</summary>
+    public string? FinisherPath { get; init; }
     /// <summary>Heun steps of <see cref="Finisher"/>.</summary>
     public int FinishSteps { get; init; }
 
@@ -53,7 +55,7 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
         if (device is not null) net.to(device);
         net.eval();
         Training.TrainingUtils.Freeze(net);
-        return this with { Finisher = net, FinishSteps = steps, Guidance = guidance, GuidanceInterval = interval };
+        return this with { Finisher = net, FinisherPath = teacherPath, FinishSteps = steps, Guidance = guidance, GuidanceInterval = interval };
     }
 
     /// <summary>The noise level where <see cref="Finisher"/> takes over.</summary>
