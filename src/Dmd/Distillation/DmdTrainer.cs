@@ -373,7 +373,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (!skipped)
         {
             losses["grad_norm_g"] = TrainingUtils.ClipGradNorm(Generator.Net, Config.GradClip);
-            optG.step();
+            TrainingUtils.OptimizerStep(optG);
             if (Ema is not null) TrainingUtils.UpdateEma(Ema.Net, Generator.Net, EmaBeta(Step));
         }
 
@@ -407,7 +407,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                     losses["loss_fake"] = TrainingUtils.Value(lossFake);
                     if (!TrainingUtils.UpdateIsFinite(lossFake, fake)) { skipped = true; continue; }
                     TrainingUtils.ClipGradNorm(fake, Config.GradClip);
-                    opt.step();
+                    TrainingUtils.OptimizerStep(opt);
                     continue;
                 }
                 // DMD2's guidance update: + cls_loss_weight (softplus(-D(real)) + softplus(D(fake))), head and fake
@@ -427,8 +427,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 losses["gan_logit_fake"] = TrainingUtils.Value(logitsFake.mean());
                 if (!TrainingUtils.UpdateIsFinite(lossF, fake) || !TrainingUtils.UpdateIsFinite(lossF, GanHead)) { skipped = true; continue; }
                 TrainingUtils.ClipGradNorm(fake.parameters().Concat(GanHead.parameters()), Config.GradClip);
-                opt.step();
-                optH.step();
+                TrainingUtils.OptimizerStep(opt);
+                TrainingUtils.OptimizerStep(optH);
             }
         }
         losses["lr"] = lr;

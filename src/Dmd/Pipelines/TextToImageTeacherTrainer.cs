@@ -243,7 +243,7 @@ public sealed class TextToImageTeacherTrainer : IDisposable
         var loss = l1 + kl * Config.VaeKlWeight;
         loss.backward();
         bool skipped = !TrainingUtils.UpdateIsFinite(loss, Vae);
-        if (!skipped) vaeOpt.step();
+        if (!skipped) TrainingUtils.OptimizerStep(vaeOpt);
         VaeStep++;
         return (TrainingUtils.Value(loss), TrainingUtils.Value(l1) / x[0].numel(), TrainingUtils.Value(kl), skipped);
     }
@@ -285,7 +285,7 @@ public sealed class TextToImageTeacherTrainer : IDisposable
         if (!skipped)
         {
             TrainingUtils.ClipGradNorm(TextEncoder.parameters().Concat(Unet.parameters()), Config.MaxGradNorm);
-            opt.step();
+            TrainingUtils.OptimizerStep(opt);
             double beta = Math.Pow(0.5, 1.0 / Config.EmaHalfLifeSteps);
             TrainingUtils.UpdateEma(EmaTextEncoder, TextEncoder, beta);
             TrainingUtils.UpdateEma(EmaUnet, Unet, beta);

@@ -139,7 +139,7 @@ public sealed class ClassifierTrainer : IResumableTrainer, IDisposable
         var loss = F.cross_entropy(Net.forward(x), y);
         opt.zero_grad();
         loss.backward();
-        opt.step();
+        TrainingUtils.OptimizerStep(opt);
         double l = loss.item<float>();
         epochLossSum += l;
         Step++;

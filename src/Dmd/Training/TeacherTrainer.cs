@@ -169,7 +169,7 @@ public sealed class TeacherTrainer : IResumableTrainer, IDisposable
         LastStepSkipped = !TrainingUtils.UpdateIsFinite(loss, Net);
         if (!LastStepSkipped)
         {
-            opt.step();
+            TrainingUtils.OptimizerStep(opt);
             TrainingUtils.UpdateEma(Ema, Net, Math.Pow(0.5, 1.0 / Math.Max(1e-8, Config.EmaHalfLifeSteps)));
         }
         Step++;

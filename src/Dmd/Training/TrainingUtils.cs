@@ -1,5 +1,6 @@
 using TorchSharp.PyBridge;
 using System.Globalization;
+using System.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -142,6 +143,23 @@ internal static class TrainingUtils
         GC.Collect();
         GC.WaitForPendingFinalizers();
     }
+
+    /// <summary>
+    /// <c>opt.step()</c> with no garbage collection possible while it runs. TorchSharp's Adam/AdamW make Scalars of C#
+    /// numbers (<c>add_(eps)</c>, <c>mul_(beta1)</c>, ...) that only a finalizer frees and that nothing keeps alive while
+    /// the native op reads them: a collection during the op (set off by another thread's allocation, the finalizer
+    /// thread's included) can free one mid-call, and the op fails on a freed Scalar ("Expected false to be true ...
+    /// toFloat", seen once when a resumed 4-step run took its first step). Inside a no-GC region no collection starts;
+    /// the step's own allocations (a few small objects per parameter) fit its budget many times over.
+    /// </summary>
+    public static void OptimizerStep(optim.Optimizer opt)
+    {
+        bool region = GCSettings.LatencyMode != GCLatencyMode.NoGCRegion && GC.TryStartNoGCRegion(NoGcBudget);
+        try { opt.step(); }
+        finally { if (region && GCSettings.LatencyMode == GCLatencyMode.NoGCRegion) GC.EndNoGCRegion(); }
+    }
+
+    const long NoGcBudget = 16L << 20;
 
     /// <summary>Resident memory of this process in MB (logged beside the losses, to catch leaks).</summary>
     public static double RssMb()
