@@ -44,7 +44,7 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     /// </summary>
     public ModelDraw FinishedBy(string teacherPath, int steps, double guidance, GuidanceInterval? interval, Device? device = null)
     {
-        if (Generator is null) throw new DmdInputException($"--finish-with: {Path} is not a generator; it takes over from a K-step generator's first steps");
+        if (Generator is null) throw new DmdInputException($"--finish-with: --model {Path} is not a generator; the teacher takes over from a K-step generator's first steps");
         if (Steps >= Generator.Steps)
             throw new DmdInputException($"--finish-with: give --steps k below the generator's {Generator.Steps} (the teacher takes over at level k + 1)");
         Settings.AtLeast("finish-steps", steps, 1);
