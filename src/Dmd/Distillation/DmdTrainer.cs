@@ -335,24 +335,26 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
         }
-        if (Config.UsesPairs)
+        if (Config.UsesRegression)
         {
-            var idx = Rng.Integers(0, pairs!.Count, regressionBatch, rng);
-            var zr = pairs.Z.index_select(0, idx).to(device);
-            var yr = pairs.PromptIndex is { } p ? ((PromptConditions)Conditions).Of(p.index_select(0, idx), device) : pairs.Y?.index_select(0, idx).to(device);
-            var xr = pairs.X.index_select(0, idx).to(device);
-            // pairs map z to the teacher's ODE output from sigma_max z: the generator's first step (all of a one-step one)
-            var lossReg = regressionDistance(Generator.Generate(zr, yr, steps: 1), xr);
-            lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
-            losses["loss_reg"] = TrainingUtils.Value(lossReg);
-        }
-        if (Config.UsesRegression && Config.TeacherRegressionSteps > 0)
-        {
-            // the target made now: the (guided) real score's deterministic Heun ODE from this step's input at its level
-            Tensor target;
-            using (no_grad())
-                target = Samplers.Heun(realGuided, xIn.detach(), y, KarrasSchedule.Sigmas(Config.TeacherRegressionSteps, odeSigmaMin, Generator.Sigmas[level])).Samples;
-            var lossReg = regressionDistance(x, target);
+            Tensor output, target;
+            if (Config.TeacherRegressionSteps > 0)
+            {
+                // the target made now: the (guided) real score's deterministic Heun ODE from this step's input at its level
+                output = x;
+                using (no_grad())
+                    target = Samplers.Heun(realGuided, xIn.detach(), y, KarrasSchedule.Sigmas(Config.TeacherRegressionSteps, odeSigmaMin, Generator.Sigmas[level])).Samples;
+            }
+            else
+            {
+                var idx = Rng.Integers(0, pairs!.Count, regressionBatch, rng);
+                var zr = pairs.Z.index_select(0, idx).to(device);
+                var yr = pairs.PromptIndex is { } p ? ((PromptConditions)Conditions).Of(p.index_select(0, idx), device) : pairs.Y?.index_select(0, idx).to(device);
+                target = pairs.X.index_select(0, idx).to(device);
+                // pairs map z to the teacher's ODE output from sigma_max z: the generator's first step (all of a one-step one)
+                output = Generator.Generate(zr, yr, steps: 1);
+            }
+            var lossReg = regressionDistance(output, target);
             lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
             losses["loss_reg"] = TrainingUtils.Value(lossReg);
         }
