@@ -211,10 +211,12 @@ public sealed class OneStepGenerator
     /// <summary>
     /// <see cref="Generate"/> over many samples, <paramref name="batch"/> at a time, without gradients, each batch in
     /// its own dispose scope, on the network's device (the results come back on z's); <paramref name="onBatch"/> gets
-    /// (done, total) after each batch.
+    /// (done, total) after each batch. With <paramref name="finish"/> the last of the <paramref name="steps"/> outputs is
+    /// re-noised to the next level (<see cref="Input"/>) and handed to it with the labels instead: e.g. a teacher's ODE
+    /// from there (needs steps below <see cref="Steps"/> and their noise).
     /// </summary>
     public Tensor GenerateInBatches(Tensor z, Tensor? labels, int batch, Action<int, int>? onBatch = null,
-                                    IReadOnlyList<Tensor>? stepNoise = null, int? steps = null)
+                                    IReadOnlyList<Tensor>? stepNoise = null, int? steps = null, Func<Tensor, Tensor?, Tensor>? finish = null)
     {
         var parts = new List<Tensor>();
         using var _ = no_grad();
@@ -224,7 +226,8 @@ public sealed class OneStepGenerator
             int j = Math.Min(n, i + batch);
             using var scope = NewDisposeScope();
             var dev = Net.Device; // one batch at a time on the network's device, the results back on z's
-            parts.Add(Generate(z[i..j].to(dev), labels?[i..j].to(dev), stepNoise?.Select(t => t[i..j].to(dev)).ToArray(), steps)
+            var (zb, yb, noise) = (z[i..j].to(dev), labels?[i..j].to(dev), stepNoise?.Select(t => t[i..j].to(dev)).ToArray());
+            parts.Add((finish is null ? Generate(zb, yb, noise, steps) : finish(Input(zb, yb, CheckSteps(steps), noise), yb))
                 .to(z.device).MoveToOuterDisposeScope());
             onBatch?.Invoke(j, n);
         }

@@ -134,19 +134,7 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
             var noise = OneStepGenerator.SeededStepNoise(Spec.SampleShape, seed, (int)z.shape[0], Steps + 1);
             var teacher = GuidedDenoiser.Wrap(Finisher, Guidance, GuidanceInterval);
             var sigmas = KarrasSchedule.Sigmas(FinishSteps, KarrasSchedule.DefaultSigmaMin, FinishSigma);
-            var parts = new List<Tensor>();
-            using (no_grad())
-                for (int i = 0, n = (int)z.shape[0]; i < n; i += batch)
-                {
-                    int j = Math.Min(n, i + batch);
-                    using var scope = NewDisposeScope();
-                    var dev = Net.Device;
-                    var yb = y?[i..j].to(dev);
-                    var start = Generator.Input(z[i..j].to(dev), yb, Steps, noise.Select(t => t[i..j].to(dev)).ToArray());
-                    parts.Add(Samplers.Heun(teacher, start, yb, sigmas).Samples.to(z.device).MoveToOuterDisposeScope());
-                    onBatch?.Invoke(j, n);
-                }
-            x = parts.Count == 0 ? z.clone() : cat(parts);
+            x = Generator.GenerateInBatches(z, y, batch, onBatch, noise, Steps, (start, labels) => Samplers.Heun(teacher, start, labels, sigmas).Samples);
         }
         else if (Generator is not null && Sampler == "onestep")
         {
