@@ -29,7 +29,7 @@ internal static class EvalCommand
         var sampler = new Option<string?>("--sampler") { Description = "onestep, heun or euler (default: onestep for generators, heun otherwise)" };
         var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
-        var interval = new Option<string?>("--guidance-interval") { Description = "LO,HI: guide only at noise levels sigma in (LO, HI] (Kynkäänniemi et al. 2024; EDM2), the conditional model elsewhere; default: every level" };
+        var interval = new Option<string?>("--guidance-interval") { Description = "LO,HI: guide only at noise levels sigma in (LO, HI] (Kynkäänniemi et al. 2024; EDM2), the conditional model elsewhere; LO,HI,W: guidance W elsewhere; default: every level" };
         var finishWith = new Option<string?>("--finish-with") { Description = "a teacher (teacher.safetensors or its run folder) that takes over after a K-step generator's first --steps k: the k-th output re-noised to the next level as the chain would, then the teacher's Heun to 0 (with --guidance, --guidance-interval); shows where along the chain the student falls behind" };
         var finishSteps = new Option<int>("--finish-steps") { Description = "Heun steps of --finish-with", DefaultValueFactory = _ => 10 };
         var n = new Option<int>("--n") { Description = "number of samples", DefaultValueFactory = _ => 10_000 };
@@ -66,7 +66,7 @@ internal static class EvalCommand
             if (Mpi.IsRoot) Checkpoint.SaveJson(res, outPath); // before any printing: the measurement is never lost to the console
             var t = new Table().AddColumns("measure", "value").Title(Markup.Escape(m.Title));
             t.AddRow("NFE", m.Nfe.ToString());
-            if (m.Guidance != 1 && (m.Sampler != "onestep" || m.Finisher is not null))
+            if ((m.Guidance != 1 || m.GuidanceInterval is not null) && (m.Sampler != "onestep" || m.Finisher is not null))
                 t.AddRow("guidance", Markup.Escape(m.Guidance.ToString("G", CultureInfo.InvariantCulture) + (m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : "")));
             t.AddRow("samples", count.ToString());
             t.AddRow("samples/s", (count / secs).ToString("N1", CultureInfo.InvariantCulture));

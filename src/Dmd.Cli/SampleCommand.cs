@@ -23,7 +23,7 @@ internal static class SampleCommand
         var sampler = new Option<string>("--sampler") { Description = "onestep, heun or euler (default: onestep for generator files, heun otherwise)" };
         var steps = new Option<int?>("--steps") { Description = "sampler steps (default: heun 18 = 35 NFE); a generator: how many of its trained steps (default all)" };
         var guidance = new Option<double>("--guidance") { Description = "classifier-free guidance scale (1 = none)", DefaultValueFactory = _ => 1.0 };
-        var interval = new Option<string?>("--guidance-interval") { Description = "LO,HI: guide only at noise levels sigma in (LO, HI] (Kynkäänniemi et al. 2024; EDM2), the conditional model elsewhere; default: every level" };
+        var interval = new Option<string?>("--guidance-interval") { Description = "LO,HI: guide only at noise levels sigma in (LO, HI] (Kynkäänniemi et al. 2024; EDM2), the conditional model elsewhere; LO,HI,W: guidance W elsewhere; default: every level" };
         var cls = new Option<int?>("--class") { Description = "class index for a conditional model (default: random for points, one row per class for images)" };
         var seed = new Option<long>("--seed") { Description = "random seed (images: image i uses seed + i, as EDM's --seeds)", DefaultValueFactory = _ => 0 };
         var each = new Option<bool>("--each") { Description = "images: also write one PNG per image into a folder named after --out" };
@@ -39,7 +39,7 @@ internal static class SampleCommand
                                   GuidanceInterval.Parse(r.GetValue(interval), "--guidance-interval"));
             Threads.Apply(r, smallModel: !m.Spec.IsImage);
             var outPath = r.GetValue(outOpt)!;
-            var guided = m.Guidance != 1 && m.Sampler != "onestep" ? string.Create(CultureInfo.InvariantCulture, $", guidance {m.Guidance}{(m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : "")}") : "";
+            var guided = (m.Guidance != 1 || m.GuidanceInterval is not null) && m.Sampler != "onestep" ? string.Create(CultureInfo.InvariantCulture, $", guidance {m.Guidance}{(m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : "")}") : "";
             if (m.Spec.IsImage)
             {
                 ImageSampleResult res = null!;

@@ -8,7 +8,8 @@ namespace Dmd.Diffusion;
 /// Both branches run as one batch of twice the size, the unconditional half first; it counts as one NFE, as in the papers.
 /// "none" is an all-zero label row for a class-conditional teacher, or a given unconditional condition (Stable
 /// Diffusion: the empty prompt's text context, or a negative prompt's, as diffusers' pipelines use). With a
-/// <see cref="GuidanceInterval"/> the combination applies only to samples whose sigma lies in it; the others get D(x, sigma, y).
+/// <see cref="GuidanceInterval"/> the combination applies only to samples whose sigma lies in it; the others get D(x, sigma, y),
+/// or the combination with the interval's outside scale when that is not 1.
 /// </summary>
 public sealed class GuidedDenoiser : IDenoiser
 {
@@ -46,7 +47,7 @@ public sealed class GuidedDenoiser : IDenoiser
     /// </summary>
     public Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null)
     {
-        if (labels is null || Scale == 1.0) return inner.Denoise(x, sigma, labels);
+        if (labels is null || !(Interval?.Guides(Scale) ?? Scale != 1.0)) return inner.Denoise(x, sigma, labels);
         using var scope = NewDisposeScope();
         long b = x.shape[0];
         var s = sigma.dim() == 0 ? sigma.expand(b) : sigma;
@@ -55,18 +56,23 @@ public sealed class GuidedDenoiser : IDenoiser
         {
             var levels = s; // the ends rounded to sigma's own precision, so "0.28,5.42" means the float levels 0.28 and 5.42
             inside = levels.gt(DenoiserExtensions.Const(iv.Lo, levels)).logical_and(levels.le(DenoiserExtensions.Const(iv.Hi, levels)));
-            if (!inside.any().item<bool>()) return inner.Denoise(x, sigma, labels).MoveToOuterDisposeScope(); // one conditional pass
+            if (iv.Outside == 1 && !inside.any().item<bool>()) return inner.Denoise(x, sigma, labels).MoveToOuterDisposeScope(); // one conditional pass
         }
         var none = unconditional is null ? zeros_like(labels) : unconditional.to(labels.dtype).to(labels.device).expand(labels.shape);
         var both = inner.Denoise(cat(new[] { x, x }), cat(new[] { s, s }), cat(new[] { none, labels }));
         var uncond = both[..(int)b];
         var cond = both[(int)b..];
         var guided = uncond + DenoiserExtensions.Const(Scale, uncond) * (cond - uncond);
-        if (inside is not null) guided = where(DenoiserExtensions.Broadcast(inside, guided), guided, cond);
+        if (inside is not null)
+        {
+            var outside = Interval!.Outside == 1 ? cond : uncond + DenoiserExtensions.Const(Interval.Outside, uncond) * (cond - uncond);
+            guided = where(DenoiserExtensions.Broadcast(inside, guided), guided, outside);
+        }
         return guided.MoveToOuterDisposeScope();
     }
 
-    /// <summary>Wraps a denoiser with guidance when it is conditional and the scale is not 1 (only within <paramref name="interval"/> when given).</summary>
+    /// <summary>Wraps a denoiser with guidance when it is conditional and the scale is not 1 (only within <paramref name="interval"/> when given,
+    /// or the interval's outside scale is not 1).</summary>
     public static IDenoiser Wrap(IDenoiser d, double scale, GuidanceInterval? interval = null) =>
-        d.LabelDim > 0 && scale != 1.0 ? new GuidedDenoiser(d, scale, interval: interval) : d;
+        d.LabelDim > 0 && (interval?.Guides(scale) ?? scale != 1.0) ? new GuidedDenoiser(d, scale, interval: interval) : d;
 }

@@ -80,7 +80,7 @@ public sealed record DmdConfig
     public double GuidanceReal { get; init; } = 1.0;
     /// <summary>
     /// "LO,HI": the real score's CFG applies only at noise levels sigma in (LO, HI], the conditional score elsewhere (the
-    /// guidance interval of Kynkäänniemi et al. 2024, as EDM2 samples); none = every level
+    /// guidance interval of Kynkäänniemi et al. 2024, as EDM2 samples); "LO,HI,W": CFG W elsewhere; none = every level
     /// </summary>
     public string? GuidanceRealInterval { get; init; }
     /// <summary>fake-denoiser updates per generator update, each after the first on a fresh generated batch (DMD: 1; DMD2: 5)</summary>
@@ -202,7 +202,7 @@ public sealed record DmdConfig
             throw new DmdInputException($"generator-sigma-min {GeneratorSigmaMin:G}: must lie between 0 and sigma-max {SigmaMax:G} for a {GeneratorSteps}-step generator");
         if (GeneratorSteps > 1 && GeneratorLevels is not ("geometric" or "dmd2")) ListedLevels();
         Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
-        if (GuidanceInterval.Parse(GuidanceRealInterval, "guidance-real-interval") is not null && GuidanceReal == 1)
+        if (GuidanceInterval.Parse(GuidanceRealInterval, "guidance-real-interval") is { } realAt && !realAt.Guides(GuidanceReal))
             throw new DmdInputException($"guidance-real-interval {GuidanceRealInterval}: it limits the real score's guidance, and guidance-real is 1 (none); give --guidance-real other than 1 or leave the interval out");
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         if (FakePerLevel && GeneratorSteps == 1)

@@ -48,7 +48,7 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
         if (Steps >= Generator.Steps)
             throw new DmdInputException($"--finish-with: give --steps k below the generator's {Generator.Steps} (the teacher takes over at level k + 1)");
         Settings.AtLeast("finish-steps", steps, 1);
-        if (interval is not null && guidance == 1) throw new DmdInputException($"--guidance-interval {interval}: give --guidance other than 1 for the finishing teacher");
+        if (interval is not null && !interval.Guides(guidance)) throw new DmdInputException($"--guidance-interval {interval}: give --guidance other than 1 for the finishing teacher");
         var (net, spec) = DenoiserFile.Load(teacherPath, "teacher.safetensors");
         if (!spec.SampleShape.SequenceEqual(Spec.SampleShape) || spec.LabelDim != Spec.LabelDim)
             throw new DmdInputException($"--finish-with {teacherPath}: its samples ([{string.Join(",", spec.SampleShape)}], {spec.LabelDim} classes) are not the generator's ([{string.Join(",", Spec.SampleShape)}], {Spec.LabelDim} classes)");
@@ -73,7 +73,7 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     public static ModelDraw Load(string path, string? sampler, int? steps, double guidance, Device? device = null, GuidanceInterval? interval = null)
     {
         var draw = LoadOnCpu(path, sampler, steps, guidance);
-        if (interval is not null && (draw.Sampler == "onestep" || guidance == 1))
+        if (interval is not null && (draw.Sampler == "onestep" || !interval.Guides(guidance)))
             throw new DmdInputException($"--guidance-interval {interval}: it limits the guidance of a multi-step sampler; give --guidance other than 1 (and a teacher or --sampler heun/euler)");
         if (device is not null) draw.Net.to(device);
         return draw with { GuidanceInterval = interval };
