@@ -164,6 +164,8 @@ public class DiffusionTests
         Assert.IsType<GuidedDenoiser>(wrapped);
         Assert.True(allclose(wrapped.Denoise(x, sigma, y)[3..], outside[3..], 1e-5, 1e-6));
         Assert.Same(net, GuidedDenoiser.Wrap(net, 1.0, new GuidanceInterval(0.28, 5.42)));
+        Assert.Equal("(0.28, 5.42], 0.6 elsewhere", new GuidanceInterval(0.28, 5.42, 0.6).ToString());
+        Assert.Equal("(0.28, 5.42]", new GuidanceInterval(0.28, 5.42).ToString());
     }
 
     [Theory]

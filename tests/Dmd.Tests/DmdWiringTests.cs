@@ -43,6 +43,7 @@ public class DmdWiringTests(ITestOutputHelper log)
     [InlineData(DmdMode.DmOnly, 3.0, 0.25)]
     [InlineData(DmdMode.RegressionOnly, 2.0, 0.25)]
     [InlineData(DmdMode.DmOnly, 3.0, 0.25, "0.5,5")] // guidance only at sigma in (0.5, 5]: about a third of the grid's levels
+    [InlineData(DmdMode.DmOnly, 3.0, 0.25, "0.5,5,0.4")] // and CFG 0.4 at the other levels
     public void OneStepGivesTheGradientsOfGuidedDmPlusLambdaRegressionAndTheFakesLabelledDenoisingLoss(DmdMode mode, double w, double lambdaReg, string? interval = null)
     {
         torch.manual_seed(1);
@@ -81,7 +82,9 @@ public class DmdWiringTests(ITestOutputHelper log)
                 {
                     var inside = sigma.gt(0.5f).logical_and(sigma.le(5f));
                     Assert.InRange(inside.sum().item<long>(), 1, config.BatchSize - 1); // both kinds in the batch, so the test can tell
-                    pReal = where(inside.unsqueeze(1), pReal, cond);
+                    var parts = interval.Split(',');
+                    var outside = parts.Length == 3 ? uncond + double.Parse(parts[2], System.Globalization.CultureInfo.InvariantCulture) * (cond - uncond) : cond;
+                    pReal = where(inside.unsqueeze(1), pReal, outside);
                 }
                 var pFake = fake0.Denoise(xt, sigma, y); // the fake: labels, never guidance
                 grad = DmdLoss.DmGradient(x.detach(), pReal, pFake);
@@ -347,6 +350,7 @@ public class DmdWiringTests(ITestOutputHelper log)
         Assert.Contains("guidance-real-interval '5,0.5'", e.Message);
         e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, ok with { Mode = DmdMode.DmOnly, GuidanceReal = 1, GuidanceRealInterval = "0.5,5" }, null));
         Assert.Contains("--guidance-real other than 1", e.Message); // an interval without guidance would be silently ignored
+        using (new DmdTrainer(teacher, PointSpec, ok with { Mode = DmdMode.DmOnly, GuidanceReal = 1, GuidanceRealInterval = "0.5,5,0.8" }, null)) { } // guided outside it
         using (new DmdTrainer(teacher, PointSpec, ok with { Mode = DmdMode.DmOnly, GuidanceReal = 1 }, pairs)) { } // no pairs used
 
         var dir = TestUtil.TempDir();
