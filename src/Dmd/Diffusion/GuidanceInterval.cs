@@ -20,6 +20,9 @@ public sealed record GuidanceInterval(double Lo, double Hi, double Outside = 1)
     /// <summary>Whether a guidance scale of <paramref name="scale"/> inside the interval guides anywhere (inside or outside).</summary>
     public bool Guides(double scale) => scale != 1 || Outside != 1;
 
+    /// <summary>Whether scale <paramref name="scale"/> with <paramref name="interval"/> (null = every level) guides anywhere.</summary>
+    public static bool Guides(double scale, GuidanceInterval? interval) => interval?.Guides(scale) ?? scale != 1;
+
     /// <summary>
     /// Parses "LO,HI" (LO &lt; HI, both at least 0) or "LO,HI,W" (W &gt;= 0: the scale outside the interval); null or
     /// empty = no interval (guidance at every level). A bad value is a <see cref="DmdInputException"/> naming <paramref name="option"/>.

@@ -47,7 +47,7 @@ public sealed class GuidedDenoiser : IDenoiser
     /// </summary>
     public Tensor Denoise(Tensor x, Tensor sigma, Tensor? labels = null)
     {
-        if (labels is null || !(Interval?.Guides(Scale) ?? Scale != 1.0)) return inner.Denoise(x, sigma, labels);
+        if (labels is null || !GuidanceInterval.Guides(Scale, Interval)) return inner.Denoise(x, sigma, labels);
         using var scope = NewDisposeScope();
         long b = x.shape[0];
         var s = sigma.dim() == 0 ? sigma.expand(b) : sigma;
@@ -74,5 +74,5 @@ public sealed class GuidedDenoiser : IDenoiser
     /// <summary>Wraps a denoiser with guidance when it is conditional and the scale is not 1 (only within <paramref name="interval"/> when given,
     /// or the interval's outside scale is not 1).</summary>
     public static IDenoiser Wrap(IDenoiser d, double scale, GuidanceInterval? interval = null) =>
-        d.LabelDim > 0 && (interval?.Guides(scale) ?? scale != 1.0) ? new GuidedDenoiser(d, scale, interval: interval) : d;
+        d.LabelDim > 0 && GuidanceInterval.Guides(scale, interval) ? new GuidedDenoiser(d, scale, interval: interval) : d;
 }

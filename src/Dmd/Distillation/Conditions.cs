@@ -84,7 +84,7 @@ public sealed class PromptConditions : Conditions
 
     /// <inheritdoc/>
     public override IDenoiser Guided(IDenoiser d, double scale, GuidanceInterval? interval = null) =>
-        !(interval?.Guides(scale) ?? scale != 1.0) ? d : new GuidedDenoiser(d, scale, Unconditional, interval);
+        !GuidanceInterval.Guides(scale, interval) ? d : new GuidedDenoiser(d, scale, Unconditional, interval);
 
     /// <summary>
     /// The grid's rows: ten prompts spread evenly through the file (all of them when fewer; prompt i * P / 10, so a file
