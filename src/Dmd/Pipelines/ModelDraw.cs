@@ -73,8 +73,10 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     public static ModelDraw Load(string path, string? sampler, int? steps, double guidance, Device? device = null, GuidanceInterval? interval = null)
     {
         var draw = LoadOnCpu(path, sampler, steps, guidance);
-        if (interval is not null && (draw.Sampler == "onestep" || !interval.Guides(guidance)))
-            throw new DmdInputException($"--guidance-interval {interval}: it limits the guidance of a multi-step sampler; give --guidance other than 1 (and a teacher or --sampler heun/euler)");
+        if (interval is not null && draw.Sampler == "onestep")
+            throw new DmdInputException($"--guidance-interval {interval}: it limits the guidance of a multi-step sampler, and {path} samples in one step without guidance; leave it out, or give a teacher (or --sampler heun/euler)");
+        if (interval is not null && !interval.Guides(guidance))
+            throw new DmdInputException($"--guidance-interval {interval}: it limits the guidance of a multi-step sampler; give --guidance other than 1");
         if (device is not null) draw.Net.to(device);
         return draw with { GuidanceInterval = interval };
     }
