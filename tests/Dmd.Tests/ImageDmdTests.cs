@@ -426,6 +426,12 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         log.WriteLine(output);
         Assert.Equal(0, code);
         Assert.Contains("faster than the teacher", output);
+        // DMD's progress counts against DMD's own share of the budget (what it announced), not the whole demo's
+        var share = System.Text.RegularExpressions.Regex.Match(output, @"distilling for (\d+) s");
+        Assert.True(share.Success, output);
+        var totals = System.Text.RegularExpressions.Regex.Matches(output, @"dmd \(seconds of its budget\): \d+/(\d+)").Select(m => m.Groups[1].Value).ToList();
+        Assert.NotEmpty(totals);
+        Assert.All(totals, t => Assert.Equal(share.Groups[1].Value, t));
         var report = File.ReadAllText(Path.Combine(outDir, "report.md"));
         foreach (var row in new[] { "| teacher (Heun 2 steps) | 3 |", "| teacher, 1 step | 1 |", "| DMD student | 1 |" }) Assert.Contains(row, report);
         Assert.Contains("Speed-up of the student", report);

@@ -99,12 +99,14 @@ public sealed class ImageDemo
         // DMD2's GAN (when on) learns from the teacher's own training data, as its run folder names it
         var ganData = cfg.UsesGan ? DmdTrainer.TeacherData(Config.Teacher) : null;
         using var trainer = new DmdTrainer(teacher, spec, cfg, pairs, realData: ganData is null ? null : DmdTrainer.LoadRealData(ganData, spec));
-        OnMessage?.Invoke($"pairs: {pairs.Count} in {pairSeconds:F0} s; distilling for {Math.Max(0, budget - ReserveSeconds(budget) - clock.Elapsed.TotalSeconds):F0} s " +
+        // DMD's share: what the pairs left of the budget, less the reserve for the measurements
+        double dmdBudget = Math.Ceiling(Math.Max(0, budget - ReserveSeconds(budget) - clock.Elapsed.TotalSeconds));
+        OnMessage?.Invoke($"pairs: {pairs.Count} in {pairSeconds:F0} s; distilling for {dmdBudget:F0} s " +
                           $"(batch {cfg.BatchSize} + {cfg.RegressionBatchSize} pairs, regression loss {trainer.RegressionLoss})");
         var dmdClock = Stopwatch.StartNew();
         trainer.Run(dmdDir, Config.Teacher, Path.Combine(outDir, "pairs"), new RunOptions
         {
-            OnStep = (s, n, l) => OnProgress?.Invoke("dmd (seconds of its budget)", (int)Math.Min(dmdClock.Elapsed.TotalSeconds, budget), (int)budget,
+            OnStep = (s, n, l) => OnProgress?.Invoke("dmd (seconds of its budget)", (int)Math.Min(dmdClock.Elapsed.TotalSeconds, dmdBudget), (int)Math.Max(1, dmdBudget),
                                                      new Dictionary<string, double>(l) { ["step"] = s }),
             OnMessage = OnMessage,
             // at least one DMD step, so the report always has a student, however slow the machine
