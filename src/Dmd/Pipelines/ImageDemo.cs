@@ -99,8 +99,9 @@ public sealed class ImageDemo
         // DMD2's GAN (when on) learns from the teacher's own training data, as its run folder names it
         var ganData = cfg.UsesGan ? DmdTrainer.TeacherData(Config.Teacher) : null;
         using var trainer = new DmdTrainer(teacher, spec, cfg, pairs, realData: ganData is null ? null : DmdTrainer.LoadRealData(ganData, spec));
-        // DMD's share: what the pairs left of the budget, less the reserve for the measurements
-        double dmdBudget = Math.Ceiling(Math.Max(0, budget - ReserveSeconds(budget) - clock.Elapsed.TotalSeconds));
+        // DMD runs until the deadline (the budget less the reserve for the measurements); its share is what the pairs left
+        double deadline = budget - ReserveSeconds(budget);
+        double dmdBudget = Math.Ceiling(Math.Max(0, deadline - clock.Elapsed.TotalSeconds));
         OnMessage?.Invoke($"pairs: {pairs.Count} in {pairSeconds:F0} s; distilling for {dmdBudget:F0} s " +
                           $"(batch {cfg.BatchSize} + {cfg.RegressionBatchSize} pairs, regression loss {trainer.RegressionLoss})");
         var dmdClock = Stopwatch.StartNew();
@@ -110,7 +111,7 @@ public sealed class ImageDemo
                                                      new Dictionary<string, double>(l) { ["step"] = s }),
             OnMessage = OnMessage,
             // at least one DMD step, so the report always has a student, however slow the machine
-            Stop = () => trainer.Step > 0 && clock.Elapsed.TotalSeconds > budget - ReserveSeconds(budget),
+            Stop = () => trainer.Step > 0 && clock.Elapsed.TotalSeconds > deadline,
         }, ganData);
         double dmdSeconds = dmdClock.Elapsed.TotalSeconds;
 
