@@ -79,6 +79,6 @@ Report($"one-step student, then the teacher (Heun {heunSteps} from sigma {levels
 
 if (!withImages) return;
 var train = FashionMnist.Load(test: false, padTo32: true);
-var images = train.Images[..n].to_type(ScalarType.Float32) / 127.5 - 1;
+var images = ImageDataset.ToFloat(train.Images[..n]);
 var imageLabels = Rng.OneHot(train.ClassIndex![..n], fourStep.Spec.LabelDim);
 Report($"{n} training images, then the teacher (Heun {heunSteps} from sigma {levels[1]:G3})", InBatches(images, imageLabels, Teacher), imageLabels);
