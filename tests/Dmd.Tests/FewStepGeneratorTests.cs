@@ -117,7 +117,7 @@ public class FewStepGeneratorTests
     sealed class RecordingBackbone : EdmBackbone
     {
         private readonly EdmBackbone inner;
-        public readonly List<(double Sigma, double Spread, bool Grad)> Calls = new();
+        public readonly List<(double Sigma, double Spread, bool Grad, double Max)> Calls = new();
         public RecordingBackbone(EdmBackbone inner) : base(nameof(RecordingBackbone))
         {
             this.inner = inner;
@@ -127,7 +127,7 @@ public class FewStepGeneratorTests
         public override Tensor forward(Tensor x, Tensor cNoise, Tensor? labels)
         {
             var s = (cNoise.to(ScalarType.Float64) * 4).exp();
-            Calls.Add((s.mean().item<double>(), (s.max() - s.min()).item<double>(), is_grad_enabled()));
+            Calls.Add((s.mean().item<double>(), (s.max() - s.min()).item<double>(), is_grad_enabled(), s.max().item<double>()));
             return inner.forward(x, cNoise, labels);
         }
     }
@@ -241,6 +241,54 @@ public class FewStepGeneratorTests
             }
         }
         Assert.True(untouchedSeen, "some step should leave a fake without an update");
+    }
+
+    /// <summary>
+    /// dm-level-cap C: the DM term at the output of a later step (input level sigma_k, k &gt; 0) asks the real and fake
+    /// scores only at noise levels up to C sigma_k (read off the fake's DM call, the one without gradient); the first
+    /// step keeps the whole range, and the grid index bound is the last level at or below the cap.
+    /// </summary>
+    [Fact]
+    public void DmLevelCapLimitsTheDmNoiseOfTheLaterStepsOnly()
+    {
+        var grid = KarrasSchedule.AscendingGrid(1000, 0.002, 80).data<float>().Select(v => (double)v).ToArray();
+        var capped = new DmdConfig { GeneratorSteps = 4, DmLevelCap = 1 };
+        var idx = DmdTrainer.DmMaxIndices(grid, capped.GeneratorSigmas(0.5), capped);
+        Assert.Equal(980, idx[0]);
+        for (int k = 1; k < 4; k++)
+        {
+            double level = capped.GeneratorSigmas(0.5)[k];
+            Assert.True(grid[idx[k]] <= level && grid[idx[k] + 1] > level, $"level {level}: index {idx[k]}");
+        }
+        Assert.Equal(new[] { 980, 980, 980, 980 }, DmdTrainer.DmMaxIndices(grid, capped.GeneratorSigmas(0.5), capped with { DmLevelCap = 0 }));
+        Assert.Throws<DmdInputException>(() => new DmdConfig { DmLevelCap = 1 }.Validate());
+        Assert.Throws<DmdInputException>(() => (capped with { DmLevelCap = -1 }).Validate());
+
+        var nets = new List<RecordingBackbone>();
+        var config = new DmdConfig
+        {
+            Mode = DmdMode.DmOnly, BatchSize = 16, LearningRate = 1e-3, WarmupSteps = 0, FakeUpdatesPerStep = 1, Seed = 4,
+            GeneratorSteps = 3, SigmaMax = 20, GeneratorSigmaMin = 0.5, FakePerLevel = true, DmLevelCap = 1,
+        };
+        var teacher = new EdmPrecond(new RecordingBackbone(Spec.Build().Backbone), Spec.SigmaData);
+        TestUtil.Perturb(teacher, 3, 0.1);
+        TrainingUtils.Freeze(teacher);
+        using var trainer = new DmdTrainer(teacher, Spec, config, pairs: null, buildNetwork: RecordingNetworks(nets));
+        var levels = config.GeneratorSigmas(Spec.SigmaData);
+        var highest = new double[3];
+        for (int step = 0; step < 12; step++)
+        {
+            foreach (var n in nets) n.Calls.Clear();
+            trainer.TrainStep();
+            for (int j = 0; j < 3; j++)
+                foreach (var c in nets[j].Calls.Where(c => !c.Grad)) highest[j] = Math.Max(highest[j], c.Max);
+        }
+        Assert.True(highest[0] > 2 * levels[1], $"the first step's DM levels reach {highest[0]}");
+        for (int j = 1; j < 3; j++)
+        {
+            Assert.True(highest[j] > 0, $"level {j} was trained");
+            Assert.True(highest[j] <= levels[j] * (1 + 1e-5), $"level {j} ({levels[j]}): DM at sigma {highest[j]}");
+        }
     }
 
     /// <summary>Fresh batches cost one generator pass per further fake update; without them every update reuses the step's batch.</summary>

@@ -57,6 +57,13 @@ public sealed record DmdConfig
     public int MinStep { get; init; } = 20;
     /// <summary>... to 98 % of the grid</summary>
     public int MaxStep { get; init; } = 980;
+    /// <summary>
+    /// a K-step generator's DM noise levels per step: the DM term at the output of a step whose input is at level
+    /// sigma_k (k &gt; 0) draws only grid levels up to C sigma_k (within [min-step, max-step]), so that a step is matched
+    /// at the scales it can still change and not pulled at the layout its input already fixes; 0 = the whole range at
+    /// every step (DMD2). The first step (sigma-max) and a one-step generator are not limited.
+    /// </summary>
+    public double DmLevelCap { get; init; } = 0;
     /// <summary>smallest noise level of the Karras grid (EDM's sigma_min)</summary>
     public double SigmaMin { get; init; } = 0.002;
     /// <summary>generator input noise level</summary>
@@ -198,6 +205,9 @@ public sealed record DmdConfig
         Settings.Positive("sigma-min", SigmaMin);
         if (!(SigmaMax > SigmaMin)) throw new DmdInputException($"sigma-max {SigmaMax}: must be larger than sigma-min {SigmaMin}");
         Settings.AtLeast("generator-steps", GeneratorSteps, 1);
+        Settings.InRange("dm-level-cap", DmLevelCap, 0, double.MaxValue);
+        if (DmLevelCap > 0 && GeneratorSteps == 1)
+            throw new DmdInputException($"dm-level-cap {DmLevelCap:G}: it limits the DM levels of a K-step generator's later steps, and this generator has one step; use it with generator-steps > 1 or leave it out");
         if (GeneratorSteps > 1 && GeneratorLevels == "geometric" && !(GeneratorSigmaMin > 0 && GeneratorSigmaMin < SigmaMax))
             throw new DmdInputException($"generator-sigma-min {GeneratorSigmaMin:G}: must lie between 0 and sigma-max {SigmaMax:G} for a {GeneratorSteps}-step generator");
         if (GeneratorSteps > 1 && GeneratorLevels is not ("geometric" or "dmd2")) ListedLevels();

@@ -67,6 +67,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     private readonly IDenoiser realGuided;
     /// <summary>Where the teacher's ODE of an online regression target ends before its last step to 0: the grid's lowest level.</summary>
     private readonly double odeSigmaMin;
+    private readonly int[] dmMaxIndex; // the DM grid indices' upper end per generator level (dm-level-cap)
     private readonly optim.Optimizer optG;
     private readonly optim.Optimizer[] optF;   // one per fake denoiser
     private readonly optim.Optimizer? optH;    // the GAN head's, when on
@@ -187,7 +188,19 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                                                   : KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax)).to(this.device);
         (RegressionLoss, regressionDistance, regressionNet) = ResolveRegressionLoss(config, this.device);
         odeSigmaMin = grid[0].item<float>();
+        dmMaxIndex = DmMaxIndices(grid.cpu().to_type(ScalarType.Float64).data<double>().ToArray(), Generator.Sigmas, config);
     }
+
+    /// <summary>The largest DM grid index for each generator level: max-step, or with dm-level-cap C at a level k &gt; 0
+    /// the largest index whose noise level is at most C sigma_k (never below min-step).</summary>
+    internal static int[] DmMaxIndices(double[] grid, IReadOnlyList<double> levels, DmdConfig config) =>
+        levels.Select((sigma, k) =>
+        {
+            if (k == 0 || config.DmLevelCap <= 0) return config.MaxStep;
+            int i = config.MaxStep;
+            while (i > config.MinStep && grid[i] > config.DmLevelCap * sigma) i--;
+            return i;
+        }).ToArray();
 
     /// <summary>
     /// Pairs are the teacher's ODE output for noise z scaled by their sigma_max with their guidance; the generator maps
@@ -330,7 +343,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         var lossG = zeros(1, device: device).squeeze();
         if (Config.Mode != DmdMode.RegressionOnly)
         {
-            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, Config.MaxStep + 1, batch, rng, device));
+            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, dmMaxIndex[level] + 1, batch, rng, device));
             var lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng);
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
