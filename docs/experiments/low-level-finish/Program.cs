@@ -1,18 +1,11 @@
 // How near the guided teacher takes the one-step student's output when it finishes from a low noise level (README,
-// "A 4-step chain from the one-step student"). Run from the repository root:
+// "A chain that starts from the one-step student"). Run from the repository root:
 //   dotnet run -c Release --project docs/experiments/low-level-finish -- SEED N THREADS SOURCE FINISH...
 // SOURCE: "one" (the shipped one-step student's output for the noise and labels of `dmd eval --seed SEED`) or "data"
 // (the first N training images with their labels). Each FINISH is SIGMA:HEUN:CFG[:LO,HI] and measures (FD-FMNIST,
 // class accuracy, precision, recall) the source re-noised to SIGMA with seeded noise, then the teacher's Heun sampler
 // (HEUN steps from SIGMA) at CFG on sigma in (LO, HI] (every level without it). SIGMA 0 measures the source itself.
-using Dmd;
-using Dmd.Data;
-using Dmd.Diffusion;
-using Dmd.Distillation;
-using Dmd.Metrics;
-using Dmd.Networks;
-using TorchSharp;
-using static TorchSharp.torch;
+// (its namespaces are imported in LowLevelFinish.csproj)
 
 long seed = long.Parse(args[0]);
 int n = int.Parse(args[1]);
