@@ -39,7 +39,8 @@ internal static class Settings
     public static void InRange(string name, double value, double lo, double hi, bool hiInclusive = false)
     {
         if (!(value >= lo) || !(hiInclusive ? value <= hi : value < hi))
-            throw new DmdInputException($"{name} {value}: must lie in [{lo}, {hi}{(hiInclusive ? "]" : ")")}");
+            throw new DmdInputException(hi == double.MaxValue ? $"{name} {value}: must be a number of at least {lo}"
+                                                              : $"{name} {value}: must lie in [{lo}, {hi}{(hiInclusive ? "]" : ")")}");
     }
 
     /// <summary>CamelCase to kebab-case, as the command-line options are named.</summary>
