@@ -29,6 +29,12 @@ internal static class Settings
         if (value < min) throw new DmdInputException($"{name} {value}: must be at least {min}");
     }
 
+    /// <summary>A finite real setting of at least <paramref name="min"/>.</summary>
+    public static void AtLeast(string name, double value, double min)
+    {
+        if (!(value >= min) || !double.IsFinite(value)) throw new DmdInputException($"{name} {value}: must be a number of at least {min}");
+    }
+
     /// <summary>A positive real setting.</summary>
     public static void Positive(string name, double value)
     {
@@ -39,8 +45,7 @@ internal static class Settings
     public static void InRange(string name, double value, double lo, double hi, bool hiInclusive = false)
     {
         if (!(value >= lo) || !(hiInclusive ? value <= hi : value < hi))
-            throw new DmdInputException(hi == double.MaxValue ? $"{name} {value}: must be a number of at least {lo}"
-                                                              : $"{name} {value}: must lie in [{lo}, {hi}{(hiInclusive ? "]" : ")")}");
+            throw new DmdInputException($"{name} {value}: must lie in [{lo}, {hi}{(hiInclusive ? "]" : ")")}");
     }
 
     /// <summary>CamelCase to kebab-case, as the command-line options are named.</summary>

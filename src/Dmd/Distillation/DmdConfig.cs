@@ -195,9 +195,9 @@ public sealed record DmdConfig
         Settings.AtLeast("warmup-steps", WarmupSteps, 0);
         Settings.InRange("beta1", Beta1, 0, 1);
         Settings.InRange("beta2", Beta2, 0, 1);
-        Settings.InRange("weight-decay", WeightDecay, 0, double.MaxValue);
-        Settings.InRange("grad-clip", GradClip, 0, double.MaxValue);
-        Settings.InRange("lambda-reg", LambdaReg, 0, double.MaxValue);
+        Settings.AtLeast("weight-decay", WeightDecay, 0);
+        Settings.AtLeast("grad-clip", GradClip, 0);
+        Settings.AtLeast("lambda-reg", LambdaReg, 0);
         Settings.AtLeast("teacher-regression-steps", TeacherRegressionSteps, 0);
         if (TeacherRegressionSteps > 0 && !UsesRegression)
             throw new DmdInputException($"teacher-regression-steps {TeacherRegressionSteps}: the run has no regression term (mode {Mode}{(Mode == DmdMode.Full ? $", lambda-reg {LambdaReg:G}" : "")}); give lambda-reg > 0 with mode Full, or leave the option out");
@@ -205,20 +205,20 @@ public sealed record DmdConfig
         Settings.Positive("sigma-min", SigmaMin);
         if (!(SigmaMax > SigmaMin)) throw new DmdInputException($"sigma-max {SigmaMax}: must be larger than sigma-min {SigmaMin}");
         Settings.AtLeast("generator-steps", GeneratorSteps, 1);
-        Settings.InRange("dm-level-cap", DmLevelCap, 0, double.MaxValue);
+        Settings.AtLeast("dm-level-cap", DmLevelCap, 0);
         if (DmLevelCap > 0 && GeneratorSteps == 1)
             throw new DmdInputException($"dm-level-cap {DmLevelCap:G}: it limits the DM levels of a K-step generator's later steps, and this generator has one step; use it with generator-steps > 1 or leave it out");
         if (GeneratorSteps > 1 && GeneratorLevels == "geometric" && !(GeneratorSigmaMin > 0 && GeneratorSigmaMin < SigmaMax))
             throw new DmdInputException($"generator-sigma-min {GeneratorSigmaMin:G}: must lie between 0 and sigma-max {SigmaMax:G} for a {GeneratorSteps}-step generator");
         if (GeneratorSteps > 1 && GeneratorLevels is not ("geometric" or "dmd2")) ListedLevels();
-        Settings.InRange("guidance-real", GuidanceReal, 0, double.MaxValue);
+        Settings.AtLeast("guidance-real", GuidanceReal, 0);
         if (GuidanceInterval.Parse(GuidanceRealInterval, "guidance-real-interval") is { } realAt && !realAt.Guides(GuidanceReal))
             throw new DmdInputException($"guidance-real-interval {GuidanceRealInterval}: it limits the real score's guidance, and guidance-real is 1 (none); give --guidance-real other than 1 or leave the interval out");
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         if (FakePerLevel && GeneratorSteps == 1)
             throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");
         Settings.Positive("fake-lr-scale", FakeLrScale);
-        Settings.InRange("gan-weight", GanWeight, 0, double.MaxValue);
+        Settings.AtLeast("gan-weight", GanWeight, 0);
         Settings.Positive("gan-fake-weight", GanFakeWeight);
         Settings.AtLeast("gan-max-step", GanMaxStep, 0);
         Settings.InRange("ema-decay", EmaDecay, 0, 1);

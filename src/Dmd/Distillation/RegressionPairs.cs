@@ -65,8 +65,8 @@ public sealed class RegressionPairs
     {
         if (count < 1 || batchSize < 1) throw new DmdInputException($"pair count ({count}) and batch size ({batchSize}) must be positive");
         Settings.AtLeast("steps", steps, 1);
-        Settings.InRange("guidance", guidance, 0, double.MaxValue);
-        Settings.InRange("sigma-max", sigmaMax, KarrasSchedule.DefaultSigmaMin, double.MaxValue);
+        Settings.AtLeast("guidance", guidance, 0);
+        Settings.AtLeast("sigma-max", sigmaMax, KarrasSchedule.DefaultSigmaMin);
         using var g = new Generator((ulong)seed);
         var net = conditions?.Guided(teacher, guidance) ?? GuidedDenoiser.Wrap(teacher, guidance);
         var info = new PairInfo("heun", steps, 2 * steps - 1, guidance, seed, count, shardDir is null ? 0 : batchSize, sigmaMax, sigmaMin,
