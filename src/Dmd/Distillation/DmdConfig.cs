@@ -14,6 +14,21 @@ public enum DmdMode
 }
 
 /// <summary>
+/// The divergence the DM term minimises between the generator's and the real score's noised distributions (f-distill,
+/// Xu, Nie and Vahdat 2025): its gradient is DMD's score difference weighted per sample by h(r), r = p_real / p_fake
+/// estimated by the GAN head (r = exp(logit)), the weights divided by their batch mean.
+/// </summary>
+public enum DmDivergence
+{
+    /// <summary>h = 1: DMD's and DMD2's reverse KL, mode-seeking.</summary>
+    ReverseKl,
+    /// <summary>h = r / (1 + r) = sigmoid(logit): Jensen-Shannon, f-distill's best on ImageNet-64.</summary>
+    JensenShannon,
+    /// <summary>h = r = exp(logit): forward KL, mode-covering and of higher variance.</summary>
+    ForwardKl,
+}
+
+/// <summary>
 /// One DMD run's hyper-parameters (DESIGN.md section 3). Defaults: the 2-D recipe; the paper's image values
 /// are noted beside each field. Saved as JSON beside every checkpoint.
 /// </summary>
@@ -115,6 +130,11 @@ public sealed record DmdConfig
     /// <summary>GAN noise levels: grid indices uniform in [0, GanMaxStep) (DMD2 diffusion_gan_max_timestep: 1000, the whole grid); 0 = clean samples at sigma_min</summary>
     public int GanMaxStep { get; init; } = 1000;
     /// <summary>
+    /// the divergence of the DM term (f-distill): ReverseKl is DMD's; JensenShannon and ForwardKl weight each sample's DM
+    /// gradient by the GAN head's density ratio, so they train the head (real data, --gan-data) even at gan-weight 0
+    /// </summary>
+    public DmDivergence DmDivergence { get; init; } = DmDivergence.ReverseKl;
+    /// <summary>
     /// Distance of the regression loss: "l2", "lpips" (needs <see cref="LpipsWeights"/>; the paper's choice for
     /// images) or "pseudo-huber"; "auto" = lpips when weights are given, else l2 (DESIGN.md: L2 for points and
     /// whenever no LPIPS weights are available).
@@ -179,9 +199,16 @@ public sealed record DmdConfig
         return levels;
     }
 
-    /// <summary>Whether the run trains DMD2's GAN head (<see cref="GanWeight"/> &gt; 0) and so needs real data.</summary>
+    /// <summary>
+    /// Whether the run trains DMD2's GAN head, and so needs real data: for the generator's GAN loss (<see cref="GanWeight"/> &gt; 0)
+    /// or for the density ratio of an f-divergence DM term (<see cref="DmDivergence"/> other than ReverseKl).
+    /// </summary>
     [System.Text.Json.Serialization.JsonIgnore]
-    public bool UsesGan => GanWeight > 0;
+    public bool UsesGan => GanWeight > 0 || DmDivergence != DmDivergence.ReverseKl;
+
+    /// <summary>The setting that switched the GAN head on, as messages name it (e.g. "gan-weight 0.003").</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public string GanReason => GanWeight > 0 ? $"gan-weight {GanWeight:G}" : $"dm-divergence {DmDivergence}";
 
     /// <summary>Rejects values no run can use, naming the setting (see <see cref="Settings"/>).</summary>
     public void Validate()
@@ -221,6 +248,10 @@ public sealed record DmdConfig
         Settings.AtLeast("gan-weight", GanWeight, 0);
         Settings.Positive("gan-fake-weight", GanFakeWeight);
         Settings.AtLeast("gan-max-step", GanMaxStep, 0);
+        if (!Enum.IsDefined(DmDivergence))
+            throw new DmdInputException($"dm-divergence {DmDivergence}: must be one of {string.Join(", ", Enum.GetNames<DmDivergence>())}");
+        if (DmDivergence != DmDivergence.ReverseKl && Mode == DmdMode.RegressionOnly)
+            throw new DmdInputException($"dm-divergence {DmDivergence}: mode RegressionOnly has no DM term; use mode Full or DmOnly, or leave it out");
         Settings.InRange("ema-decay", EmaDecay, 0, 1);
         Settings.AtLeast("grid-every", GridEvery, 0);
         Settings.AtLeast("checkpoint-every", CheckpointEvery, 1);

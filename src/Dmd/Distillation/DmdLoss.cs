@@ -34,8 +34,11 @@ public static class DmdLoss
     /// The distribution matching loss for a generated batch: noise it at the given levels, ask both
     /// denoisers (no gradient), and return loss_dm = 0.5 mean((x - stopgrad(x - grad))^2), whose gradient
     /// with respect to x is grad / numel. <paramref name="real"/> carries the CFG scale when asked for.
+    /// <paramref name="sampleWeights"/>, given the noised samples and their levels, gives f-distill's weight h(r) of each
+    /// sample's gradient (called without gradient; see <see cref="DivergenceWeights"/>); null = 1 each (DMD's reverse KL).
     /// </summary>
-    public static Tensor DistributionMatching(Tensor x, IDenoiser real, IDenoiser fake, Tensor sigma, Tensor? labels, Generator? g)
+    public static Tensor DistributionMatching(Tensor x, IDenoiser real, IDenoiser fake, Tensor sigma, Tensor? labels, Generator? g,
+                                              Func<Tensor, Tensor, Tensor>? sampleWeights = null)
     {
         Tensor grad;
         using (no_grad())
@@ -45,9 +48,27 @@ public static class DmdLoss
             var pReal = real.Denoise(xt, sigma, labels);
             var pFake = fake.Denoise(xt, sigma, labels);
             grad = DmGradient(xd, pReal, pFake);
+            if (sampleWeights is not null) grad = grad * DenoiserExtensions.Broadcast(sampleWeights(xt, sigma), xd);
         }
         return nn.functional.mse_loss(x, (x - grad).detach()) / DenoiserExtensions.Const(2, x);
     }
+
+    /// <summary>
+    /// f-distill's weights h(r) of the DM gradient (Xu, Nie and Vahdat 2025), one per sample (B), from the GAN head's
+    /// logits (B) at the noised samples: its optimum is log(p_real / p_fake), so r = exp(logit). ReverseKl: h = 1 (DMD);
+    /// JensenShannon: h = r / (1 + r) = sigmoid(logit); ForwardKl: h = r. Divided by their batch mean (f-distill's
+    /// normalisation of the weights, beside DMD's of the score difference), so that only how the samples share the
+    /// gradient changes, not its scale: ForwardKl's are B softmax(logits), which is also how they are computed.
+    /// </summary>
+    public static Tensor DivergenceWeights(Tensor logits, DmDivergence divergence) => divergence switch
+    {
+        DmDivergence.ReverseKl => ones_like(logits),
+        DmDivergence.JensenShannon => Normalised(sigmoid(logits)),
+        DmDivergence.ForwardKl => softmax(logits, 0) * DenoiserExtensions.Const(logits.shape[0], logits),
+        _ => throw new ArgumentOutOfRangeException(nameof(divergence), divergence, null),
+    };
+
+    static Tensor Normalised(Tensor h) => h / h.mean();
 
     /// <summary>
     /// The fake denoiser's loss: denoising score matching on generated samples (detached), EDM weighting

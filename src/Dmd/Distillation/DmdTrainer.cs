@@ -175,7 +175,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (config.UsesGan) // initialised from torch's global generator, seeded above; DMD2 trains it with the fake denoiser
         {
             GanHead = new GanClassifier(Fake.FeatureShape ?? throw new DmdInputException(
-                $"gan-weight {config.GanWeight:G}: the {Fake.Backbone.GetType().Name} network exposes no features for a GAN head; use an mlp, ddpmpp or adm teacher or set gan-weight 0"));
+                $"{config.GanReason}: the {Fake.Backbone.GetType().Name} network exposes no features for a GAN head; use an mlp, ddpmpp or adm teacher, or neither a GAN nor an f-divergence"));
             GanHead.to(this.device);
         }
 
@@ -221,9 +221,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     static void CheckRealData(IDataSource? data, NetworkSpec spec, DmdConfig config)
     {
         if (data is null)
-            throw new DmdInputException($"gan-weight {config.GanWeight:G} needs real training data: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set gan-weight 0");
+            throw new DmdInputException($"{config.GanReason} needs real training data for the GAN head: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set gan-weight 0 and dm-divergence ReverseKl");
         if (config.Mode == DmdMode.RegressionOnly)
-            throw new DmdInputException($"gan-weight {config.GanWeight:G} trains a head on the fake denoiser, which mode RegressionOnly does not train: use mode Full or DmOnly, or gan-weight 0");
+            throw new DmdInputException($"{config.GanReason} trains a head on the fake denoiser, which mode RegressionOnly does not train: use mode Full or DmOnly, or gan-weight 0");
         if (config.GanMaxStep > config.GridLevels)
             throw new DmdInputException($"gan-max-step {config.GanMaxStep}: must be at most grid-levels {config.GridLevels} (noise-level indices [0, gan-max-step) of the grid)");
         if (!data.Shape.SequenceEqual(spec.SampleShape))
@@ -344,7 +344,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (Config.Mode != DmdMode.RegressionOnly)
         {
             var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, dmMaxIndex[level] + 1, batch, rng, device));
-            var lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng);
+            var lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng, DivergenceWeights(level, y, losses));
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
         }
@@ -371,7 +371,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             lossG = lossG + DenoiserExtensions.Const(Config.Mode == DmdMode.Full ? Config.LambdaReg : 1.0, lossReg) * lossReg;
             losses["loss_reg"] = TrainingUtils.Value(lossReg);
         }
-        if (GanHead is not null)
+        if (GanHead is not null && Config.GanWeight > 0)
         {
             // DMD2: + gen_cls_loss_weight softplus(-D(x)); the gradient reaches x through the fake denoiser's features,
             // whose weights (and the head's) take no gradient from the generator's loss
@@ -468,6 +468,19 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         var noise = Enumerable.Range(0, s).Select(_ => Rng.Normal(z.shape, rng, device)).ToArray();
         using (no_grad()) return (Generator.Input(z, y, s, noise), s);
     }
+
+    /// <summary>
+    /// f-distill's per-sample weights of the DM gradient at the noised samples (called without gradient), from the GAN
+    /// head on the level's fake denoiser's features; null for DMD's reverse KL. Logs the largest weight (1 when the head
+    /// cannot tell the samples apart; B when one sample takes the whole gradient).
+    /// </summary>
+    Func<Tensor, Tensor, Tensor>? DivergenceWeights(int level, Tensor? y, Dictionary<string, double> losses) =>
+        Config.DmDivergence == DmDivergence.ReverseKl ? null : (xt, sigma) =>
+        {
+            var w = DmdLoss.DivergenceWeights(GanHead!.forward(FakeOf(level).Features(xt, sigma, y)), Config.DmDivergence);
+            losses["dm_weight_max"] = TrainingUtils.Value(w.max());
+            return w;
+        };
 
     /// <summary>
     /// DMD2's diffusion GAN logits for samples x (labels y): noise levels from the grid, indices uniform in

@@ -67,7 +67,7 @@ public static class TextToImageDistillation
                                                                           Device? device = null, string? ganData = null)
     {
         if (config.UsesGan && ganData != "fashion-mnist" && ganData?.StartsWith("captions:", StringComparison.Ordinal) != true)
-            throw new DmdInputException($"gan-weight {config.GanWeight:G} on a text-to-image teacher needs captioned real images: --gan-data captions:FOLDER " +
+            throw new DmdInputException($"{config.GanReason} on a text-to-image teacher needs captioned real images: --gan-data captions:FOLDER " +
                                         $"(images with a {CaptionedLatents.MetadataFile} of file_name and text) or fashion-mnist (with templated captions), or set gan-weight 0");
         var sd = StableDiffusion.Load(folder, device);
         var conditions = EncodePrompts(sd, RegressionPairs.ReadPrompts(promptsFile));
