@@ -344,9 +344,11 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (Config.Mode != DmdMode.RegressionOnly)
         {
             var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, dmMaxIndex[level] + 1, batch, rng, device));
-            var lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng, DivergenceWeights(level, y, losses));
+            double weightMax = double.NaN;
+            var lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng, DivergenceWeights(level, y, w => weightMax = w));
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
+            if (!double.IsNaN(weightMax)) losses["dm_weight_max"] = weightMax;
         }
         if (Config.UsesRegression)
         {
@@ -471,14 +473,14 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
 
     /// <summary>
     /// f-distill's per-sample weights of the DM gradient at the noised samples (called without gradient), from the GAN
-    /// head on the level's fake denoiser's features; null for DMD's reverse KL. Logs the largest weight (1 when the head
-    /// cannot tell the samples apart; B when one sample takes the whole gradient).
+    /// head on the level's fake denoiser's features; null for DMD's reverse KL. Hands the largest weight to
+    /// <paramref name="largest"/> (1 when the head tells no sample from another; B when one sample takes the whole gradient).
     /// </summary>
-    Func<Tensor, Tensor, Tensor>? DivergenceWeights(int level, Tensor? y, Dictionary<string, double> losses) =>
+    Func<Tensor, Tensor, Tensor>? DivergenceWeights(int level, Tensor? y, Action<double> largest) =>
         Config.DmDivergence == DmDivergence.ReverseKl ? null : (xt, sigma) =>
         {
             var w = DmdLoss.DivergenceWeights(GanHead!.forward(FakeOf(level).Features(xt, sigma, y)), Config.DmDivergence);
-            losses["dm_weight_max"] = TrainingUtils.Value(w.max());
+            largest(TrainingUtils.Value(w.max()));
             return w;
         };
 
