@@ -12,8 +12,8 @@ namespace Dmd.Tests;
 
 /// <summary>
 /// DMD2's GAN head on the fake denoiser (docs/design.md section 4, "GAN"): where its features come from, the losses,
-/// the trainer's wiring replayed from its seed, that a run without it is the run of before, resume, refusals and the
-/// command line.
+/// the trainer's wiring replayed from its seed, f-distill's divergences for the DM term (weights from the head's logits),
+/// that a run without it is the run of before, resume, refusals and the command line.
 /// </summary>
 public class DmdGanTests(ITestOutputHelper log)
 {
@@ -166,6 +166,21 @@ public class DmdGanTests(ITestOutputHelper log)
     };
 
     /// <summary>
+    /// A point trainer with a fake denoiser that differs from the real one (and with <paramref name="headScale"/> &gt; 0 a
+    /// perturbed head), and copies of its fake denoiser, head and generator as they are before its first step.
+    /// </summary>
+    static (DmdTrainer Trainer, EdmPrecond Fake0, GanClassifier Head0, OneStepGenerator Generator0) Prepared(
+        EdmPrecond teacher, DmdConfig config, PointSet real, double headScale = 0)
+    {
+        var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null, realData: real);
+        TestUtil.Perturb(trainer.Fake, 4, 0.02);
+        if (headScale > 0) TestUtil.Perturb(trainer.GanHead!, 5, headScale);
+        var fake0 = Copy(trainer.Fake, PointSpec.Build());
+        return (trainer, fake0, Copy(trainer.GanHead!, new GanClassifier(fake0.FeatureShape!)),
+                new OneStepGenerator(Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax));
+    }
+
+    /// <summary>
     /// One step with the GAN against the same step written out by hand from the trainer's seed, draws in order: z, labels, DM
     /// noise levels and noise, GAN noise levels (indices in [0, GanMaxStep)) and noise for the generated batch; then for the
     /// fake update its noise levels and noise, the real batch, real GAN noise levels and noise, fake GAN noise levels and noise.
@@ -180,11 +195,8 @@ public class DmdGanTests(ITestOutputHelper log)
         var teacher = Teacher(PointSpec);
         var real = RealPoints();
         var config = GanConfig with { FakeLrScale = 1e-9 };
-        using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null, realData: real);
-        TestUtil.Perturb(trainer.Fake, 4, 0.02); // a fake that differs from the real denoiser
-        var fake0 = Copy(trainer.Fake, PointSpec.Build());
-        var head0 = Copy(trainer.GanHead!, new GanClassifier(fake0.FeatureShape!));
-        var generator0 = new OneStepGenerator(Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax);
+        var (trainer, fake0, head0, generator0) = Prepared(teacher, config, real);
+        using var _ = trainer;
 
         var losses = trainer.TrainStep();
 
@@ -273,6 +285,108 @@ public class DmdGanTests(ITestOutputHelper log)
         var losses = trainer.TrainStep();
         Assert.All(new[] { "loss_gan_g", "loss_gan_d", "gan_logit_real", "gan_logit_fake" }, k => Assert.True(double.IsFinite(losses[k]), k));
         Assert.True(MaxAbsDiff(trainer.GanHead, head0) > 1e-4 && MaxAbsDiff(trainer.Fake, fake0) > 1e-4);
+    }
+
+    // ---- f-divergence DM term (f-distill, Xu, Nie and Vahdat 2025): weights h(r) from the head's logits ----
+
+    /// <summary>r = exp(logit); h = 1 (reverse KL), r / (1 + r) (Jensen-Shannon), r (forward KL); each divided by its batch mean.</summary>
+    [Fact]
+    public void TheWeightsAreHOfTheDensityRatioOverTheirBatchMean()
+    {
+        double[] l = { -2, 0, 0.5, 3 };
+        var logits = tensor(l.Select(v => (float)v).ToArray());
+        double[] Normalised(double[] h) => h.Select(v => v / h.Average()).ToArray();
+        var expected = new Dictionary<DmDivergence, double[]>
+        {
+            [DmDivergence.ReverseKl] = new double[] { 1, 1, 1, 1 },
+            [DmDivergence.JensenShannon] = Normalised(l.Select(v => Math.Exp(v) / (1 + Math.Exp(v))).ToArray()),
+            [DmDivergence.ForwardKl] = Normalised(l.Select(Math.Exp).ToArray()),
+        };
+        foreach (var (divergence, e) in expected)
+        {
+            var w = DmdLoss.DivergenceWeights(logits, divergence).data<float>().ToArray();
+            log.WriteLine($"{divergence}: {string.Join(" ", w.Select(v => v.ToString("F4")))}");
+            for (int i = 0; i < l.Length; i++) Assert.Equal(e[i], w[i], 5);
+        }
+        // forward KL's exp(logit) of a confident head stays finite: one sample takes the whole batch's weight
+        var confident = DmdLoss.DivergenceWeights(tensor(new float[] { 200, 0, -5, 1 }), DmDivergence.ForwardKl).data<float>().ToArray();
+        Assert.Equal(4, confident[0], 4);
+        Assert.All(confident.Skip(1), v => Assert.True(v >= 0 && v < 1e-6));
+    }
+
+    /// <summary>
+    /// One step at gan-weight 0 with an f-divergence against the same step by hand, draws in order: z, labels, DM noise
+    /// levels and noise (no GAN term for the generator, so no GAN draws there); the generator's gradient is that of
+    /// mean(x * grad * h) with grad DMD's and h the divergence's weights of the head on the fake denoiser's features at
+    /// the DM term's noised samples, not the unweighted one. The head trains (the fake update's classifier loss) though
+    /// the generator has no GAN loss, and the generator's step moves neither the head nor the fake denoiser.
+    /// </summary>
+    [Theory]
+    [InlineData(DmDivergence.JensenShannon)]
+    [InlineData(DmDivergence.ForwardKl)]
+    public void AStepWeightsEachSamplesDmGradientByTheHeadsDensityRatio(DmDivergence divergence)
+    {
+        var teacher = Teacher(PointSpec);
+        var real = RealPoints();
+        var config = GanConfig with { GanWeight = 0, DmDivergence = divergence, FakeLrScale = 1e-9 };
+        var (trainer, fake0, head0, generator0) = Prepared(teacher, config, real, headScale: 0.5); // logits that differ between samples, so the weights do
+        using var _ = trainer;
+
+        var losses = trainer.TrainStep();
+
+        using var rng = new Generator((ulong)config.Seed);
+        var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
+        var z = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);
+        var y = Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
+        var x = generator0.Generate(z, y);
+        var sigmaDm = grid.index_select(0, Rng.Integers(config.MinStep, config.MaxStep + 1, config.BatchSize, rng));
+        var xtDm = x.detach() + sigmaDm.unsqueeze(1) * Rng.NormalLike(x, rng);
+        Tensor grad, h;
+        using (no_grad())
+        {
+            var uncond = teacher.Denoise(xtDm, sigmaDm, zeros_like(y));
+            var pReal = uncond + 1.5 * (teacher.Denoise(xtDm, sigmaDm, y) - uncond);
+            grad = DmdLoss.DmGradient(x.detach(), pReal, fake0.Denoise(xtDm, sigmaDm, y));
+            var r = head0.forward(fake0.Features(xtDm, sigmaDm, y)).to(ScalarType.Float64).exp();
+            h = divergence == DmDivergence.JensenShannon ? r / (1 + r) : r;
+            h = (h / h.mean()).to(ScalarType.Float32);
+        }
+        log.WriteLine($"{divergence}: weights {h.min().item<float>():F3} to {h.max().item<float>():F3}");
+        Assert.True((h.max() - h.min()).item<float>() > 0.05, "the head's logits should differ between samples");
+        ((x * grad * h.unsqueeze(1)).sum() / x.numel()).backward();
+        TestUtil.AssertSameGradients(generator0.Net, trainer.Generator.Net, "generator", requireGradient: true);
+        Assert.Equal(h.max().item<float>(), losses["dm_weight_max"], 4);
+        Assert.False(losses.ContainsKey("loss_gan_g"));
+
+        // the unweighted gradient is another one: the weights reach the generator
+        var unweighted = new OneStepGenerator(Copy(generator0.Net, PointSpec.Build()), config.SigmaMax);
+        var xu = unweighted.Generate(z, y);
+        ((xu * grad).sum() / xu.numel()).backward();
+        var gW = trainer.Generator.Net.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!);
+        double diff = unweighted.Net.named_parameters().Max(p => (p.parameter.grad! - gW[p.name]).abs().max().item<float>());
+        double size = unweighted.Net.parameters().Max(p => p.grad!.abs().max().item<float>());
+        Assert.True(diff > 1e-2 * size, $"weighted and unweighted gradients differ by only {diff:G3} of {size:G3}");
+
+        // the head and the fake denoiser: their classifier and denoising losses' gradients, nothing from the generator's
+        double movedFake = MaxAbsDiff(trainer.Fake, fake0), movedHead = MaxAbsDiff(trainer.GanHead!, head0);
+        Assert.True(movedFake < 1e-9 && movedHead < 1e-9, $"fake moved {movedFake:G3}, head {movedHead:G3}: the generator's step must not update them");
+        Assert.True(trainer.GanHead!.parameters().All(p => p.grad is not null && p.grad.abs().max().item<float>() > 0), "the head trains at gan-weight 0");
+    }
+
+    /// <summary>An f-divergence needs the head's real data and a DM term; reverse KL at gan-weight 0 builds no head.</summary>
+    [Fact]
+    public void AnFDivergenceNeedsRealDataAndADmTerm()
+    {
+        var teacher = Teacher(PointSpec);
+        var config = new DmdConfig { Mode = DmdMode.DmOnly, BatchSize = 4, DmDivergence = DmDivergence.JensenShannon };
+        var e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, PointSpec, config, pairs: null));
+        Assert.Contains("dm-divergence JensenShannon", e.Message);
+        Assert.Contains("--gan-data", e.Message);
+        var noDm = Assert.Throws<DmdInputException>(() => (config with { Mode = DmdMode.RegressionOnly }).Validate());
+        Assert.Contains("RegressionOnly", noDm.Message);
+        Assert.Throws<DmdInputException>(() => (config with { DmDivergence = (DmDivergence)7 }).Validate());
+        using var plain = new DmdTrainer(teacher, PointSpec, config with { DmDivergence = DmDivergence.ReverseKl }, pairs: null, realData: RealPoints());
+        Assert.Null(plain.GanHead);
     }
 
     // ---- GAN off: the run of before ----
