@@ -210,6 +210,15 @@ public sealed record DmdConfig
     [System.Text.Json.Serialization.JsonIgnore]
     public string GanReason => GanWeight > 0 ? $"gan-weight {GanWeight:G}" : $"dm-divergence {DmDivergence}";
 
+    /// <summary>The settings that switch the GAN head off again, as messages advise them (e.g. "gan-weight 0").</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public string GanOff => (GanWeight > 0, DmDivergence != DmDivergence.ReverseKl) switch
+    {
+        (true, true) => "gan-weight 0 and dm-divergence ReverseKl",
+        (true, false) => "gan-weight 0",
+        _ => "dm-divergence ReverseKl",
+    };
+
     /// <summary>Rejects values no run can use, naming the setting (see <see cref="Settings"/>).</summary>
     public void Validate()
     {

@@ -175,7 +175,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (config.UsesGan) // initialised from torch's global generator, seeded above; DMD2 trains it with the fake denoiser
         {
             GanHead = new GanClassifier(Fake.FeatureShape ?? throw new DmdInputException(
-                $"{config.GanReason}: the {Fake.Backbone.GetType().Name} network exposes no features for a GAN head; use an mlp, ddpmpp or adm teacher, or neither a GAN nor an f-divergence"));
+                $"{config.GanReason}: the {Fake.Backbone.GetType().Name} network exposes no features for a GAN head; use an mlp, ddpmpp or adm teacher or set {config.GanOff}"));
             GanHead.to(this.device);
         }
 
@@ -221,9 +221,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     static void CheckRealData(IDataSource? data, NetworkSpec spec, DmdConfig config)
     {
         if (data is null)
-            throw new DmdInputException($"{config.GanReason} needs real training data for the GAN head: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set gan-weight 0 and dm-divergence ReverseKl");
+            throw new DmdInputException($"{config.GanReason} needs real training data for the GAN head: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set {config.GanOff}");
         if (config.Mode == DmdMode.RegressionOnly)
-            throw new DmdInputException($"{config.GanReason} trains a head on the fake denoiser, which mode RegressionOnly does not train: use mode Full or DmOnly, or gan-weight 0");
+            throw new DmdInputException($"{config.GanReason} trains a head on the fake denoiser, which mode RegressionOnly does not train: use mode Full or DmOnly, or set {config.GanOff}");
         if (config.GanMaxStep > config.GridLevels)
             throw new DmdInputException($"gan-max-step {config.GanMaxStep}: must be at most grid-levels {config.GridLevels} (noise-level indices [0, gan-max-step) of the grid)");
         if (!data.Shape.SequenceEqual(spec.SampleShape))

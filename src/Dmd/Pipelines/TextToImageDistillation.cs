@@ -68,7 +68,7 @@ public static class TextToImageDistillation
     {
         if (config.UsesGan && ganData != "fashion-mnist" && ganData?.StartsWith("captions:", StringComparison.Ordinal) != true)
             throw new DmdInputException($"{config.GanReason} on a text-to-image teacher needs captioned real images: --gan-data captions:FOLDER " +
-                                        $"(images with a {CaptionedLatents.MetadataFile} of file_name and text) or fashion-mnist (with templated captions), or set gan-weight 0");
+                                        $"(images with a {CaptionedLatents.MetadataFile} of file_name and text) or fashion-mnist (with templated captions), or set {config.GanOff}");
         var sd = StableDiffusion.Load(folder, device);
         var conditions = EncodePrompts(sd, RegressionPairs.ReadPrompts(promptsFile));
         var (teacher, spec) = Teacher(sd);
