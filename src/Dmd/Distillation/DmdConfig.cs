@@ -259,8 +259,8 @@ public sealed record DmdConfig
         Settings.AtLeast("gan-max-step", GanMaxStep, 0);
         if (!Enum.IsDefined(DmDivergence))
             throw new DmdInputException($"dm-divergence {DmDivergence}: must be one of {string.Join(", ", Enum.GetNames<DmDivergence>())}");
-        if (DmDivergence != DmDivergence.ReverseKl && Mode == DmdMode.RegressionOnly)
-            throw new DmdInputException($"dm-divergence {DmDivergence}: mode RegressionOnly has no DM term; use mode Full or DmOnly, or leave it out");
+        if (UsesGan && Mode == DmdMode.RegressionOnly)
+            throw new DmdInputException($"{GanReason} trains a head on the fake denoiser, which mode RegressionOnly does not train: use mode Full or DmOnly, or set {GanOff}");
         Settings.InRange("ema-decay", EmaDecay, 0, 1);
         Settings.AtLeast("grid-every", GridEvery, 0);
         Settings.AtLeast("checkpoint-every", CheckpointEvery, 1);

@@ -217,13 +217,11 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             throw new DmdInputException($"guidance-real-interval {config.GuidanceRealInterval}: regression pairs are made with guidance at every level, so they would regress to another map; distil without pairs (lambda-reg 0) or without the interval");
     }
 
-    /// <summary>The GAN needs real samples of the teacher's shape (and classes), and a fake denoiser that trains.</summary>
+    /// <summary>The GAN needs real samples of the teacher's shape (and classes); Validate has refused a fake denoiser that does not train.</summary>
     static void CheckRealData(IDataSource? data, NetworkSpec spec, DmdConfig config)
     {
         if (data is null)
             throw new DmdInputException($"{config.GanReason} needs real training data for the GAN head: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set {config.GanOff}");
-        if (config.Mode == DmdMode.RegressionOnly)
-            throw new DmdInputException($"{config.GanReason} trains a head on the fake denoiser, which mode RegressionOnly does not train: use mode Full or DmOnly, or set {config.GanOff}");
         if (config.GanMaxStep > config.GridLevels)
             throw new DmdInputException($"gan-max-step {config.GanMaxStep}: must be at most grid-levels {config.GridLevels} (noise-level indices [0, gan-max-step) of the grid)");
         if (!data.Shape.SequenceEqual(spec.SampleShape))
