@@ -13,6 +13,15 @@ public enum DmdMode
     DmOnly,
 }
 
+/// <summary>The generator's loss for the DM term.</summary>
+public enum DmLoss
+{
+    /// <summary>DMD's: the score difference (p_fake - p_real) / k as a fixed gradient of the generated samples (no backward through the denoisers).</summary>
+    Dmd,
+    /// <summary>SiD's score-identity loss (Zhou et al. 2024), its gradient through both denoisers too; see <see cref="DmdConfig.SidAlpha"/>.</summary>
+    Sid,
+}
+
 /// <summary>
 /// The divergence the DM term minimises between the generator's and the real score's noised distributions (f-distill,
 /// Xu, Nie and Vahdat 2025): its gradient is DMD's score difference weighted per sample by h(r), r = p_real / p_fake
@@ -134,6 +143,13 @@ public sealed record DmdConfig
     /// gradient by the GAN head's density ratio, so they train the head (real data, --gan-data) even at gan-weight 0
     /// </summary>
     public DmDivergence DmDivergence { get; init; } = DmDivergence.ReverseKl;
+    /// <summary>
+    /// the generator's loss for the DM term: Dmd (the papers') or Sid (Score identity Distillation: gradients through the real
+    /// and fake denoisers as well, about twice the generator step's cost)
+    /// </summary>
+    public DmLoss DmLoss { get; init; } = DmLoss.Dmd;
+    /// <summary>SiD's alpha (with dm-loss Sid): the loss subtracts alpha |p_real - p_fake|^2 / k from (p_real - p_fake)(p_real - x) / k (SiD: 1.2)</summary>
+    public double SidAlpha { get; init; } = 1.2;
     /// <summary>
     /// Distance of the regression loss: "l2", "lpips" (needs <see cref="LpipsWeights"/>; the paper's choice for
     /// images) or "pseudo-huber"; "auto" = lpips when weights are given, else l2 (DESIGN.md: L2 for points and
@@ -259,6 +275,11 @@ public sealed record DmdConfig
         Settings.AtLeast("gan-max-step", GanMaxStep, 0);
         if (!Enum.IsDefined(DmDivergence))
             throw new DmdInputException($"dm-divergence {DmDivergence}: must be one of {string.Join(", ", Enum.GetNames<DmDivergence>())}");
+        if (!Enum.IsDefined(DmLoss))
+            throw new DmdInputException($"dm-loss {DmLoss}: must be one of {string.Join(", ", Enum.GetNames<DmLoss>())}");
+        if (!double.IsFinite(SidAlpha)) throw new DmdInputException($"sid-alpha {SidAlpha}: must be a finite number (SiD: 1.2)");
+        if (DmLoss == DmLoss.Sid && DmDivergence != DmDivergence.ReverseKl)
+            throw new DmdInputException($"dm-divergence {DmDivergence} weights DMD's gradient, which dm-loss Sid does not use: set dm-loss Dmd or dm-divergence ReverseKl");
         if (UsesGan && Mode == DmdMode.RegressionOnly)
             throw new DmdInputException($"{GanReason} trains a head on the fake denoiser, which mode RegressionOnly does not train: use mode Full or DmOnly, or set {GanOff}");
         Settings.InRange("ema-decay", EmaDecay, 0, 1);

@@ -54,6 +54,25 @@ public static class DmdLoss
     }
 
     /// <summary>
+    /// SiD's generator loss (Score identity Distillation, Zhou et al. ICML 2024, the official code's <c>generator_loss</c>)
+    /// for a generated batch: noise it at the given levels, ask both denoisers <b>with</b> gradient (through their inputs:
+    /// the caller keeps their weights out of it), and return mean[(p_real - p_fake) ((p_real - x) - alpha (p_real - p_fake)) / k],
+    /// k the per-sample weight of DMD (mean |x - p_real|, no gradient, at least 1e-5). Its gradient's explicit part, through
+    /// x alone, is DMD's grad / numel; the rest comes through the two denoisers, and alpha (SiD: 1.2) sets how much of
+    /// |p_real - p_fake|^2 it subtracts. Costs a backward pass through both denoisers, which DMD's loss does not.
+    /// </summary>
+    public static Tensor ScoreIdentity(Tensor x, IDenoiser real, IDenoiser fake, Tensor sigma, Tensor? labels, Generator? g, double alpha)
+    {
+        var xt = x + DenoiserExtensions.Broadcast(sigma, x) * Rng.NormalLike(x, g);
+        var pReal = real.Denoise(xt, sigma, labels);
+        var pFake = fake.Denoise(xt, sigma, labels);
+        Tensor k;
+        using (no_grad()) k = Weighting(x.detach(), pReal.detach()).clamp_min(1e-5);
+        var d = pReal - pFake;
+        return (d * ((pReal - x) - DenoiserExtensions.Const(alpha, d) * d) / k).mean();
+    }
+
+    /// <summary>
     /// f-distill's weights h(r) of the DM gradient (Xu, Nie and Vahdat 2025), one per sample (B), from the GAN head's
     /// logits (B) at the noised samples: its optimum is log(p_real / p_fake), so r = exp(logit). ReverseKl: h = 1 (DMD);
     /// JensenShannon: h = r / (1 + r) = sigmoid(logit); ForwardKl: h = r. Divided by their batch mean (f-distill's

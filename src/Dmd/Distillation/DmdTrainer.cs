@@ -343,7 +343,14 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         {
             var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, dmMaxIndex[level] + 1, batch, rng, device));
             double weightMax = double.NaN;
-            var lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng, DivergenceWeights(level, y, w => weightMax = w));
+            Tensor lossDm;
+            if (Config.DmLoss == DmLoss.Sid)
+            {
+                // SiD: the gradient goes through both denoisers to x; their weights take none (the teacher is frozen)
+                using (TrainingUtils.NoParameterGradients(FakeOf(level)))
+                    lossDm = DmdLoss.ScoreIdentity(x, realGuided, FakeOf(level), sigma, y, rng, Config.SidAlpha);
+            }
+            else lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng, DivergenceWeights(level, y, w => weightMax = w));
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
             if (!double.IsNaN(weightMax)) losses["dm_weight_max"] = weightMax;
