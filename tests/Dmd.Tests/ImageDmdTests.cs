@@ -459,6 +459,7 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         Assert.Contains("teacher training:", output);
         Assert.Contains("DMD (1 fake update, pairs), batch 2:", output);
         Assert.Contains("DMD2 (5 fake updates, GAN, no pairs), batch 2:", output);
+        Assert.Contains("SiD's loss (5 fake updates, no GAN, no pairs), batch 2:", output);
         Assert.Contains("% of the peak", output);
         Assert.Contains("convolution peak:", output);
         Assert.Contains("peak RSS", output);

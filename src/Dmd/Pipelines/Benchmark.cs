@@ -201,9 +201,10 @@ public static class Benchmark
     }
 
     /// <summary>
-    /// The two recipes `bench --distill` times on a teacher with <paramref name="batch"/> generated samples: the paper's DMD
-    /// (one fake update on the generator's batch, lambda_reg 0.25 on as many random pairs) and DMD2 (5 fake updates on
-    /// fresh batches, the GAN head at DMD2's weights on random real samples of the teacher's shape, no pairs). Each: median
+    /// The three recipes `bench --distill` times on a teacher with <paramref name="batch"/> generated samples: the paper's DMD
+    /// (one fake update on the generator's batch, lambda_reg 0.25 on as many random pairs), DMD2 (5 fake updates on
+    /// fresh batches, the GAN head at DMD2's weights on random real samples of the teacher's shape, no pairs) and DMD2's
+    /// without the GAN with SiD's loss as the DM term (its generator step backpropagates through both denoisers). Each: median
     /// over <paramref name="iterations"/> after 3 warm-up ones, then one more iteration counted by <see cref="Networks.FlopCounter"/>.
     /// <paramref name="peakGflops"/> (<see cref="ConvPeakGflops"/>) gives each its fraction of the machine's peak.
     /// </summary>
@@ -220,8 +221,10 @@ public static class Benchmark
             : new PointSet(randn(shape, generator: g), labels, classes);
         var paper = new DmdConfig { BatchSize = batch, RegressionBatchSize = batch, WarmupSteps = 1, FakeUpdatesPerStep = 1 };
         var dmd2 = new DmdConfig { BatchSize = batch, WarmupSteps = 1, LambdaReg = 0, FakeUpdatesPerStep = 5, GanWeight = 3e-3 };
+        var sid = dmd2 with { GanWeight = 0, DmLoss = DmLoss.Sid };
         var result = new List<DmdIterationSpeed>();
-        foreach (var (name, cfg) in new[] { ("DMD (1 fake update, pairs)", paper), ("DMD2 (5 fake updates, GAN, no pairs)", dmd2) })
+        foreach (var (name, cfg) in new[] { ("DMD (1 fake update, pairs)", paper), ("DMD2 (5 fake updates, GAN, no pairs)", dmd2),
+                                            ("SiD's loss (5 fake updates, no GAN, no pairs)", sid) })
         {
             using var trainer = new DmdTrainer(teacher.Net, teacher.Spec, cfg, cfg.UsesPairs ? pairs : null, realData: cfg.UsesGan ? real : null);
             for (int i = 0; i < 3; i++) trainer.TrainStep();
