@@ -163,14 +163,20 @@ public class DmdSidTests(ITestOutputHelper log)
         Assert.True(diff > 1e-2 * size, $"SiD's and DMD's gradients differ by only {diff:G3} of {size:G3}");
     }
 
-    /// <summary>SiD's loss does not take f-distill's weights (they weight DMD's gradient), and its alpha must be a number.</summary>
+    /// <summary>
+    /// SiD's loss does not take f-distill's weights (they weight DMD's gradient), its alpha must be a number, and an alpha
+    /// other than the default without SiD's loss is refused rather than ignored.
+    /// </summary>
     [Fact]
-    public void SidRefusesAnFDivergenceAndANonFiniteAlpha()
+    public void SidRefusesAnFDivergenceAndAnAlphaItWouldNotUse()
     {
         var e = Assert.Throws<DmdInputException>(() => (SidConfig with { DmDivergence = DmDivergence.JensenShannon }).Validate());
         Assert.Contains("dm-loss Sid", e.Message);
         Assert.Contains("sid-alpha", Assert.Throws<DmdInputException>(() => (SidConfig with { SidAlpha = double.NaN }).Validate()).Message);
         Assert.Throws<DmdInputException>(() => (SidConfig with { DmLoss = (DmLoss)5 }).Validate());
+        var unused = Assert.Throws<DmdInputException>(() => (SidConfig with { DmLoss = DmLoss.Dmd, SidAlpha = 1 }).Validate());
+        Assert.Contains("--dm-loss Sid", unused.Message);
+        (SidConfig with { DmLoss = DmLoss.Dmd }).Validate();
         SidConfig.Validate();
     }
 

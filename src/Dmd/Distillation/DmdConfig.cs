@@ -278,6 +278,8 @@ public sealed record DmdConfig
         if (!Enum.IsDefined(DmLoss))
             throw new DmdInputException($"dm-loss {DmLoss}: must be one of {string.Join(", ", Enum.GetNames<DmLoss>())}");
         if (!double.IsFinite(SidAlpha)) throw new DmdInputException($"sid-alpha {SidAlpha}: must be a finite number (SiD: 1.2)");
+        if (DmLoss != DmLoss.Sid && SidAlpha != new DmdConfig().SidAlpha)
+            throw new DmdInputException($"sid-alpha {SidAlpha:G}: it weighs SiD's loss, and dm-loss is {DmLoss}; add --dm-loss Sid or leave sid-alpha out");
         if (DmLoss == DmLoss.Sid && DmDivergence != DmDivergence.ReverseKl)
             throw new DmdInputException($"dm-divergence {DmDivergence} weights DMD's gradient, which dm-loss Sid does not use: set dm-loss Dmd or dm-divergence ReverseKl");
         if (UsesGan && Mode == DmdMode.RegressionOnly)
