@@ -145,7 +145,7 @@ public sealed record DmdConfig
     public DmDivergence DmDivergence { get; init; } = DmDivergence.ReverseKl;
     /// <summary>
     /// the generator's loss for the DM term: Dmd (the papers') or Sid (Score identity Distillation: gradients through the real
-    /// and fake denoisers as well, about twice the generator step's cost)
+    /// and fake denoisers as well: about 1.4 times the generator step's work)
     /// </summary>
     public DmLoss DmLoss { get; init; } = DmLoss.Dmd;
     /// <summary>SiD's alpha (with dm-loss Sid): the loss subtracts alpha |p_real - p_fake|^2 / k from (p_real - p_fake)(p_real - x) / k (SiD: 1.2)</summary>
