@@ -22,7 +22,8 @@ public class DmdGanTests(ITestOutputHelper log)
     static NetworkSpec ImageSpec(string kind = "ddpmpp") =>
         new UNetOptions { Arch = kind, ModelChannels = 8, NumBlocks = 1, Dropout = 0 }.For(channels: 1, resolution: 8, labelDim: Classes);
 
-    static EdmPrecond Teacher(NetworkSpec spec)
+    /// <summary>A frozen teacher with every layer perturbed away from zero, so that every layer has a gradient.</summary>
+    internal static EdmPrecond Teacher(NetworkSpec spec)
     {
         torch.manual_seed(21);
         var net = spec.Build();
@@ -41,7 +42,7 @@ public class DmdGanTests(ITestOutputHelper log)
         return new PointSet(centres.index_select(0, c) + 0.1f * randn(new long[] { n, 2 }, generator: g), c, Classes);
     }
 
-    static T Copy<T>(T net, T into) where T : nn.Module
+    internal static T Copy<T>(T net, T into) where T : nn.Module
     {
         TrainingUtils.CopyWeights(net, into);
         return into;

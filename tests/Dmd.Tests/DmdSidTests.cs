@@ -79,22 +79,6 @@ public class DmdSidTests(ITestOutputHelper log)
         }
     }
 
-    static EdmPrecond Teacher()
-    {
-        torch.manual_seed(21);
-        var net = PointSpec.Build();
-        TestUtil.Perturb(net, 22, 0.05);
-        net.eval();
-        TrainingUtils.Freeze(net);
-        return net;
-    }
-
-    static T Copy<T>(T net, T into) where T : nn.Module
-    {
-        TrainingUtils.CopyWeights(net, into);
-        return into;
-    }
-
     static DmdConfig SidConfig => new()
     {
         Mode = DmdMode.Full, LambdaReg = 0, BatchSize = 16, GuidanceReal = 1.5, GradClip = 1e9, WarmupSteps = 0, FakeUpdatesPerStep = 1,
@@ -110,12 +94,12 @@ public class DmdSidTests(ITestOutputHelper log)
     [Fact]
     public void AStepTakesSidsGradientThroughBothDenoisersAndLeavesTheirWeightsAlone()
     {
-        var teacher = Teacher();
+        var teacher = DmdGanTests.Teacher(PointSpec);
         var config = SidConfig;
         using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
         TestUtil.Perturb(trainer.Fake, 4, 0.02); // a fake denoiser that differs from the teacher
-        var fake0 = Copy(trainer.Fake, PointSpec.Build());
-        var generator0 = new OneStepGenerator(Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax);
+        var fake0 = DmdGanTests.Copy(trainer.Fake, PointSpec.Build());
+        var generator0 = new OneStepGenerator(DmdGanTests.Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax);
 
         var losses = trainer.TrainStep();
 
