@@ -182,6 +182,21 @@ public class DmdGanTests(ITestOutputHelper log)
     }
 
     /// <summary>
+    /// The draws a one-step point trainer's first step starts with, replayed from <paramref name="rng"/> (seeded as the
+    /// trainer): z, the labels, the generator's output for them (with gradient), the DM term's noise levels on
+    /// <paramref name="grid"/> and its noise sigma n.
+    /// </summary>
+    internal static (Tensor Z, Tensor Y, Tensor X, Tensor SigmaDm, Tensor NoiseDm) FirstStepDraws(DmdConfig config, OneStepGenerator generator0,
+                                                                                               Tensor grid, Generator rng)
+    {
+        var z = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);
+        var y = Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
+        var x = generator0.Generate(z, y);
+        var sigma = grid.index_select(0, Rng.Integers(config.MinStep, config.MaxStep + 1, config.BatchSize, rng));
+        return (z, y, x, sigma, sigma.unsqueeze(1) * Rng.NormalLike(x, rng));
+    }
+
+    /// <summary>
     /// One step with the GAN against the same step written out by hand from the trainer's seed, draws in order: z, labels, DM
     /// noise levels and noise, GAN noise levels (indices in [0, GanMaxStep)) and noise for the generated batch; then for the
     /// fake update its noise levels and noise, the real batch, real GAN noise levels and noise, fake GAN noise levels and noise.
@@ -211,11 +226,8 @@ public class DmdGanTests(ITestOutputHelper log)
         }
         void Trainable(bool on) { foreach (var p in fake0.parameters().Concat(head0.parameters())) p.requires_grad = on; }
 
-        var z = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);
-        var y = Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
-        var x = generator0.Generate(z, y);
-        var sigmaDm = grid.index_select(0, Rng.Integers(config.MinStep, config.MaxStep + 1, config.BatchSize, rng));
-        var xtDm = x.detach() + sigmaDm.unsqueeze(1) * Rng.NormalLike(x, rng);
+        var (z, y, x, sigmaDm, noiseDm) = FirstStepDraws(config, generator0, grid, rng);
+        var xtDm = x.detach() + noiseDm;
         Tensor grad;
         using (no_grad())
         {
@@ -337,11 +349,8 @@ public class DmdGanTests(ITestOutputHelper log)
 
         using var rng = new Generator((ulong)config.Seed);
         var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
-        var z = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);
-        var y = Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
-        var x = generator0.Generate(z, y);
-        var sigmaDm = grid.index_select(0, Rng.Integers(config.MinStep, config.MaxStep + 1, config.BatchSize, rng));
-        var xtDm = x.detach() + sigmaDm.unsqueeze(1) * Rng.NormalLike(x, rng);
+        var (z, y, x, sigmaDm, noiseDm) = FirstStepDraws(config, generator0, grid, rng);
+        var xtDm = x.detach() + noiseDm;
         Tensor grad, h;
         using (no_grad())
         {

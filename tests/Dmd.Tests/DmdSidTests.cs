@@ -15,7 +15,6 @@ namespace Dmd.Tests;
 /// </summary>
 public class DmdSidTests(ITestOutputHelper log)
 {
-    const int Classes = 3;
     static readonly MlpSpec PointSpec = TestUtil.TinyPointSpec;
 
     /// <summary>D(x) = a x, whatever sigma and labels: a denoiser whose gradient with respect to its input is known.</summary>
@@ -105,11 +104,8 @@ public class DmdSidTests(ITestOutputHelper log)
 
         using var rng = new Generator((ulong)config.Seed);
         var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
-        var z = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);
-        var y = Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
-        var x = generator0.Generate(z, y);
-        var sigmaDm = grid.index_select(0, Rng.Integers(config.MinStep, config.MaxStep + 1, config.BatchSize, rng));
-        var xt = x + sigmaDm.unsqueeze(1) * Rng.NormalLike(x, rng);
+        var (_, y, x, sigmaDm, noiseDm) = DmdGanTests.FirstStepDraws(config, generator0, grid, rng);
+        var xt = x + noiseDm; // with gradient, as SiD's loss has it
         foreach (var p in fake0.parameters()) p.requires_grad = false;
         var uncond = teacher.Denoise(xt, sigmaDm, zeros_like(y));
         var pReal = uncond + 1.5 * (teacher.Denoise(xt, sigmaDm, y) - uncond);
