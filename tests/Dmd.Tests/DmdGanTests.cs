@@ -48,7 +48,7 @@ public class DmdGanTests(ITestOutputHelper log)
         return into;
     }
 
-    static double MaxAbsDiff(nn.Module a, nn.Module b)
+    internal static double MaxAbsDiff(nn.Module a, nn.Module b)
     {
         var sb = b.state_dict();
         return a.state_dict().Max(kv => (kv.Value - sb[kv.Key]).abs().max().item<float>());
