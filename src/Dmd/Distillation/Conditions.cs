@@ -20,6 +20,16 @@ public abstract class Conditions
     /// </summary>
     public abstract IDenoiser Guided(IDenoiser d, double scale, GuidanceInterval? interval = null);
 
+    /// <summary>
+    /// Conditions <paramref name="y"/> (B, ...) with each sample's replaced by the unconditional one (what guidance's
+    /// unconditional branch is given) with probability <paramref name="p"/>, drawn with <paramref name="g"/>: classifier-free
+    /// guidance's condition dropout, for training a denoiser's unconditional output alongside its conditional one.
+    /// </summary>
+    public abstract Tensor Dropped(Tensor y, double p, Generator? g);
+
+    /// <summary>Which of <paramref name="n"/> samples to drop, each with probability <paramref name="p"/> (bool, B).</summary>
+    protected static Tensor DropMask(long n, double p, Generator? g, Device device) => Rng.Uniform(new[] { n }, g, device).lt(p);
+
     /// <summary>The conditions of a progress grid with <paramref name="perRow"/> images per row, row-major, and the rows' labels.</summary>
     public abstract (Tensor? Y, int Rows, string[]? RowLabels) Grid(int perRow);
 
@@ -41,6 +51,10 @@ public sealed class ClassConditions : Conditions
 
     /// <inheritdoc/>
     public override IDenoiser Guided(IDenoiser d, double scale, GuidanceInterval? interval = null) => GuidedDenoiser.Wrap(d, scale, interval);
+
+    /// <inheritdoc/>
+    public override Tensor Dropped(Tensor y, double p, Generator? g) =>
+        where(DropMask(y.shape[0], p, g, y.device).unsqueeze(1), zeros_like(y), y); // the zero row: GuidedDenoiser's unconditional input
 
     /// <inheritdoc/>
     public override (Tensor? Y, int Rows, string[]? RowLabels) Grid(int perRow) => LabelDim > 0
@@ -85,6 +99,13 @@ public sealed class PromptConditions : Conditions
     /// <inheritdoc/>
     public override IDenoiser Guided(IDenoiser d, double scale, GuidanceInterval? interval = null) =>
         !GuidanceInterval.Guides(scale, interval) ? d : new GuidedDenoiser(d, scale, Unconditional, interval);
+
+    /// <inheritdoc/>
+    public override Tensor Dropped(Tensor y, double p, Generator? g)
+    {
+        var mask = DropMask(y.shape[0], p, g, y.device).reshape(-1, 1, 1);
+        return where(mask, Unconditional.to(y.dtype).to(y.device).expand(y.shape), y);
+    }
 
     /// <summary>
     /// The grid's rows: ten prompts spread evenly through the file (all of them when fewer; prompt i * P / 10, so a file

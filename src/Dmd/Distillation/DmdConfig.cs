@@ -114,6 +114,18 @@ public sealed record DmdConfig
     /// guidance interval of Kynkäänniemi et al. 2024, as EDM2 samples); "LO,HI,W": CFG W elsewhere; none = every level
     /// </summary>
     public string? GuidanceRealInterval { get; init; }
+    /// <summary>
+    /// CFG scale of the fake score where the generator's loss reads it (1 = none): SiD-LSG's kappa_2 (the same scale as the
+    /// real score's: its "long and short guidance"), or below 1, even negative, the Anti-CFG of few-step SiD (Zhou, Gu and
+    /// Wang 2025). Within guidance-real-interval's levels when one is given (1 elsewhere); needs
+    /// fake-label-dropout, so that the fake denoiser's unconditional output follows the generator's samples
+    /// </summary>
+    public double GuidanceFake { get; init; } = 1.0;
+    /// <summary>
+    /// share of the fake denoiser's training samples whose condition is dropped (the unconditional one: a zero label row, or
+    /// the empty prompt), so that it learns the generator's unconditional distribution too (SiD-LSG: 0.1); 0 = none
+    /// </summary>
+    public double FakeLabelDropout { get; init; }
     /// <summary>fake-denoiser updates per generator update, each after the first on a fresh generated batch (DMD: 1; DMD2: 5)</summary>
     public int FakeUpdatesPerStep { get; init; } = 1;
     /// <summary>
@@ -266,6 +278,12 @@ public sealed record DmdConfig
         Settings.AtLeast("guidance-real", GuidanceReal, 0);
         if (GuidanceInterval.Parse(GuidanceRealInterval, "guidance-real-interval") is { } realAt && !realAt.Guides(GuidanceReal))
             throw new DmdInputException($"guidance-real-interval {GuidanceRealInterval}: it limits the real score's guidance, and guidance-real is 1 (none); give --guidance-real other than 1 or leave the interval out");
+        if (!double.IsFinite(GuidanceFake)) throw new DmdInputException($"guidance-fake {GuidanceFake}: must be a finite number (1: none)");
+        Settings.InRange("fake-label-dropout", FakeLabelDropout, 0, 1);
+        if (GuidanceFake != 1 && FakeLabelDropout == 0)
+            throw new DmdInputException($"guidance-fake {GuidanceFake:G}: its unconditional branch must learn the generator's samples; add --fake-label-dropout 0.1 (SiD-LSG's) or leave guidance-fake out");
+        if (FakeLabelDropout > 0 && Mode == DmdMode.RegressionOnly)
+            throw new DmdInputException($"fake-label-dropout {FakeLabelDropout:G}: mode RegressionOnly trains no fake denoiser; use mode Full or DmOnly, or leave it out");
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         if (FakePerLevel && GeneratorSteps == 1)
             throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");

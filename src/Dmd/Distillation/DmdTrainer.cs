@@ -65,6 +65,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     private readonly Func<Tensor, Tensor, Tensor> regressionDistance;
     private readonly IDisposable? regressionNet; // the LPIPS network when the regression loss is lpips
     private readonly IDenoiser realGuided;
+    private readonly IDenoiser[] fakeScores; // each fake denoiser as the generator's loss reads it: with guidance-fake's CFG
     /// <summary>Where the teacher's ODE of an online regression target ends before its last step to 0: the grid's lowest level.</summary>
     private readonly double odeSigmaMin;
     private readonly int[] dmMaxIndex; // the DM grid indices' upper end per generator level (dm-level-cap)
@@ -108,6 +109,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (spec.IsLatent != Conditions is PromptConditions)
             throw new DmdInputException(spec.IsLatent ? "a text-to-image teacher is conditioned on prompts: give a prompts file (--prompts FILE, one prompt a line)"
                                                       : "prompts condition a text-to-image teacher only; this teacher takes class labels");
+        if (config.FakeLabelDropout > 0 && spec.LabelDim == 0 && Conditions is not PromptConditions)
+            throw new DmdInputException($"fake-label-dropout {config.FakeLabelDropout:G}: the teacher is unconditional, so there is no condition to drop; leave it (and guidance-fake) out");
         if (teacher.Schedule is { } vp)
         {
             // DMD on an eps-prediction teacher (Stable Diffusion): noise levels are its 1000 training sigmas, the generator maps
@@ -149,7 +152,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Real = teacher;
         Real.to(this.device);
         TrainingUtils.Freeze(Real);
-        realGuided = Conditions.Guided(Real, config.GuidanceReal, GuidanceInterval.Parse(config.GuidanceRealInterval, "guidance-real-interval"));
+        var realInterval = GuidanceInterval.Parse(config.GuidanceRealInterval, "guidance-real-interval");
+        realGuided = Conditions.Guided(Real, config.GuidanceReal, realInterval);
         var build = buildNetwork ?? Spec.Build;
         Fakes = Enumerable.Range(0, config.FakePerLevel ? config.GeneratorSteps : 1).Select(_ =>
         {
@@ -157,6 +161,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             TrainingUtils.CopyWeights(Real, fake);
             return fake;
         }).ToArray();
+        var fakeInterval = realInterval is null ? null : realInterval with { Outside = 1 };
+        fakeScores = Fakes.Select(f => Conditions.Guided(f, config.GuidanceFake, fakeInterval)).ToArray();
         var genNet = build(); genNet.to(this.device);
         TrainingUtils.CopyWeights(Real, genNet);
         Generator = new OneStepGenerator(genNet, config.GeneratorSigmas(Spec.SigmaData));
@@ -348,9 +354,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             {
                 // SiD: the gradient goes through both denoisers to x; their weights take none (the teacher is frozen)
                 using (TrainingUtils.NoParameterGradients(FakeOf(level)))
-                    lossDm = DmdLoss.ScoreIdentity(x, realGuided, FakeOf(level), sigma, y, rng, Config.SidAlpha);
+                    lossDm = DmdLoss.ScoreIdentity(x, realGuided, fakeScores[FakeIndex(level)], sigma, y, rng, Config.SidAlpha);
             }
-            else lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeOf(level), sigma, y, rng, DivergenceWeights(level, y, w => weightMax = w));
+            else lossDm = DmdLoss.DistributionMatching(x, realGuided, fakeScores[FakeIndex(level)], sigma, y, rng, DivergenceWeights(level, y, w => weightMax = w));
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
             if (!double.IsNaN(weightMax)) losses["dm_weight_max"] = weightMax;
@@ -399,8 +405,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             if (Ema is not null) TrainingUtils.UpdateEma(Ema.Net, Generator.Net, EmaBeta(Step));
         }
 
-        // ---- fake denoiser update(s), full noise range, no CFG: the first on the generator step's batch (DMD), each
-        // further one on a fresh batch of the updated generator (DMD2's two time-scale rule, dfake_gen_update_ratio) ----
+        // ---- fake denoiser update(s), full noise range, no CFG (fake-label-dropout drops some conditions): the first on the
+        // generator step's batch (DMD), each further one on a fresh batch of the updated generator (DMD2's two time-scale rule, dfake_gen_update_ratio) ----
         if (Config.Mode != DmdMode.RegressionOnly)
         {
             var xFake = x.detach();
@@ -420,7 +426,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
                 var fake = FakeOf(levelFake);
                 var opt = optF[FakeIndex(levelFake)];
                 var sigma = grid.index_select(0, Rng.Integers(0, Config.GridLevels, batch, rng, device));
-                var lossFake = DmdLoss.FakeDenoising(fake, xFake, sigma, y, rng);
+                var yFake = Config.FakeLabelDropout > 0 ? Conditions.Dropped(y!, Config.FakeLabelDropout, rng) : y;
+                var lossFake = DmdLoss.FakeDenoising(fake, xFake, sigma, yFake, rng);
                 if (GanHead is null)
                 {
                     opt.zero_grad();
