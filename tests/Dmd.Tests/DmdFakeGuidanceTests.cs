@@ -34,10 +34,9 @@ public class DmdFakeGuidanceTests(ITestOutputHelper log)
     {
         var teacher = DmdGanTests.Teacher(PointSpec);
         var config = GuidedConfig;
-        using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
-        TestUtil.Perturb(trainer.Fake, 4, 0.02); // a fake denoiser that differs from the teacher, in both branches
-        var fake0 = DmdGanTests.Copy(trainer.Fake, PointSpec.Build());
-        var generator0 = new OneStepGenerator(DmdGanTests.Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax);
+        var prepared = DmdGanTests.PerturbedFake(teacher, config); // perturbed in both branches
+        using var trainer = prepared.Trainer;
+        var (fake0, generator0) = (prepared.Fake0, prepared.Generator0);
 
         var losses = trainer.TrainStep();
 
@@ -69,12 +68,7 @@ public class DmdFakeGuidanceTests(ITestOutputHelper log)
         Assert.Equal(lossFake.item<float>(), losses["loss_fake"], 5);
 
         // the plain fake score (guidance-fake 1) on the same draws gives the generator another gradient
-        using var plain = new DmdTrainer(teacher, PointSpec, config with { GuidanceFake = 1 }, pairs: null);
-        TrainingUtils.CopyWeights(fake0, plain.Fake);
-        plain.TrainStep();
-        var gGuided = trainer.Generator.Net.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!);
-        double diff = plain.Generator.Net.named_parameters().Max(p => (p.parameter.grad! - gGuided[p.name]).abs().max().item<float>());
-        double size = gGuided.Values.Max(t => t.abs().max().item<float>());
+        var (diff, size) = DmdGanTests.GeneratorGradientGap(trainer, teacher, config with { GuidanceFake = 1 }, fake0);
         log.WriteLine($"guided against plain fake score: gradients differ by {diff:G3} of {size:G3}");
         Assert.True(diff > 1e-2 * size, $"guidance-fake changed the generator's gradient by only {diff:G3} of {size:G3}");
     }

@@ -182,6 +182,33 @@ public class DmdGanTests(ITestOutputHelper log)
     }
 
     /// <summary>
+    /// A point trainer on <paramref name="teacher"/> whose fake denoiser is perturbed away from the teacher, with copies of
+    /// that fake denoiser and of the generator as they are before the first step (for replaying it by hand).
+    /// </summary>
+    internal static (DmdTrainer Trainer, EdmPrecond Fake0, OneStepGenerator Generator0) PerturbedFake(EdmPrecond teacher, DmdConfig config)
+    {
+        var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
+        TestUtil.Perturb(trainer.Fake, 4, 0.02); // a fake denoiser that differs from the teacher
+        return (trainer, Copy(trainer.Fake, PointSpec.Build()),
+                new OneStepGenerator(Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax));
+    }
+
+    /// <summary>
+    /// How far the generator's gradient of <paramref name="trainer"/>'s first step lies from that of the same step under
+    /// <paramref name="other"/> (a new trainer on <paramref name="teacher"/>, fake denoiser <paramref name="fake0"/>): the
+    /// largest difference and the gradient's largest value, to show that a setting changes the step.
+    /// </summary>
+    internal static (double Diff, double Size) GeneratorGradientGap(DmdTrainer trainer, EdmPrecond teacher, DmdConfig other, EdmPrecond fake0)
+    {
+        using var otherTrainer = new DmdTrainer(teacher, PointSpec, other, pairs: null);
+        TrainingUtils.CopyWeights(fake0, otherTrainer.Fake);
+        otherTrainer.TrainStep();
+        var g = trainer.Generator.Net.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!);
+        return (otherTrainer.Generator.Net.named_parameters().Max(p => (p.parameter.grad! - g[p.name]).abs().max().item<float>()),
+                g.Values.Max(t => t.abs().max().item<float>()));
+    }
+
+    /// <summary>
     /// The draws a one-step point trainer's first step starts with, replayed from <paramref name="rng"/> (seeded as the
     /// trainer): z, the labels, the generator's output for them (with gradient), the DM term's noise levels on
     /// <paramref name="grid"/> and its noise sigma n.

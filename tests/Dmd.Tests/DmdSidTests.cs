@@ -95,10 +95,9 @@ public class DmdSidTests(ITestOutputHelper log)
     {
         var teacher = DmdGanTests.Teacher(PointSpec);
         var config = SidConfig;
-        using var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
-        TestUtil.Perturb(trainer.Fake, 4, 0.02); // a fake denoiser that differs from the teacher
-        var fake0 = DmdGanTests.Copy(trainer.Fake, PointSpec.Build());
-        var generator0 = new OneStepGenerator(DmdGanTests.Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax);
+        var prepared = DmdGanTests.PerturbedFake(teacher, config);
+        using var trainer = prepared.Trainer;
+        var (fake0, generator0) = (prepared.Fake0, prepared.Generator0);
 
         var losses = trainer.TrainStep();
 
@@ -132,12 +131,7 @@ public class DmdSidTests(ITestOutputHelper log)
         Assert.True(movedFake < 1e-9, $"the fake denoiser moved by {movedFake:G3}: the generator's step must not update it");
 
         // DMD's loss on the same draws gives the generator another gradient
-        using var dmdTrainer = new DmdTrainer(teacher, PointSpec, config with { DmLoss = DmLoss.Dmd }, pairs: null);
-        TrainingUtils.CopyWeights(fake0, dmdTrainer.Fake);
-        dmdTrainer.TrainStep();
-        var gSid = trainer.Generator.Net.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad!);
-        double diff = dmdTrainer.Generator.Net.named_parameters().Max(p => (p.parameter.grad! - gSid[p.name]).abs().max().item<float>());
-        double size = gSid.Values.Max(t => t.abs().max().item<float>());
+        var (diff, size) = DmdGanTests.GeneratorGradientGap(trainer, teacher, config with { DmLoss = DmLoss.Dmd }, fake0);
         log.WriteLine($"SiD against DMD: gradients differ by {diff:G3} of {size:G3}");
         Assert.True(diff > 1e-2 * size, $"SiD's and DMD's gradients differ by only {diff:G3} of {size:G3}");
     }
