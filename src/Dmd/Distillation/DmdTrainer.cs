@@ -354,9 +354,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             {
                 // SiD: the gradient goes through both denoisers to x; their weights take none (the teacher is frozen)
                 using (TrainingUtils.NoParameterGradients(FakeOf(level)))
-                    lossDm = DmdLoss.ScoreIdentity(x, realGuided, fakeScores[FakeIndex(level)], sigma, y, rng, Config.SidAlpha);
+                    lossDm = DmdLoss.ScoreIdentity(x, realGuided, FakeScoreOf(level), sigma, y, rng, Config.SidAlpha);
             }
-            else lossDm = DmdLoss.DistributionMatching(x, realGuided, fakeScores[FakeIndex(level)], sigma, y, rng, DivergenceWeights(level, y, w => weightMax = w));
+            else lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeScoreOf(level), sigma, y, rng, DivergenceWeights(level, y, w => weightMax = w));
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
             if (!double.IsNaN(weightMax)) losses["dm_weight_max"] = weightMax;
@@ -521,6 +521,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
 
     /// <summary>The fake denoiser of generator level <paramref name="level"/>.</summary>
     EdmPrecond FakeOf(int level) => Fakes[FakeIndex(level)];
+
+    /// <summary>The fake score of generator level <paramref name="level"/> as the generator's loss reads it (guidance-fake's CFG).</summary>
+    IDenoiser FakeScoreOf(int level) => fakeScores[FakeIndex(level)];
 
     /// <summary>A checkpoint file of fake denoiser <paramref name="i"/>: the first keeps the one-fake name, the others add their step.</summary>
     static string FakeFile(string name, int i, string ext) => i == 0 ? $"{name}.{ext}" : $"{name}-step{i + 1}.{ext}";
