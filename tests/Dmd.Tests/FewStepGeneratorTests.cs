@@ -348,11 +348,15 @@ public class FewStepGeneratorTests
         foreach (var (pa, pb) in a.Generator.Net.parameters().Zip(b.Generator.Net.parameters())) Assert.True(TestUtil.Same(pa, pb));
     }
 
-    /// <summary>A K-step run saves K and its levels; Load and Sample use them; `sample`/`eval` count K NFE; resume is bit for bit.</summary>
+    /// <summary>
+    /// A K-step run saves K and its levels (and its step networks); Load and Sample use them; `sample`/`eval` count K NFE;
+    /// resume is bit for bit; runs average with `export`.
+    /// </summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void AFewStepRunSavesItsLevelsSamplesWithThemAndResumesBitForBit(bool fakePerLevel)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void AFewStepRunSavesItsLevelsSamplesWithThemAndResumesBitForBit(bool fakePerLevel, bool separateStepNetworks)
     {
         var dir = TestUtil.TempDir();
         try
@@ -363,6 +367,7 @@ public class FewStepGeneratorTests
             {
                 Mode = DmdMode.DmOnly, BatchSize = 8, WarmupSteps = 0, FakeUpdatesPerStep = 2, Seed = 9, Steps = 4,
                 GeneratorSteps = 3, SigmaMax = 20, GeneratorSigmaMin = 0.5, CheckpointEvery = 2, LogEvery = 1, FakePerLevel = fakePerLevel,
+                SeparateStepNetworks = separateStepNetworks,
             };
             var straight = Path.Combine(dir, "straight");
             using (var t = new DmdTrainer(DenoiserFile.Load(teacherPath).Net, Spec, cfg, null)) t.Run(straight, teacherPath, null);
@@ -376,6 +381,12 @@ public class FewStepGeneratorTests
             Assert.Equal(cfg.GeneratorSigmas(Spec.SigmaData), g.Sigmas);
             var r = OneStepGenerator.Load(resumed);
             foreach (var (pa, pb) in g.Net.parameters().Zip(r.Net.parameters())) Assert.True(TestUtil.Same(pa, pb), "resumed run differs");
+            Assert.Equal(separateStepNetworks ? 3 : 0, g.StepNetworkCount);
+            var average = Path.Combine(dir, "average");
+            OneStepGenerator.ExportAverage(new[] { straight, resumed }, average);
+            var a = OneStepGenerator.Load(average);
+            Assert.Equal(g.StepNetworkCount, a.StepNetworkCount);
+            foreach (var (pa, pb) in g.Net.parameters().Zip(a.Net.parameters())) Assert.True(allclose(pa, pb, 1e-6, 1e-7), "the average of one run's twins differs from it");
 
             var classes = new[] { 0, 2, 1, 1 };
             var z = ImageSampling.SeededNoise(Spec.SampleShape, 7, 4);
@@ -396,6 +407,7 @@ public class FewStepGeneratorTests
             Assert.Equal(3, m.Nfe);
             Assert.Equal(2, ModelDraw.Load(straight, null, 2, 1).Nfe);
             Assert.Throws<DmdInputException>(() => ModelDraw.Load(straight, null, 5, 1));
+            if (separateStepNetworks) Assert.Throws<DmdInputException>(() => ModelDraw.Load(straight, "heun", null, 1)); // no denoiser at every level
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -90,6 +90,13 @@ public class MpiTests
         Assert.Equal(sums[0], sums[1]);
         Assert.Equal(4, TestUtil.CheckpointStep(Path.Combine(dir, "dmd")));
 
+        // a 3-step generator with a network per step: the ranks draw the same level, so they train the same step's network
+        (code, output) = MpiRun(2, "distill", "--teacher", teacher, "--lambda-reg", "0", "--steps", "4", "--batch-size", "16",
+                                "--generator-steps", "3", "--separate-step-networks", "--fake-updates-per-step", "2", "--out", Path.Combine(dir, "steps"));
+        Assert.True(code == 0, output);
+        sums = Checksums(output, 2);
+        Assert.Equal(sums[0], sums[1]);
+
         // a global batch the ranks cannot split is one line from rank 0 and a failed job
         (code, output) = MpiRun(2, "train-teacher", "--steps", "2", "--width", "32", "--depth", "2", "--batch-size", "63", "--out", Path.Combine(dir, "odd"));
         Assert.NotEqual(0, code);

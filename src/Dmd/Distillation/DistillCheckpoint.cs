@@ -107,7 +107,7 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
             {
                 var reader = StepFolder is not null ? CheckpointStore.OpenFolder(StepFolder)
                     : store.Open() ?? throw new DmdInputException($"{store.Root} holds no checkpoint yet: wait for the run's first one (--checkpoint-every)");
-                var net = Info.Spec.Build();
+                var net = OneStepGenerator.BuildNet(Info.Spec, Info.Config.StepNetworkCount);
                 reader.Module(reader.Has("ema.safetensors") ? "ema.safetensors" : OneStepGenerator.FileName, net);
                 net.eval();
                 TrainingUtils.Freeze(net);

@@ -139,6 +139,11 @@ public sealed record DmdConfig
     /// the mixture of the steps' outputs to the data (K times the fake denoiser's memory)
     /// </summary>
     public bool FakePerLevel { get; init; }
+    /// <summary>
+    /// a K-step generator runs its own copy of the teacher's network at each step, all K started from the same weights
+    /// (K times the generator's weights and optimiser state, the same cost per image); false = DMD2's one network for all steps
+    /// </summary>
+    public bool SeparateStepNetworks { get; init; }
     /// <summary>fake-denoiser lr / generator lr (paper: 1)</summary>
     public double FakeLrScale { get; init; } = 1.0;
     /// <summary>
@@ -227,6 +232,10 @@ public sealed record DmdConfig
         return levels;
     }
 
+    /// <summary>The generator's step networks: <see cref="GeneratorSteps"/> with <see cref="SeparateStepNetworks"/>, else 0 (one shared network).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public int StepNetworkCount => SeparateStepNetworks ? GeneratorSteps : 0;
+
     /// <summary>
     /// Whether the run trains DMD2's GAN head, and so needs real data: for the generator's GAN loss (<see cref="GanWeight"/> &gt; 0)
     /// or for the density ratio of an f-divergence DM term (<see cref="DmDivergence"/> other than ReverseKl).
@@ -287,6 +296,8 @@ public sealed record DmdConfig
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
         if (FakePerLevel && GeneratorSteps == 1)
             throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");
+        if (SeparateStepNetworks && GeneratorSteps == 1)
+            throw new DmdInputException("separate-step-networks: a one-step generator has one network; use it with generator-steps > 1");
         Settings.Positive("fake-lr-scale", FakeLrScale);
         Settings.AtLeast("gan-weight", GanWeight, 0);
         Settings.Positive("gan-fake-weight", GanFakeWeight);

@@ -163,16 +163,17 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         }).ToArray();
         var fakeInterval = realInterval is null ? null : realInterval with { Outside = 1 };
         fakeScores = Fakes.Select(f => Conditions.Guided(f, config.GuidanceFake, fakeInterval)).ToArray();
-        var genNet = build(); genNet.to(this.device);
-        TrainingUtils.CopyWeights(Real, genNet);
+        var buildGenerator = config.SeparateStepNetworks ? () => OneStepGenerator.BuildNet(Spec, config.StepNetworkCount) : build;
+        var genNet = buildGenerator(); genNet.to(this.device);
+        OneStepGenerator.CopyNet(Real, genNet);
         Generator = new OneStepGenerator(genNet, config.GeneratorSigmas(Spec.SigmaData));
         // a resumed run takes its weights from the checkpoint, so the starting model need not be there any more
         initPending = config.InitGenerator is not null && !File.Exists(config.InitGenerator) && !Directory.Exists(config.InitGenerator);
         if (config.InitGenerator is not null && !initPending)
-            using (var start = InitialGenerator(config.InitGenerator)) TrainingUtils.CopyWeights(start, genNet);
+            using (var start = InitialGenerator(config.InitGenerator)) OneStepGenerator.CopyNet(start, genNet);
         if (config.EmaDecay > 0)
         {
-            var emaNet = build(); emaNet.to(this.device);
+            var emaNet = buildGenerator(); emaNet.to(this.device);
             TrainingUtils.CopyWeights(genNet, emaNet);
             TrainingUtils.Freeze(emaNet);
             Ema = new OneStepGenerator(emaNet, config.GeneratorSigmas(Spec.SigmaData));
@@ -287,7 +288,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <summary>The generator's starting weights: the teacher's (the paper), or a given model's of the same architecture (a distillation checkpoint: the weights it would write).</summary>
     EdmPrecond InitialGenerator(string path)
     {
-        var (net, spec) = DistillCheckpoint.Locate(path) is { } c ? (c.Load().Net, c.Info.Spec) : DenoiserFile.Load(path, "generator.safetensors");
+        var start = OneStepGenerator.Load(path); // a checkpoint, or a generator folder or file (with its step networks, if any)
+        var (net, spec) = (start.Net, start.Spec!);
         if (spec.WithoutDropout() != Spec)
             throw new DmdInputException($"--init-generator {path} has another architecture than the teacher ({spec}); start from a generator distilled from this teacher");
         return net;
@@ -394,7 +396,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             lossG = lossG + DenoiserExtensions.Const(Config.GanWeight, lossGanG) * lossGanG;
             losses["loss_gan_g"] = TrainingUtils.Value(lossGanG);
         }
-        optG.zero_grad();
+        TrainingUtils.ClearGradients(Generator.Net); // separate step networks: only the copies this loss reaches move
         lossG.backward();
         DataParallel.AverageGradients(Generator.Net);
         bool skipped = !TrainingUtils.UpdateIsFinite(lossG, Generator.Net); // a non-finite loss or gradient: no update
@@ -470,14 +472,15 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// The generator's input and its level for one batch: sigma_max z at level 0 for a one-step generator (nothing drawn);
     /// for K steps, DMD2's backward simulation: a level s uniform in [0, K) drawn for the batch, then the current
     /// generator's own chain run from sigma_max z to level s without gradient, with fresh noise at each re-noising.
-    /// With one fake denoiser per level the levels go round from a shared draw, the same on every rank (so that the ranks
-    /// train the same fake denoiser): <paramref name="draw"/> k of the step (0 the generator's batch, then each fake
-    /// update's) is at level (s0 + k) mod K, so every fake denoiser gets its exact share of the step's fake updates.
+    /// With one fake denoiser per level or a network per step the levels go round from a shared draw, the same on every
+    /// rank (so that the ranks train the same fake denoiser and the same step network): <paramref name="draw"/> k of the
+    /// step (0 the generator's batch, then each fake update's) is at level (s0 + k) mod K, so every fake denoiser gets its
+    /// exact share of the step's fake updates.
     /// </summary>
     (Tensor Input, int Level) GeneratorInput(Tensor z, Tensor? y, int draw)
     {
         if (Generator.Steps == 1) return (Generator.Input(z, y, 0, null), 0);
-        int s = Config.FakePerLevel ? LevelOfDraw(Config.Seed, Step, draw, Generator.Steps)
+        int s = Config.FakePerLevel || Config.SeparateStepNetworks ? LevelOfDraw(Config.Seed, Step, draw, Generator.Steps)
                                     : (int)Rng.Integers(0, Generator.Steps, 1, rng).item<long>();
         var noise = Enumerable.Range(0, s).Select(_ => Rng.Normal(z.shape, rng, device)).ToArray();
         using (no_grad()) return (Generator.Input(z, y, s, noise), s);
@@ -510,7 +513,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
 
     /// <summary>
     /// The generator level of draw <paramref name="draw"/> of step <paramref name="step"/> with one fake denoiser per
-    /// level: the step's first level is drawn (shared by all ranks), the following draws go round the
+    /// level or a network per step: the step's first level is drawn (shared by all ranks), the following draws go round the
     /// <paramref name="steps"/> levels from it.
     /// </summary>
     static int LevelOfDraw(long seed, int step, int draw, int steps) =>

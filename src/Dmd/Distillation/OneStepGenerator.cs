@@ -10,6 +10,7 @@ namespace Dmd.Distillation;
 /// teacher, so at first exactly the teacher's one-step prediction from pure noise. K steps (DMD2 section 4.4): the same
 /// network on K fixed noise levels sigma_max = s_0 &gt; s_1 &gt; ... &gt; s_(K-1): x = s_0 z; then K times x0 = D_gen(x, s_k, y)
 /// and, before each further step, x = x0 + s_(k+1) n_k with fresh standard normal noise n_k; the last x0 is the sample.
+/// With separate step networks (<see cref="StepNetworks"/>) step k runs its own copy of the network instead.
 /// </summary>
 public sealed class OneStepGenerator
 {
@@ -34,6 +35,32 @@ public sealed class OneStepGenerator
             throw new DmdInputException($"generator noise levels [{string.Join(", ", sigmas)}]: need at least one, all positive and decreasing");
         Net = net;
         Sigmas = sigmas.ToArray();
+        if (net.Backbone is StepNetworks own) own.Bind(Sigmas);
+    }
+
+    /// <summary>Steps with a network each (<see cref="StepNetworks"/>): the number of steps; 0 when they share one.</summary>
+    public int StepNetworkCount => (Net.Backbone as StepNetworks)?.Count ?? 0;
+
+    /// <summary>
+    /// A freshly initialised network for a generator of <paramref name="spec"/>: the spec's own, or with
+    /// <paramref name="stepNetworks"/> of 2 or more, one copy of its raw network per step (<see cref="StepNetworks"/>).
+    /// </summary>
+    public static EdmPrecond BuildNet(NetworkSpec spec, int stepNetworks) =>
+        stepNetworks >= 2 ? new EdmPrecond(new StepNetworks(spec, stepNetworks), spec.SigmaData) : spec.Build();
+
+    /// <summary>
+    /// Sets <paramref name="target"/>'s weights from <paramref name="source"/> of the same spec: a plain copy, or into every
+    /// step network of <paramref name="target"/> when only it has them (starting separate step networks from the teacher
+    /// or from a generator whose steps share one network).
+    /// </summary>
+    public static void CopyNet(EdmPrecond source, EdmPrecond target)
+    {
+        if (target.Backbone is StepNetworks own && source.Backbone is not StepNetworks) own.CopyToEach(source.Backbone);
+        else if (source.Backbone is StepNetworks s && target.Backbone is StepNetworks t && s.Count != t.Count)
+            throw new DmdInputException($"a generator with {s.Count} step networks cannot start one with {t.Count}: give it as many steps");
+        else if (source.Backbone is StepNetworks && target.Backbone is not StepNetworks)
+            throw new DmdInputException("a generator with separate step networks cannot start one whose steps share a network: add --separate-step-networks");
+        else Training.TrainingUtils.CopyWeights(source, target);
     }
 
     /// <summary>
@@ -66,7 +93,10 @@ public sealed class OneStepGenerator
     {
         if (DistillCheckpoint.Locate(path) is { } checkpoint) return checkpoint.Load();
         var file = Networks.DenoiserFile.Resolve(path, FileName);
-        var (net, spec) = Networks.DenoiserFile.Load(file);
+        var spec = Networks.DenoiserFile.LoadSpec(file);
+        var net = BuildNet(spec, (int)(Networks.DenoiserFile.ReadExtra(file, StepNetworksKey) ?? 0)); // older files: shared
+        IO.Checkpoint.LoadModule(net, file);
+        net.eval();
         Training.TrainingUtils.Freeze(net);
         double sigmaMax = Networks.DenoiserFile.ReadExtra(file, SigmaMaxKey) ?? KarrasSchedule.DefaultSigmaMax; // older files: 80
         int steps = (int)(Networks.DenoiserFile.ReadExtra(file, StepsKey) ?? 1);                                 // older files: one step
@@ -114,7 +144,9 @@ public sealed class OneStepGenerator
                                             $"({string.Join(", ", first.Sigmas)}): only generators of one run's settings average");
         }
         var spec = first.Spec ?? throw new DmdInputException($"{sources[0]}: a generator without its spec (.json) cannot be averaged");
-        var net = spec.Build();
+        if (generators.Any(g => g.StepNetworkCount != first.StepNetworkCount))
+            throw new DmdInputException($"{sources[0]} and {sources[generators.FindIndex(g => g.StepNetworkCount != first.StepNetworkCount)]} differ in separate step networks: only generators of one run's settings average");
+        var net = BuildNet(spec, first.StepNetworkCount);
         using (no_grad())
         {
             var weights = generators.Select(g => g.Net.state_dict()).ToList();
@@ -142,10 +174,10 @@ public sealed class OneStepGenerator
 
     /// <summary>The generator's file name in a run folder.</summary>
     public const string FileName = "generator.safetensors";
-    const string SigmaMaxKey = "SigmaMax", StepsKey = "Steps";
+    const string SigmaMaxKey = "SigmaMax", StepsKey = "Steps", StepNetworksKey = "StepNetworks";
 
     /// <summary>Writes the generator as a loadable model: weights, the network's spec, the sigma_max it maps noise from
-    /// and, for K steps, K and the further noise levels (Sigma1, Sigma2, ...).</summary>
+    /// and, for K steps, K and the further noise levels (Sigma1, Sigma2, ...), with separate step networks their count.</summary>
     public void Save(string path, Networks.NetworkSpec spec)
     {
         var extra = new Dictionary<string, double> { [SigmaMaxKey] = SigmaMax };
@@ -153,6 +185,7 @@ public sealed class OneStepGenerator
         {
             extra[StepsKey] = Steps;
             for (int k = 1; k < Steps; k++) extra[$"Sigma{k}"] = Sigmas[k];
+            if (StepNetworkCount > 0) extra[StepNetworksKey] = StepNetworkCount;
         }
         Networks.DenoiserFile.Save(Net, spec, path, extra);
     }

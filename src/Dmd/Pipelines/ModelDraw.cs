@@ -95,6 +95,8 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
                     throw new DmdInputException($"--guidance {guidance:G}: a generator samples without guidance (its guidance is the one it was distilled with); leave the option out, or give --sampler heun to use its network as a denoiser");
                 return new ModelDraw(path, g.Net, g.Spec!, which, g.CheckSteps(steps), guidance, g);
             }
+            if (g.StepNetworkCount > 0)
+                throw new DmdInputException($"--sampler {which}: {path} has a network per step, each trained at its own noise level only, so it is no denoiser at every level; sample it with --sampler onestep");
             return new ModelDraw(path, g.Net, g.Spec!, which, steps ?? DefaultTeacherSteps, guidance); // its network as a denoiser
         }
         if (which == "onestep") throw new DmdInputException($"--sampler onestep needs a generator (generator.safetensors); {path} is a teacher: use heun or euler");

@@ -88,6 +88,16 @@ internal static class TrainingUtils
     }
 
     /// <summary>
+    /// Drops every gradient of a module (PyTorch's <c>zero_grad(set_to_none=True)</c>, its default since 2.0; TorchSharp's
+    /// <c>zero_grad</c> fills zeros): after the next backward only the parameters the loss reached have a gradient, and
+    /// AdamW leaves the others as they are (no weight decay, no step on old momentum).
+    /// </summary>
+    public static void ClearGradients(nn.Module m)
+    {
+        foreach (var p in m.parameters()) p.grad = null;
+    }
+
+    /// <summary>
     /// Whether a loss and every gradient of a module are finite, i.e. whether the optimiser step about to be taken is
     /// safe. A step that is not is skipped (as PyTorch's AMP GradScaler does) and counted; the run loop stops a run whose
     /// steps keep being skipped (<see cref="TrainingLoop.MaxSkippedInARow"/>).
