@@ -18,7 +18,6 @@ public sealed class StepNetworks : EdmBackbone
 {
     private readonly ModuleList<EdmBackbone> steps;
     double[] levels = Array.Empty<double>(); // c_noise of each step
-    double[] sigmas = Array.Empty<double>();
 
     /// <summary>K copies of <paramref name="spec"/>'s raw network, freshly initialised (K at least 2).</summary>
     public StepNetworks(NetworkSpec spec, int count) : base(nameof(StepNetworks))
@@ -44,8 +43,7 @@ public sealed class StepNetworks : EdmBackbone
     {
         if (stepSigmas.Count != Count)
             throw new DmdInputException($"a generator with {Count} step networks cannot sample on {stepSigmas.Count} noise levels; give it {Count} steps");
-        sigmas = stepSigmas.ToArray();
-        levels = sigmas.Select(s => (double)(float)(Math.Log(s) / 4)).ToArray();
+        levels = stepSigmas.Select(s => (double)(float)(Math.Log(s) / 4)).ToArray();
     }
 
     /// <summary>F(x, c_noise, labels), each sample by its level's copy; a level that is no step's is an <see cref="InvalidOperationException"/>.</summary>
@@ -73,7 +71,7 @@ public sealed class StepNetworks : EdmBackbone
     {
         for (int k = 0; k < levels.Length; k++)
             if (Math.Abs(cNoise - levels[k]) <= 1e-5 * Math.Max(1, Math.Abs(levels[k]))) return k;
-        throw new InvalidOperationException($"a generator with separate step networks runs only at its steps' noise levels ({string.Join(", ", sigmas.Select(s => s.ToString("G4")))}), not at sigma {Math.Exp(4 * cNoise):G4}");
+        throw new InvalidOperationException($"a generator with separate step networks runs only at its steps' noise levels ({string.Join(", ", levels.Select(c => Math.Exp(4 * c).ToString("G4")))}), not at sigma {Math.Exp(4 * cNoise):G4}");
     }
 
     /// <summary>Sets every copy to <paramref name="source"/>'s weights (the teacher's, or a shared-network generator's).</summary>
