@@ -37,7 +37,8 @@ internal static class EvalCommand
         var seed = new Option<long>("--seed") { Description = "seed of the noise and labels of the samples", DefaultValueFactory = _ => 0 };
         var data = new Option<string?>("--data") { Description = "points: the reference distribution (built-in name or csv:PATH; default: the data the model's run learned, from its config.json)" };
         var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file for the results (default: runs/eval/MODEL.json; never inside the model's folder unless named here)" };
-        foreach (var o in new Option[] { model, classPrompts, prompts, reference, fidWeights, sampler, steps, guidance, interval, finishWith, finishSteps, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
+        var carry = new Option<double?>("--step-noise-carry") { Description = "a K-step generator: the share of the noise re-injected between its steps carried over from the step's input, in [0, 1) (default: the one it was trained with, recorded in its file; 0 = fresh noise, as DMD2)" };
+        foreach (var o in new Option[] { model, classPrompts, prompts, reference, fidWeights, sampler, steps, carry, guidance, interval, finishWith, finishSteps, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
@@ -46,6 +47,7 @@ internal static class EvalCommand
             {
                 if (r.GetValue(interval) is not null) throw new DmdInputException("--guidance-interval is for class-conditional teachers; a text-to-image evaluation guides at every level");
                 if (r.GetValue(finishWith) is not null) throw new DmdInputException("--finish-with is for class-conditional generators; a text-to-image generator is evaluated on its own steps");
+                if (r.GetValue(carry) is not null) throw new DmdInputException("--step-noise-carry is for class-conditional K-step generators; a text-to-image generator samples as it was trained");
                 return TextToImage(r, teacherFolder, model, classPrompts, sampler, steps, guidance, n, batch, seed, outOpt, (prompts, reference, fidWeights));
             }
             if (r.GetValue(classPrompts) is not null || r.GetValue(prompts) is not null || r.GetValue(reference) is not null)
@@ -56,6 +58,7 @@ internal static class EvalCommand
                 ? ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r), guideAt)
                 : ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), 1, Devices.Get(r))
                            .FinishedBy(finisher, r.GetValue(finishSteps), r.GetValue(guidance), guideAt, Devices.Get(r));
+            m = m.WithStepNoiseCarry(r.GetValue(carry));
             var outPath = r.GetValue(outOpt) ?? Evaluation.DefaultOut(m.Path);
             Checkpoint.EnsureWritableFile(outPath, "--out");
             Threads.Apply(r, smallModel: !m.Spec.IsImage);

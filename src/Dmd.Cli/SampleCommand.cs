@@ -30,13 +30,14 @@ internal static class SampleCommand
         var batch = new Option<int>("--batch") { Description = "samples per batch", DefaultValueFactory = _ => 256 };
         var scale = new Option<int>("--scale") { Description = "images: enlarge the grid's tiles this many times", DefaultValueFactory = _ => 1 };
         var outOpt = new Option<string>("--out", "-o") { Description = "output file (.csv for points, .png for images)", DefaultValueFactory = _ => "runs/samples.csv" };
-        foreach (var o in new Option[] { model, n, sampler, steps, guidance, interval, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
+        var carry = new Option<double?>("--step-noise-carry") { Description = "a K-step generator: the share of the noise re-injected between its steps carried over from the step's input, in [0, 1) (default: the one it was trained with, recorded in its file; 0 = fresh noise, as DMD2)" };
+        foreach (var o in new Option[] { model, n, sampler, steps, carry, guidance, interval, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>
         {
             Common.RequirePositive(r, n, steps, batch, scale);
             var m = ModelDraw.Load(r.GetValue(model)!, r.GetValue(sampler), r.GetValue(steps), r.GetValue(guidance), Devices.Get(r),
-                                  GuidanceInterval.Parse(r.GetValue(interval), "--guidance-interval"));
+                                  GuidanceInterval.Parse(r.GetValue(interval), "--guidance-interval")).WithStepNoiseCarry(r.GetValue(carry));
             Threads.Apply(r, smallModel: !m.Spec.IsImage);
             var outPath = r.GetValue(outOpt)!;
             var guided = (m.Guidance != 1 || m.GuidanceInterval is not null) && m.Sampler != "onestep" ? string.Create(CultureInfo.InvariantCulture, $", guidance {m.Guidance}{(m.GuidanceInterval is { } gi ? $" at sigma in {gi}" : "")}") : "";

@@ -83,6 +83,44 @@ public class FewStepGeneratorTests
     }
 
     /// <summary>
+    /// With a step-noise carry c the re-noising before step k + 1 mixes the noise the step's input carried, (x - x0) / s_k,
+    /// into the fresh one: x = x0 + s_(k+1) (c (x - x0) / s_k + sqrt(1 - c^2) n_k), computed by hand; carry 0 is the
+    /// plain chain, and a carry outside [0, 1) or on a one-step generator is refused.
+    /// </summary>
+    [Fact]
+    public void AStepNoiseCarryMixesTheInputsOwnNoiseIntoTheReNoising()
+    {
+        var net = PerturbedNet(2);
+        var levels = new[] { 8.0, 2.0, 0.5 };
+        const double c = 0.6;
+        var g = new OneStepGenerator(net, levels, c);
+        using var rng = new Generator(4);
+        var z = randn(new long[] { 16, 2 }, generator: rng);
+        var y = Rng.OneHotLabels(3, 16, rng);
+        var noise = new[] { randn(new long[] { 16, 2 }, generator: rng), randn(new long[] { 16, 2 }, generator: rng) };
+        using var _ = no_grad();
+        Tensor D(Tensor x, double s) => net.Denoise(x, full(16, s), y);
+        double fresh = Math.Sqrt(1 - c * c);
+        var x1 = 8 * z;
+        var a = D(x1, 8);
+        var x2 = a + 2 * (c * (x1 - a) / 8 + fresh * noise[0]);
+        var b = D(x2, 2);
+        var x3 = b + 0.5 * (c * (x2 - b) / 2 + fresh * noise[1]);
+        Assert.True(allclose(x3, g.Input(z, y, 2, noise), rtol: 1e-5, atol: 1e-6), "the third step's input");
+        Assert.True(allclose(D(x3, 0.5), g.Generate(z, y, noise), rtol: 1e-5, atol: 1e-6), "three steps");
+        var plain = new OneStepGenerator(net, levels);
+        Assert.False(allclose(plain.Generate(z, y, noise), g.Generate(z, y, noise), rtol: 1e-3, atol: 1e-4));
+        Assert.True(TestUtil.Same(plain.Generate(z, y, noise), g.WithStepNoiseCarry(0).Generate(z, y, noise)));
+        Assert.True(TestUtil.Same(g.Generate(z, y, noise), plain.WithStepNoiseCarry(c).Generate(z, y, noise)));
+        foreach (var bad in new[] { -0.1, 1.0, double.NaN })
+        {
+            Assert.Throws<DmdInputException>(() => new OneStepGenerator(net, levels, bad));
+            Assert.Throws<DmdInputException>(() => new DmdConfig { GeneratorSteps = 3, StepNoiseCarry = bad }.Validate());
+        }
+        Assert.Contains("step-noise-carry", Assert.Throws<DmdInputException>(() => new DmdConfig { StepNoiseCarry = 0.5 }.Validate()).Message);
+    }
+
+    /// <summary>
     /// `eval --steps k --finish-with TEACHER`: the generator's first k steps, its output re-noised to level k + 1 with the
     /// chain's own noise, then the teacher's Heun. A teacher that is the generator's own network, in one (Euler) step, is
     /// the generator's last step: the whole chain comes out. A teacher file of another shape is refused, and so is k = K.
@@ -353,10 +391,11 @@ public class FewStepGeneratorTests
     /// resume is bit for bit; runs average with `export`.
     /// </summary>
     [Theory]
-    [InlineData(false, false)]
-    [InlineData(true, false)]
-    [InlineData(false, true)]
-    public void AFewStepRunSavesItsLevelsSamplesWithThemAndResumesBitForBit(bool fakePerLevel, bool separateStepNetworks)
+    [InlineData(false, false, 0.0)]
+    [InlineData(true, false, 0.0)]
+    [InlineData(false, true, 0.0)]
+    [InlineData(true, false, 0.5)]
+    public void AFewStepRunSavesItsLevelsSamplesWithThemAndResumesBitForBit(bool fakePerLevel, bool separateStepNetworks, double carry)
     {
         var dir = TestUtil.TempDir();
         try
@@ -367,7 +406,7 @@ public class FewStepGeneratorTests
             {
                 Mode = DmdMode.DmOnly, BatchSize = 8, WarmupSteps = 0, FakeUpdatesPerStep = 2, Seed = 9, Steps = 4,
                 GeneratorSteps = 3, SigmaMax = 20, GeneratorSigmaMin = 0.5, CheckpointEvery = 2, LogEvery = 1, FakePerLevel = fakePerLevel,
-                SeparateStepNetworks = separateStepNetworks,
+                SeparateStepNetworks = separateStepNetworks, StepNoiseCarry = carry,
             };
             var straight = Path.Combine(dir, "straight");
             using (var t = new DmdTrainer(DenoiserFile.Load(teacherPath).Net, Spec, cfg, null)) t.Run(straight, teacherPath, null);
@@ -382,10 +421,13 @@ public class FewStepGeneratorTests
             var r = OneStepGenerator.Load(resumed);
             foreach (var (pa, pb) in g.Net.parameters().Zip(r.Net.parameters())) Assert.True(TestUtil.Same(pa, pb), "resumed run differs");
             Assert.Equal(separateStepNetworks ? 3 : 0, g.StepNetworkCount);
+            Assert.Equal(carry, g.StepNoiseCarry);
+            Assert.Equal(carry, OneStepGenerator.Load(Path.Combine(straight, "checkpoint")).StepNoiseCarry);
             var average = Path.Combine(dir, "average");
             OneStepGenerator.ExportAverage(new[] { straight, resumed }, average);
             var a = OneStepGenerator.Load(average);
             Assert.Equal(g.StepNetworkCount, a.StepNetworkCount);
+            Assert.Equal(carry, a.StepNoiseCarry);
             foreach (var (pa, pb) in g.Net.parameters().Zip(a.Net.parameters())) Assert.True(allclose(pa, pb, 1e-6, 1e-7), "the average of one run's twins differs from it");
 
             var classes = new[] { 0, 2, 1, 1 };
@@ -407,6 +449,10 @@ public class FewStepGeneratorTests
             Assert.Equal(3, m.Nfe);
             Assert.Equal(2, ModelDraw.Load(straight, null, 2, 1).Nfe);
             Assert.Throws<DmdInputException>(() => ModelDraw.Load(straight, null, 5, 1));
+            Assert.Equal(carry, m.Generator!.StepNoiseCarry);
+            Assert.Equal(0.3, m.WithStepNoiseCarry(0.3).Generator!.StepNoiseCarry); // `eval`/`sample --step-noise-carry`
+            Assert.Same(m, m.WithStepNoiseCarry(null));
+            Assert.Throws<DmdInputException>(() => ModelDraw.Load(teacherPath, null, null, 1).WithStepNoiseCarry(0.3));
             if (separateStepNetworks) Assert.Throws<DmdInputException>(() => ModelDraw.Load(straight, "heun", null, 1)); // no denoiser at every level
         }
         finally { Directory.Delete(dir, true); }

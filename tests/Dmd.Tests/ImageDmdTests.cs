@@ -170,6 +170,11 @@ public class ImageDmdTests : IClassFixture<TinyImageTeacher>
         new OneStepGenerator(g2.Net, new[] { 80.0, 9, 3 }) { Spec = g2.Spec }.Save(Path.Combine(otherLevels, OneStepGenerator.FileName), g2.Spec!);
         var refusal = Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, otherLevels }, Path.Combine(TestUtil.TempDir(), "x")));
         Assert.Contains("other noise levels", refusal.Message);
+        var otherCarry = Path.Combine(TestUtil.TempDir(), "carry");
+        Directory.CreateDirectory(otherCarry);
+        g2.WithStepNoiseCarry(0.5).Save(Path.Combine(otherCarry, OneStepGenerator.FileName), g2.Spec!);
+        Assert.Equal(0.5, OneStepGenerator.Load(otherCarry).StepNoiseCarry);
+        Assert.Contains("step-noise-carry", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, otherCarry }, Path.Combine(TestUtil.TempDir(), "z"))).Message);
         Assert.Contains("at least two", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2 }, Path.Combine(TestUtil.TempDir(), "y"))).Message);
         Assert.Contains("already holds a generator", Assert.Throws<DmdInputException>(() => OneStepGenerator.ExportAverage(new[] { k2, k4 }, avg)).Message);
         // the run's own folders are refused whatever the sources: its kept/ and checkpoint/ (which it replaces and

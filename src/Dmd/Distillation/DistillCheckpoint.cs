@@ -111,7 +111,7 @@ internal sealed record DistillCheckpoint(string RunDir, string? StepFolder, DmdR
                 reader.Module(reader.Has("ema.safetensors") ? "ema.safetensors" : OneStepGenerator.FileName, net);
                 net.eval();
                 TrainingUtils.Freeze(net);
-                return (new OneStepGenerator(net, Info.Config.GeneratorSigmas(Info.Spec.SigmaData)) { Spec = Info.Spec }, reader.Step);
+                return (new OneStepGenerator(net, Info.Config.GeneratorSigmas(Info.Spec.SigmaData), Info.Config.StepNoiseCarry) { Spec = Info.Spec }, reader.Step);
             }
             catch (Exception e) when (e is DmdException or IOException && StepFolder is null && attempt < 3 && store.ReadPointer() != pointer)
             {

@@ -107,6 +107,13 @@ public sealed record DmdConfig
     /// e.g. "80,2,0.8,0.35"
     /// </summary>
     public string GeneratorLevels { get; init; } = "geometric";
+    /// <summary>
+    /// a K-step generator's share c in [0, 1) of the noise re-injected between its steps that is carried over from the
+    /// step's input instead of drawn fresh, in training (backward simulation) and sampling alike: before step k + 1,
+    /// x = x0 + s_(k+1) (c (x - x0) / s_k + sqrt(1 - c^2) n); 0 = DMD2's fresh noise. Not in DMD2: the chain then keeps
+    /// more of its starting noise, and the samples more of their variety
+    /// </summary>
+    public double StepNoiseCarry { get; init; }
     /// <summary>CFG scale of the real score (1 = none)</summary>
     public double GuidanceReal { get; init; } = 1.0;
     /// <summary>
@@ -294,6 +301,9 @@ public sealed record DmdConfig
         if (FakeLabelDropout > 0 && Mode == DmdMode.RegressionOnly)
             throw new DmdInputException($"fake-label-dropout {FakeLabelDropout:G}: mode RegressionOnly trains no fake denoiser; use mode Full or DmOnly, or leave it out");
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
+        Settings.InRange("step-noise-carry", StepNoiseCarry, 0, 1);
+        if (StepNoiseCarry > 0 && GeneratorSteps == 1)
+            throw new DmdInputException("step-noise-carry: a one-step generator re-injects no noise; use it with generator-steps > 1");
         if (FakePerLevel && GeneratorSteps == 1)
             throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");
         if (SeparateStepNetworks && GeneratorSteps == 1)

@@ -166,7 +166,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         var buildGenerator = config.SeparateStepNetworks ? () => OneStepGenerator.BuildNet(Spec, config.StepNetworkCount) : build;
         var genNet = buildGenerator(); genNet.to(this.device);
         OneStepGenerator.CopyNet(Real, genNet);
-        Generator = new OneStepGenerator(genNet, config.GeneratorSigmas(Spec.SigmaData));
+        Generator = new OneStepGenerator(genNet, config.GeneratorSigmas(Spec.SigmaData), config.StepNoiseCarry);
         // a resumed run takes its weights from the checkpoint, so the starting model need not be there any more
         initPending = config.InitGenerator is not null && !File.Exists(config.InitGenerator) && !Directory.Exists(config.InitGenerator);
         if (config.InitGenerator is not null && !initPending)
@@ -176,7 +176,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var emaNet = buildGenerator(); emaNet.to(this.device);
             TrainingUtils.CopyWeights(genNet, emaNet);
             TrainingUtils.Freeze(emaNet);
-            Ema = new OneStepGenerator(emaNet, config.GeneratorSigmas(Spec.SigmaData));
+            Ema = new OneStepGenerator(emaNet, config.GeneratorSigmas(Spec.SigmaData), config.StepNoiseCarry);
         }
 
         if (config.UsesGan) // initialised from torch's global generator, seeded above; DMD2 trains it with the fake denoiser
@@ -471,7 +471,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// <summary>
     /// The generator's input and its level for one batch: sigma_max z at level 0 for a one-step generator (nothing drawn);
     /// for K steps, DMD2's backward simulation: a level s uniform in [0, K) drawn for the batch, then the current
-    /// generator's own chain run from sigma_max z to level s without gradient, with fresh noise at each re-noising.
+    /// generator's own chain run from sigma_max z to level s without gradient, with fresh noise at each re-noising (partly
+    /// the input's own with step-noise-carry).
     /// With one fake denoiser per level or a network per step the levels go round from a shared draw, the same on every
     /// rank (so that the ranks train the same fake denoiser and the same step network): <paramref name="draw"/> k of the
     /// step (0 the generator's batch, then each fake update's) is at level (s0 + k) mod K, so every fake denoiser gets its

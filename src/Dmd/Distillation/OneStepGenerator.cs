@@ -10,6 +10,8 @@ namespace Dmd.Distillation;
 /// teacher, so at first exactly the teacher's one-step prediction from pure noise. K steps (DMD2 section 4.4): the same
 /// network on K fixed noise levels sigma_max = s_0 &gt; s_1 &gt; ... &gt; s_(K-1): x = s_0 z; then K times x0 = D_gen(x, s_k, y)
 /// and, before each further step, x = x0 + s_(k+1) n_k with fresh standard normal noise n_k; the last x0 is the sample.
+/// With a step-noise carry c &gt; 0 part of that noise is the noise the step's own input carried instead,
+/// n = c (x - x0) / s_k + sqrt(1 - c^2) n_k (c = 1 would be a DDIM-like deterministic chain; DMD2: 0).
 /// With separate step networks (<see cref="StepNetworks"/>) step k runs its own copy of the network instead.
 /// </summary>
 public sealed class OneStepGenerator
@@ -22,19 +24,29 @@ public sealed class OneStepGenerator
     public IReadOnlyList<double> Sigmas { get; }
     /// <summary>Network evaluations of a full sample: the number of noise levels it was trained on.</summary>
     public int Steps => Sigmas.Count;
+    /// <summary>
+    /// Share c in [0, 1) of the noise re-injected between steps that is carried over from the step's input rather than
+    /// fresh: before step k + 1, x = x0 + s_(k+1) (c (x - x0) / s_k + sqrt(1 - c^2) n_k). 0 (DMD2's backward simulation):
+    /// all fresh. The chain's inputs then keep more of the starting noise, and with it of the samples' variety.
+    /// </summary>
+    public double StepNoiseCarry { get; }
     /// <summary>The network's description (set by <see cref="Load"/>; needed by <see cref="Sample"/>).</summary>
     public Networks.NetworkSpec? Spec { get; init; }
 
     /// <summary>Wraps a denoiser as the one-step G(z, y) = net(sigma_max z, sigma_max, y); <see cref="Spec"/> stays null unless set.</summary>
     public OneStepGenerator(EdmPrecond net, double sigmaMax = KarrasSchedule.DefaultSigmaMax) : this(net, new[] { sigmaMax }) { }
 
-    /// <summary>Wraps a denoiser as a generator on the given decreasing noise levels (the first is sigma_max).</summary>
-    public OneStepGenerator(EdmPrecond net, IReadOnlyList<double> sigmas)
+    /// <summary>Wraps a denoiser as a generator on the given decreasing noise levels (the first is sigma_max), with
+    /// <paramref name="stepNoiseCarry"/> (<see cref="StepNoiseCarry"/>) between its steps.</summary>
+    public OneStepGenerator(EdmPrecond net, IReadOnlyList<double> sigmas, double stepNoiseCarry = 0)
     {
         if (sigmas.Count < 1 || sigmas.Any(s => !(s > 0)) || sigmas.Zip(sigmas.Skip(1)).Any(p => !(p.First > p.Second)))
             throw new DmdInputException($"generator noise levels [{string.Join(", ", sigmas)}]: need at least one, all positive and decreasing");
+        if (!(stepNoiseCarry >= 0 && stepNoiseCarry < 1))
+            throw new DmdInputException($"step-noise-carry {stepNoiseCarry}: must lie in [0, 1) (0: fresh noise between steps, as DMD2)");
         Net = net;
         Sigmas = sigmas.ToArray();
+        StepNoiseCarry = stepNoiseCarry;
         if (net.Backbone is StepNetworks own) own.Bind(Sigmas);
     }
 
@@ -104,8 +116,13 @@ public sealed class OneStepGenerator
         sigmas[0] = sigmaMax;
         for (int k = 1; k < sigmas.Length; k++)
             sigmas[k] = Networks.DenoiserFile.ReadExtra(file, $"Sigma{k}") ?? throw new DmdInputException($"{file}: a {steps}-step generator without the noise level of step {k + 1} (Sigma{k}) in its .json; the file is damaged");
-        return new OneStepGenerator(net, sigmas) { Spec = spec };
+        double carry = Networks.DenoiserFile.ReadExtra(file, StepNoiseCarryKey) ?? 0;                       // older files: fresh noise
+        return new OneStepGenerator(net, sigmas, carry) { Spec = spec };
     }
+
+    /// <summary>The same network and levels sampled with another <see cref="StepNoiseCarry"/> (e.g. `dmd eval
+    /// --step-noise-carry` on a generator trained with another): the weights are shared, not copied.</summary>
+    public OneStepGenerator WithStepNoiseCarry(double carry) => new(Net, Sigmas, carry) { Spec = Spec };
 
     /// <summary>
     /// Writes a `dmd distill` run's checkpoint (<c>RUN/checkpoint</c> for the latest, or <c>RUN/checkpoint/step-NNNNNNNN</c>)
@@ -144,6 +161,8 @@ public sealed class OneStepGenerator
                                             $"({string.Join(", ", first.Sigmas)}): only generators of one run's settings average");
         }
         var spec = first.Spec ?? throw new DmdInputException($"{sources[0]}: a generator without its spec (.json) cannot be averaged");
+        if (generators.Any(g => g.StepNoiseCarry != first.StepNoiseCarry))
+            throw new DmdInputException($"{sources[0]} and {sources[generators.FindIndex(g => g.StepNoiseCarry != first.StepNoiseCarry)]} differ in step-noise-carry: only generators of one run's settings average");
         if (generators.Any(g => g.StepNetworkCount != first.StepNetworkCount))
             throw new DmdInputException($"{sources[0]} and {sources[generators.FindIndex(g => g.StepNetworkCount != first.StepNetworkCount)]} differ in separate step networks: only generators of one run's settings average");
         var net = BuildNet(spec, first.StepNetworkCount);
@@ -156,7 +175,7 @@ public sealed class OneStepGenerator
         net.eval();
         Training.TrainingUtils.Freeze(net);
         Directory.CreateDirectory(outDir);
-        DmdTrainer.SaveGenerator(new OneStepGenerator(net, first.Sigmas) { Spec = spec }, spec, target);
+        DmdTrainer.SaveGenerator(new OneStepGenerator(net, first.Sigmas, first.StepNoiseCarry) { Spec = spec }, spec, target);
         var config = sources.Select(RunConfig).LastOrDefault(c => c is not null);
         if (config is not null) IO.Checkpoint.SaveJson(config, Path.Combine(outDir, "config.json"));
         IO.Checkpoint.SaveJson(new { Sources = sources.Select(Path.GetFullPath) }, Path.Combine(outDir, "average.json"));
@@ -174,10 +193,11 @@ public sealed class OneStepGenerator
 
     /// <summary>The generator's file name in a run folder.</summary>
     public const string FileName = "generator.safetensors";
-    const string SigmaMaxKey = "SigmaMax", StepsKey = "Steps", StepNetworksKey = "StepNetworks";
+    const string SigmaMaxKey = "SigmaMax", StepsKey = "Steps", StepNetworksKey = "StepNetworks", StepNoiseCarryKey = "StepNoiseCarry";
 
     /// <summary>Writes the generator as a loadable model: weights, the network's spec, the sigma_max it maps noise from
-    /// and, for K steps, K and the further noise levels (Sigma1, Sigma2, ...), with separate step networks their count.</summary>
+    /// and, for K steps, K and the further noise levels (Sigma1, Sigma2, ...), with separate step networks their count and
+    /// with a step-noise carry its value.</summary>
     public void Save(string path, Networks.NetworkSpec spec)
     {
         var extra = new Dictionary<string, double> { [SigmaMaxKey] = SigmaMax };
@@ -186,6 +206,7 @@ public sealed class OneStepGenerator
             extra[StepsKey] = Steps;
             for (int k = 1; k < Steps; k++) extra[$"Sigma{k}"] = Sigmas[k];
             if (StepNetworkCount > 0) extra[StepNetworksKey] = StepNetworkCount;
+            if (StepNoiseCarry > 0) extra[StepNoiseCarryKey] = StepNoiseCarry;
         }
         Networks.DenoiserFile.Save(Net, spec, path, extra);
     }
@@ -285,7 +306,7 @@ public sealed class OneStepGenerator
     /// <summary>
     /// The input of step <paramref name="level"/> (0-based): sigma_max z for the first; for a later one the generator's own
     /// chain run to it (DMD2's backward simulation when called without gradient): each earlier step's output re-noised
-    /// with <paramref name="stepNoise"/> to the next level.
+    /// with <paramref name="stepNoise"/> to the next level (and with <see cref="StepNoiseCarry"/>, partly with its input's noise).
     /// </summary>
     public Tensor Input(Tensor z, Tensor? labels, int level, IReadOnlyList<Tensor>? stepNoise)
     {
@@ -293,8 +314,13 @@ public sealed class OneStepGenerator
         if (level > 0 && (stepNoise is null || stepNoise.Count < level))
             throw new ArgumentException($"step {level + 1} of a {Steps}-step generator needs the noise of steps 2..{level + 1} (stepNoise)");
         var x = z * DenoiserExtensions.Const(SigmaMax, z);
+        double fresh = Math.Sqrt(1 - StepNoiseCarry * StepNoiseCarry);
         for (int j = 0; j < level; j++)
-            x = Denoise(x, j, labels) + stepNoise![j] * Sigmas[j + 1];
+        {
+            var x0 = Denoise(x, j, labels);
+            x = StepNoiseCarry == 0 ? x0 + stepNoise![j] * Sigmas[j + 1]
+                : x0 + ((x - x0) * (StepNoiseCarry / Sigmas[j]) + stepNoise![j] * fresh) * Sigmas[j + 1];
+        }
         return x;
     }
 }

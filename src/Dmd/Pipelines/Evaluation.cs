@@ -25,6 +25,8 @@ public sealed record EvalResult(string Model, string Sampler, int Nfe, int Sampl
     public string? GuidanceInterval { get; init; }
     /// <summary>A generator's first steps finished by a teacher (<see cref="ModelDraw.FinishedBy"/>): "TEACHER, Heun N from sigma S" (TEACHER its path); null = none.</summary>
     public string? FinishedBy { get; init; }
+    /// <summary>A K-step generator's share of carried noise between its steps as sampled (<see cref="OneStepGenerator.StepNoiseCarry"/>); null for other models.</summary>
+    public double? StepNoiseCarry { get; init; }
 }
 
 /// <summary>
@@ -84,6 +86,7 @@ public static class Evaluation
         }
         return new EvalResult(m.Path, m.Sampler, m.Nfe, count, m.Guidance, count / secs, metrics, perClass, referenceName, realPerClass)
             { GuidanceInterval = m.GuidanceInterval?.ToString(),
+              StepNoiseCarry = m.Generator is { Steps: > 1 } generator ? generator.StepNoiseCarry : null,
               FinishedBy = m.Finisher is null ? null : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{m.FinisherPath}, Heun {m.FinishSteps} from sigma {m.FinishSigma:G6}") };
     }
 

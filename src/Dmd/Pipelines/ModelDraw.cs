@@ -58,6 +58,18 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
         return this with { Finisher = net, FinisherPath = teacherPath, FinishSteps = steps, Guidance = guidance, GuidanceInterval = interval };
     }
 
+    /// <summary>
+    /// This K-step generator sampled with another share of carried noise between its steps
+    /// (<see cref="OneStepGenerator.StepNoiseCarry"/>) than the one it was trained with; null keeps its own.
+    /// </summary>
+    public ModelDraw WithStepNoiseCarry(double? carry)
+    {
+        if (carry is not double c) return this;
+        if (Generator is null || Generator.Steps == 1)
+            throw new DmdInputException($"--step-noise-carry: {Path} is not a K-step generator; only the noise between a K-step generator's steps can be carried");
+        return this with { Generator = Generator.WithStepNoiseCarry(c) };
+    }
+
     /// <summary>The noise level where <see cref="Finisher"/> takes over.</summary>
     public double FinishSigma => Generator!.Sigmas[Steps];
 
@@ -114,7 +126,7 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     public string Title => Finisher is not null
         ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")}, then the teacher's Heun {FinishSteps} from sigma {FinishSigma:G4})"
         : Sampler == "onestep"
-        ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")})"
+        ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")}{(Generator is { StepNoiseCarry: > 0 } g && Steps > 1 ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $", step-noise carry {g.StepNoiseCarry:G4}") : "")})"
         : $"{System.IO.Path.GetFileName(Path)} ({Sampler}, {Nfe} NFE)";
 
     /// <summary>How it samples, for messages: "heun", "euler", "one-step generator" or "K-step generator".</summary>
