@@ -1,4 +1,4 @@
-// Sampling-time knobs of the shipped students, without retraining (docs/dmd2-experiments.md, "Sampling-time knobs").
+// Sampling-time knobs of the shipped students, without retraining (docs/dmd2-experiments.md, "Carrying the noise between steps").
 // Run from the repository root:
 //   dotnet run -c Release --project docs/experiments/sampling-knobs -- SEED N THREADS
 // It draws N noises and labels as `dmd eval --seed SEED` does and measures (FD-FMNIST, class accuracy, precision, recall):
