@@ -32,9 +32,7 @@ var levels = fourStep.Sigmas;
 var finishSigmas = KarrasSchedule.Sigmas(heunSteps, KarrasSchedule.DefaultSigmaMin, levels[1]);
 
 // the noise and labels of `dmd eval --seed`, and the chain's noise between steps
-using var g = new Generator((ulong)seed);
-var z = Rng.Normal(new long[] { n }.Concat(fourStep.Spec!.SampleShape.Select(s => (long)s)).ToArray(), g);
-var y = Rng.OneHotLabels(fourStep.Spec.LabelDim, n, g)!;
+var (z, y) = Judge.EvalDraw(fourStep.Spec!.SampleShape, fourStep.Spec.LabelDim, seed, n);
 var stepNoise = OneStepGenerator.SeededStepNoise(fourStep.Spec.SampleShape, seed, n, fourStep.Steps);
 using var judge = FdFmnist.Load();
 
@@ -51,14 +49,7 @@ Tensor InBatches(Tensor first, Tensor labels, Func<Tensor, Tensor, IReadOnlyList
     return cat(parts);
 }
 
-void Report(string what, Tensor x, Tensor labels)
-{
-    var features = judge.Features(x);
-    var accuracy = FdFmnist.ClassAccuracyOfLogits(judge.Logits(x), labels).Overall;
-    var pr = judge.PrecisionRecallOfFeatures(features)!;
-    Console.WriteLine($"{what}: FD-FMNIST {judge.DistanceOfFeatures(features):F3}, class accuracy {100 * accuracy:F1} %, " +
-                      $"precision {pr.Precision:F2}, recall {pr.Recall:F2}");
-}
+void Report(string what, Tensor x, Tensor labels) => Judge.Report(judge, what, x, labels);
 
 Tensor RestOfChain(Tensor x0, Tensor labels, IReadOnlyList<Tensor> noise)
 {

@@ -25,9 +25,7 @@ using (no_grad())
 {
     if (source == "one")
     {
-        using var g = new Generator((ulong)seed);
-        var z = Rng.Normal(new long[] { n }.Concat(shape).ToArray(), g);
-        y = Rng.OneHotLabels(oneStep.Spec.LabelDim, n, g)!;
+        (var z, y) = Judge.EvalDraw(oneStep.Spec.SampleShape, oneStep.Spec.LabelDim, seed, n);
         var parts = new List<Tensor>();
         for (int i = 0; i < n; i += Batch)
             parts.Add(oneStep.Denoise(z[i..Math.Min(n, i + Batch)] * oneStep.SigmaMax, 0, y[i..Math.Min(n, i + Batch)]).detach());
@@ -67,9 +65,5 @@ foreach (var finish in args.Skip(4))
         x = cat(parts);
         what += $", re-noised to sigma {sigma:G3}, teacher Heun {heun} at CFG {cfg:G} on {(interval?.ToString() ?? "every level")}";
     }
-    var features = judge.Features(x);
-    var accuracy = FdFmnist.ClassAccuracyOfLogits(judge.Logits(x), y).Overall;
-    var pr = judge.PrecisionRecallOfFeatures(features)!;
-    Console.WriteLine($"{what}: FD-FMNIST {judge.DistanceOfFeatures(features):F3}, class accuracy {100 * accuracy:F1} %, " +
-                      $"precision {pr.Precision:F2}, recall {pr.Recall:F2}");
+    Judge.Report(judge, what, x, y);
 }

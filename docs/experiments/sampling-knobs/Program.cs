@@ -6,11 +6,7 @@
 //   - the 4-step student with part of each re-noising deterministic: before step k+1 the output x0 of step k is
 //     re-noised as x0 + s_(k+1) (eta n_hat + sqrt(1 - eta^2) n_k), n_hat = (x - x0) / s_k the noise its own input
 //     carried (eta 0: DMD2's fresh noise, as trained; eta 1: a DDIM-like deterministic chain).
-using Dmd;
-using Dmd.Distillation;
-using Dmd.Metrics;
-using TorchSharp;
-using static TorchSharp.torch;
+// (its namespaces are imported in SamplingKnobs.csproj)
 
 long seed = long.Parse(args[0]);
 int n = int.Parse(args[1]);
@@ -20,9 +16,7 @@ const int Batch = 100;
 var oneStep = OneStepGenerator.Load("models/fashion-mnist-student");
 var fourStep = OneStepGenerator.Load("models/fashion-mnist-student-4step");
 var levels = fourStep.Sigmas;
-using var g = new Generator((ulong)seed);
-var z = Rng.Normal(new long[] { n }.Concat(fourStep.Spec!.SampleShape.Select(s => (long)s)).ToArray(), g);
-var y = Rng.OneHotLabels(fourStep.Spec.LabelDim, n, g)!;
+var (z, y) = Judge.EvalDraw(fourStep.Spec!.SampleShape, fourStep.Spec.LabelDim, seed, n);
 var stepNoise = OneStepGenerator.SeededStepNoise(fourStep.Spec.SampleShape, seed, n, fourStep.Steps);
 using var judge = FdFmnist.Load();
 
@@ -38,14 +32,7 @@ Tensor InBatches(Func<Tensor, Tensor, IReadOnlyList<Tensor>, Tensor> f)
     return cat(parts);
 }
 
-void Report(string what, Tensor x)
-{
-    var features = judge.Features(x);
-    var accuracy = FdFmnist.ClassAccuracyOfLogits(judge.Logits(x), y).Overall;
-    var pr = judge.PrecisionRecallOfFeatures(features)!;
-    Console.WriteLine($"{what}: FD-FMNIST {judge.DistanceOfFeatures(features):F3}, class accuracy {100 * accuracy:F1} %, " +
-                      $"precision {pr.Precision:F2}, recall {pr.Recall:F2}");
-}
+void Report(string what, Tensor x) => Judge.Report(judge, what, x, y);
 
 var which = args.Length > 3 ? args[3] : "both";
 if (which != "four")
