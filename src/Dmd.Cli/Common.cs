@@ -58,6 +58,8 @@ internal static class Common
 {
     public static Option<string> Out(string def) => new("--out", "-o") { Description = "output folder", DefaultValueFactory = _ => def };
     public static Option<string?> ConfigFile() => new("--config") { Description = "JSON file with the run's settings, or a run's own config.json (command-line options override it)" };
+    /// <summary>`sample`/`eval --step-noise-carry`: a K-step generator sampled with another carry than its own (<see cref="ModelDraw.WithStepNoiseCarry"/>).</summary>
+    public static Option<double?> StepNoiseCarry() => new("--step-noise-carry") { Description = "a K-step generator: the share of the noise re-injected between its steps carried over from the step's input, in [0, 1) (default: the one it was trained with, recorded in its file; 0 = fresh noise, as DMD2)" };
     public static Option<bool> AllowChanges() => new("--allow-changes") { Description = "continue the run in --out even though its settings differ from the saved ones" };
 
     /// <summary>What a training command passes to its trainer: progress, status lines, a clean stop on Ctrl-C/SIGTERM.</summary>

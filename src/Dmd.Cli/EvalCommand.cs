@@ -37,7 +37,7 @@ internal static class EvalCommand
         var seed = new Option<long>("--seed") { Description = "seed of the noise and labels of the samples", DefaultValueFactory = _ => 0 };
         var data = new Option<string?>("--data") { Description = "points: the reference distribution (built-in name or csv:PATH; default: the data the model's run learned, from its config.json)" };
         var outOpt = new Option<string?>("--out", "-o") { Description = "JSON file for the results (default: runs/eval/MODEL.json; never inside the model's folder unless named here)" };
-        var carry = new Option<double?>("--step-noise-carry") { Description = "a K-step generator: the share of the noise re-injected between its steps carried over from the step's input, in [0, 1) (default: the one it was trained with, recorded in its file; 0 = fresh noise, as DMD2)" };
+        var carry = Common.StepNoiseCarry();
         foreach (var o in new Option[] { model, classPrompts, prompts, reference, fidWeights, sampler, steps, carry, guidance, interval, finishWith, finishSteps, n, batch, seed, data, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>

@@ -30,7 +30,7 @@ internal static class SampleCommand
         var batch = new Option<int>("--batch") { Description = "samples per batch", DefaultValueFactory = _ => 256 };
         var scale = new Option<int>("--scale") { Description = "images: enlarge the grid's tiles this many times", DefaultValueFactory = _ => 1 };
         var outOpt = new Option<string>("--out", "-o") { Description = "output file (.csv for points, .png for images)", DefaultValueFactory = _ => "runs/samples.csv" };
-        var carry = new Option<double?>("--step-noise-carry") { Description = "a K-step generator: the share of the noise re-injected between its steps carried over from the step's input, in [0, 1) (default: the one it was trained with, recorded in its file; 0 = fresh noise, as DMD2)" };
+        var carry = Common.StepNoiseCarry();
         foreach (var o in new Option[] { model, n, sampler, steps, carry, guidance, interval, cls, seed, each, batch, scale, outOpt }) cmd.Options.Add(o);
         cmd.Options.Add(Devices.Option);
         cmd.SetAction(r =>

@@ -126,11 +126,15 @@ public sealed record ModelDraw(string Path, EdmPrecond Net, NetworkSpec Spec, st
     public string Title => Finisher is not null
         ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")}, then the teacher's Heun {FinishSteps} from sigma {FinishSigma:G4})"
         : Sampler == "onestep"
-        ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")}{(Generator is { StepNoiseCarry: > 0 } g && Steps > 1 ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $", step-noise carry {g.StepNoiseCarry:G4}") : "")})"
+        ? $"{System.IO.Path.GetFileName(Path)} ({Steps} step{(Steps == 1 ? "" : "s")}{CarryNote})"
         : $"{System.IO.Path.GetFileName(Path)} ({Sampler}, {Nfe} NFE)";
 
-    /// <summary>How it samples, for messages: "heun", "euler", "one-step generator" or "K-step generator".</summary>
-    public string SamplerName => Sampler != "onestep" ? Sampler : Steps == 1 ? "one-step generator" : $"{Steps}-step generator";
+    /// <summary>How it samples, for messages: "heun", "euler", "one-step generator" or "K-step generator" (", step-noise carry C" with one).</summary>
+    public string SamplerName => Sampler != "onestep" ? Sampler : Steps == 1 ? "one-step generator" : $"{Steps}-step generator{CarryNote}";
+
+    /// <summary>", step-noise carry C" for a K-step generator sampled with one, else empty.</summary>
+    string CarryNote => Generator is { StepNoiseCarry: > 0 } g && Steps > 1
+        ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $", step-noise carry {g.StepNoiseCarry:G4}") : "";
 
     /// <summary>Network evaluations per sample.</summary>
     public int Nfe => Sampler switch { "onestep" => Steps + (Finisher is null ? 0 : 2 * FinishSteps - 1), "euler" => Steps, _ => 2 * Steps - 1 };
