@@ -282,6 +282,47 @@ public class FewStepGeneratorTests
     }
 
     /// <summary>
+    /// balanced-levels: every block of K steps trains each of the K levels once (a permutation, not the same one in every
+    /// block), with and without a fake per level, and the trainer's update (the generator call with gradient) is at that
+    /// level.
+    /// </summary>
+    [Fact]
+    public void BalancedLevelsTrainEachLevelOnceInEveryBlockOfKSteps()
+    {
+        const int K = 3;
+        var orders = new HashSet<string>();
+        for (int block = 0; block < 20; block++)
+        {
+            var order = Enumerable.Range(block * K, K).Select(st => DmdTrainer.BalancedLevel(11, st, K)).ToArray();
+            Assert.Equal(new[] { 0, 1, 2 }, order.Order());
+            orders.Add(string.Join(",", order));
+        }
+        Assert.True(orders.Count > 1, "the blocks should not all share one order");
+        foreach (bool perLevel in new[] { false, true })
+        {
+            var config = new DmdConfig
+            {
+                Mode = DmdMode.DmOnly, BatchSize = 4, LearningRate = 1e-3, WarmupSteps = 0, FakeUpdatesPerStep = 2, Seed = 11,
+                GeneratorSteps = K, SigmaMax = 20, GeneratorSigmaMin = 0.5, FakePerLevel = perLevel, BalancedLevels = true,
+            };
+            Assert.Throws<DmdInputException>(() => (config with { GeneratorSteps = 1, FakePerLevel = false }).Validate());
+            var nets = new List<RecordingBackbone>();
+            var teacher = new EdmPrecond(new RecordingBackbone(Spec.Build().Backbone), Spec.SigmaData);
+            TrainingUtils.Freeze(teacher);
+            using var trainer = new DmdTrainer(teacher, Spec, config, pairs: null, buildNetwork: RecordingNetworks(nets));
+            var gen = nets[^1];
+            var levels = config.GeneratorSigmas(Spec.SigmaData);
+            for (int step = 0; step < 2 * K; step++)
+            {
+                gen.Calls.Clear();
+                trainer.TrainStep();
+                var update = gen.Calls.Single(c => c.Grad);
+                Assert.Equal(DmdTrainer.BalancedLevel(11, step, K), Array.FindIndex(levels, l => Math.Abs(l - update.Sigma) <= 1e-4 * l));
+            }
+        }
+    }
+
+    /// <summary>
     /// dm-level-cap C: the DM term at the output of a later step (input level sigma_k, k &gt; 0) asks the real and fake
     /// scores only at noise levels up to C sigma_k (read off the fake's DM call, the one without gradient); the first
     /// step keeps the whole range, and the grid index bound is the last level at or below the cap.

@@ -151,6 +151,13 @@ public sealed record DmdConfig
     /// (K times the generator's weights and optimiser state, the same cost per image); false = DMD2's one network for all steps
     /// </summary>
     public bool SeparateStepNetworks { get; init; }
+    /// <summary>
+    /// a K-step generator's update levels go through a fresh random permutation of its K levels every K steps, so that each
+    /// level gets exactly one of every K generator updates; false = DMD2's independent uniform draw at each step (over 50
+    /// steps of a 4-step generator a level's share then ranges from about 7 to 18). The fake updates go round the levels
+    /// from the step's level with fake-per-level, and stay uniform draws without it
+    /// </summary>
+    public bool BalancedLevels { get; init; }
     /// <summary>fake-denoiser lr / generator lr (paper: 1)</summary>
     public double FakeLrScale { get; init; } = 1.0;
     /// <summary>
@@ -308,6 +315,8 @@ public sealed record DmdConfig
             throw new DmdInputException("fake-per-level: a one-step generator has one level; use it with generator-steps > 1");
         if (SeparateStepNetworks && GeneratorSteps == 1)
             throw new DmdInputException("separate-step-networks: a one-step generator has one network; use it with generator-steps > 1");
+        if (BalancedLevels && GeneratorSteps == 1)
+            throw new DmdInputException("balanced-levels: a one-step generator has one level; use it with generator-steps > 1");
         Settings.Positive("fake-lr-scale", FakeLrScale);
         Settings.AtLeast("gan-weight", GanWeight, 0);
         Settings.Positive("gan-fake-weight", GanFakeWeight);

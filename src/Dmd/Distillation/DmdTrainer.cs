@@ -476,13 +476,17 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// With one fake denoiser per level or a network per step the levels go round from a shared draw, the same on every
     /// rank (so that the ranks train the same fake denoiser and the same step network): <paramref name="draw"/> k of the
     /// step (0 the generator's batch, then each fake update's) is at level (s0 + k) mod K, so every fake denoiser gets its
-    /// exact share of the step's fake updates.
+    /// exact share of the step's fake updates. With balanced-levels the step's level s (draw 0) comes from a permutation of
+    /// the K levels drawn for each block of K steps instead (<see cref="BalancedLevel"/>).
     /// </summary>
     (Tensor Input, int Level) GeneratorInput(Tensor z, Tensor? y, int draw)
     {
         if (Generator.Steps == 1) return (Generator.Input(z, y, 0, null), 0);
-        int s = Config.FakePerLevel || Config.SeparateStepNetworks ? LevelOfDraw(Config.Seed, Step, draw, Generator.Steps)
-                                    : (int)Rng.Integers(0, Generator.Steps, 1, rng).item<long>();
+        int K = Generator.Steps;
+        int s = Config.FakePerLevel || Config.SeparateStepNetworks
+            ? ((Config.BalancedLevels ? BalancedLevel(Config.Seed, Step, K) : DataParallel.SharedDraw(Config.Seed, Step, 0, K)) + draw) % K
+            : draw == 0 && Config.BalancedLevels ? BalancedLevel(Config.Seed, Step, K)
+            : (int)Rng.Integers(0, K, 1, rng).item<long>();
         var noise = Enumerable.Range(0, s).Select(_ => Rng.Normal(z.shape, rng, device)).ToArray();
         using (no_grad()) return (Generator.Input(z, y, s, noise), s);
     }
@@ -513,12 +517,20 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     }
 
     /// <summary>
-    /// The generator level of draw <paramref name="draw"/> of step <paramref name="step"/> with one fake denoiser per
-    /// level or a network per step: the step's first level is drawn (shared by all ranks), the following draws go round the
-    /// <paramref name="steps"/> levels from it.
+    /// The generator level of step <paramref name="step"/> with <see cref="DmdConfig.BalancedLevels"/>: entry step mod K of
+    /// a random permutation of the K levels drawn for each block of K steps (Fisher-Yates on draws shared by all ranks).
     /// </summary>
-    static int LevelOfDraw(long seed, int step, int draw, int steps) =>
-        (DataParallel.SharedDraw(seed, step, 0, steps) + draw) % steps;
+    internal static int BalancedLevel(long seed, int step, int steps)
+    {
+        int block = step / steps;
+        var order = Enumerable.Range(0, steps).ToArray();
+        for (int i = steps - 1; i > 0; i--)
+        {
+            int j = DataParallel.SharedDraw(seed, block, steps + i, i + 1); // indices past those a step's own draws use
+            (order[i], order[j]) = (order[j], order[i]);
+        }
+        return order[step % steps];
+    }
 
     /// <summary>The index of generator level <paramref name="level"/>'s fake denoiser (and optimiser): its own with <see cref="DmdConfig.FakePerLevel"/>, else the one.</summary>
     int FakeIndex(int level) => Config.FakePerLevel ? level : 0;
