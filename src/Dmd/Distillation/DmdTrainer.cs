@@ -483,10 +483,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     {
         if (Generator.Steps == 1) return (Generator.Input(z, y, 0, null), 0);
         int K = Generator.Steps;
-        int s = Config.FakePerLevel || Config.SeparateStepNetworks
-            ? ((Config.BalancedLevels ? BalancedLevel(Config.Seed, Step, K) : DataParallel.SharedDraw(Config.Seed, Step, 0, K)) + draw) % K
-            : draw == 0 && Config.BalancedLevels ? BalancedLevel(Config.Seed, Step, K)
-            : (int)Rng.Integers(0, K, 1, rng).item<long>();
+        int s = Config.FakePerLevel || Config.SeparateStepNetworks ? (StepLevel(K) + draw) % K
+              : draw == 0 && Config.BalancedLevels ? StepLevel(K)
+              : (int)Rng.Integers(0, K, 1, rng).item<long>();
         var noise = Enumerable.Range(0, s).Select(_ => Rng.Normal(z.shape, rng, device)).ToArray();
         using (no_grad()) return (Generator.Input(z, y, s, noise), s);
     }
@@ -520,6 +519,10 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// The generator level of step <paramref name="step"/> with <see cref="DmdConfig.BalancedLevels"/>: entry step mod K of
     /// a random permutation of the K levels drawn for each block of K steps (Fisher-Yates on draws shared by all ranks).
     /// </summary>
+    /// <summary>The step's shared generator level: balanced (<see cref="BalancedLevel"/>) or one shared draw.</summary>
+    int StepLevel(int steps) =>
+        Config.BalancedLevels ? BalancedLevel(Config.Seed, Step, steps) : DataParallel.SharedDraw(Config.Seed, Step, 0, steps);
+
     internal static int BalancedLevel(long seed, int step, int steps)
     {
         int block = step / steps;
