@@ -515,14 +515,14 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         return DmdLoss.GanLogits(FakeOf(level), GanHead!, x, sigma, y, rng, noised);
     }
 
-    /// <summary>
-    /// The generator level of step <paramref name="step"/> with <see cref="DmdConfig.BalancedLevels"/>: entry step mod K of
-    /// a random permutation of the K levels drawn for each block of K steps (Fisher-Yates on draws shared by all ranks).
-    /// </summary>
     /// <summary>The step's shared generator level: balanced (<see cref="BalancedLevel"/>) or one shared draw.</summary>
     int StepLevel(int steps) =>
         Config.BalancedLevels ? BalancedLevel(Config.Seed, Step, steps) : DataParallel.SharedDraw(Config.Seed, Step, 0, steps);
 
+    /// <summary>
+    /// The generator level of step <paramref name="step"/> with <see cref="DmdConfig.BalancedLevels"/>: entry step mod K of
+    /// a random permutation of the K levels drawn for each block of K steps (Fisher-Yates on draws shared by all ranks).
+    /// </summary>
     internal static int BalancedLevel(long seed, int step, int steps)
     {
         int block = step / steps;
