@@ -293,6 +293,26 @@ public class DmdGanTests(ITestOutputHelper log)
         Assert.All(trainer.Fake.parameters().Concat(trainer.GanHead!.parameters()), p => Assert.True(p.requires_grad));
     }
 
+    /// <summary>
+    /// The head's learning rate is the fake denoiser's times GanHeadLrScale: with the fake's made negligible and the head's
+    /// scale undoing that, one AdamW step moves the head's largest weight by the base lr (Adam's first step is lr g / (|g| +
+    /// eps)) and the fake denoiser not at all.
+    /// </summary>
+    [Fact]
+    public void TheGanHeadLearnsAtItsOwnScaleOfTheFakeDenoisersRate()
+    {
+        var teacher = Teacher(PointSpec);
+        var config = GanConfig with { FakeLrScale = 1e-9, GanHeadLrScale = 1e9 };
+        var (trainer, fake0, head0, _) = Prepared(teacher, config, RealPoints());
+        using var _ = trainer;
+        trainer.TrainStep();
+        double movedFake = MaxAbsDiff(trainer.Fake, fake0), movedHead = MaxAbsDiff(trainer.GanHead!, head0);
+        log.WriteLine($"moved: fake {movedFake:G3}, head {movedHead:G3} (lr {config.LearningRate:G3})");
+        Assert.True(movedFake < 1e-9, $"fake moved {movedFake:G3}");
+        Assert.InRange(movedHead, 0.98 * config.LearningRate, 1.02 * config.LearningRate);
+        Assert.Throws<DmdInputException>(() => (config with { GanHeadLrScale = 0 }).Validate());
+    }
+
     /// <summary>The GAN term changes the generator's gradient: the same step without it (GanWeight 0) gives another one.</summary>
     [Fact]
     public void TheGanTermChangesTheGeneratorsGradient()

@@ -169,6 +169,8 @@ public sealed record DmdConfig
     public double GanFakeWeight { get; init; } = 1e-2;
     /// <summary>GAN noise levels: grid indices uniform in [0, GanMaxStep) (DMD2 diffusion_gan_max_timestep: 1000, the whole grid); 0 = clean samples at sigma_min</summary>
     public int GanMaxStep { get; init; } = 1000;
+    /// <summary>GAN head lr / fake-denoiser lr (DMD2: 1, the head trains at the fake denoiser's lr); above 1 the head learns faster than the features it reads (not in DMD2)</summary>
+    public double GanHeadLrScale { get; init; } = 1.0;
     /// <summary>
     /// the divergence of the DM term (f-distill): ReverseKl is DMD's; JensenShannon and ForwardKl weight each sample's DM
     /// gradient by the GAN head's density ratio, so they train the head (real data, --gan-data) even at gan-weight 0
@@ -321,6 +323,7 @@ public sealed record DmdConfig
         Settings.AtLeast("gan-weight", GanWeight, 0);
         Settings.Positive("gan-fake-weight", GanFakeWeight);
         Settings.AtLeast("gan-max-step", GanMaxStep, 0);
+        Settings.Positive("gan-head-lr-scale", GanHeadLrScale);
         if (!Enum.IsDefined(DmDivergence))
             throw new DmdInputException($"dm-divergence {DmDivergence}: must be one of {string.Join(", ", Enum.GetNames<DmDivergence>())}");
         if (!Enum.IsDefined(DmLoss))

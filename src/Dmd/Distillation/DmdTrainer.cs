@@ -336,7 +336,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         double lr = TrainingUtils.WarmupLr(LearningRate, Step, Config.WarmupSteps);
         TrainingUtils.SetLearningRate(optG, lr);
         foreach (var o in optF) TrainingUtils.SetLearningRate(o, lr * Config.FakeLrScale);
-        if (optH is not null) TrainingUtils.SetLearningRate(optH, lr * Config.FakeLrScale);
+        if (optH is not null) TrainingUtils.SetLearningRate(optH, lr * Config.FakeLrScale * Config.GanHeadLrScale);
         Generator.Net.train();
         foreach (var f in Fakes) f.train();
         DataParallel.SeedStep(rng, Config.Seed, Step);

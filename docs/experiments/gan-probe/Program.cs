@@ -1,0 +1,104 @@
+// Can DMD2's GAN head, on the fake denoiser's bottleneck features, tell a student's samples from real Fashion-MNIST
+// images at all? (docs/dmd2-experiments.md, "Can the GAN head tell the student from the data?") Run from the
+// repository root:
+//   dotnet run -c Release --project docs/experiments/gan-probe -- THREADS ITERS LR [GENERATOR [FEATURES]]
+// GENERATOR: a generator folder (default models/fashion-mnist-student); FEATURES: the network whose features the head
+// reads (default the teacher, where every cool-down's fake denoiser starts). A fresh head (GanClassifier) is trained
+// alone, with AdamW at LR, batch 64 real + 64 generated, noise levels as in training (grid indices uniform over the
+// 1000-level Karras grid), the features without gradient; every ITERS/8 iterations it prints, on 1024 held-out
+// real and 1024 held-out generated images, the loss at the training levels and the share classified right at fixed
+// noise levels (0.5 = chance). The features are computed once (two noisings of each of 4096 training images of each
+// kind), so the head trains on a fixed set and many iterations are cheap.
+using Dmd;
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.Networks;
+using TorchSharp;
+using static TorchSharp.torch;
+
+torch.set_num_threads(int.Parse(args[0]));
+int iters = int.Parse(args[1]);
+double lr = double.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture);
+string genPath = args.Length > 3 ? args[3] : "models/fashion-mnist-student";
+string featPath = args.Length > 4 ? args[4] : "models/fashion-mnist-teacher";
+const int Batch = 64, TrainN = 4096, TestN = 1024;
+
+torch.manual_seed(0);
+var gen = OneStepGenerator.Load(genPath);
+var (features, spec) = DenoiserFile.Load(featPath, "teacher.safetensors");
+features.eval();
+var real = DmdTrainer.LoadRealData("fashion-mnist", spec);
+var grid = KarrasSchedule.AscendingGrid(1000, 0.002, 80);
+using var g = new Generator(1);
+
+// generated images: random classes, the generator's own seeded noise
+(Tensor X, Tensor Y) Generated(int n, long seed)
+{
+    var classes = Rng.Integers(0, 10, n, g).data<long>().Select(c => (int)c).ToArray();
+    var parts = new List<Tensor>();
+    for (int i = 0; i < n; i += 256)
+        parts.Add(gen.Sample(classes[i..Math.Min(n, i + 256)], seed: seed + i));
+    return (cat(parts), Rng.OneHot(tensor(classes.Select(c => (long)c).ToArray()), 10));
+}
+var (genTrain, genTrainY) = Generated(TrainN, 1_000_000);
+var (genTest, genTestY) = Generated(TestN, 2_000_000);
+var (realTest, realTestY) = real.Batch(TestN, g);
+Console.WriteLine($"generator {genPath} ({gen.Steps} step(s)), features of {featPath}; {TrainN} generated training images, {TestN} + {TestN} held out");
+
+var head = new GanClassifier(features.FeatureShape!);
+var opt = optim.AdamW(head.parameters(), lr, 0.9, 0.999, weight_decay: 0.01);
+
+// the features of images noised at sigma (one level per image), without gradient, computed once: the head then
+// trains on a fixed set (Draws noisings of each training image), which makes thousands of iterations cheap
+Tensor Feats(Tensor x, Tensor y, Tensor sigma)
+{
+    using var _ = no_grad();
+    var parts = new List<Tensor>();
+    for (int i = 0; i < x.shape[0]; i += 256)
+    {
+        int j = (int)Math.Min(x.shape[0], i + 256);
+        var xi = x[i..j];
+        var xt = xi + sigma[i..j].view(-1, 1, 1, 1) * Rng.NormalLike(xi, g);
+        parts.Add(features.Features(xt, sigma[i..j], y[i..j]).detach());
+    }
+    return cat(parts);
+}
+const int Draws = 2;
+var (realTrain, realTrainY) = real.Batch(TrainN, g);
+Tensor Rep(Tensor t) => cat(Enumerable.Repeat(t, Draws).ToArray());
+Tensor TrainLevels() => grid.index_select(0, Rng.Integers(0, 1000, Draws * TrainN, g));
+var fReal = Feats(Rep(realTrain), Rep(realTrainY!), TrainLevels());
+var fGen = Feats(Rep(genTrain), Rep(genTrainY), TrainLevels());
+var testLevels = grid.index_select(0, Rng.Integers(0, 1000, TestN, g));
+var fRealTest = Feats(realTest, realTestY!, testLevels);
+var fGenTest = Feats(genTest, genTestY, testLevels);
+double[] probe = { 0.002, 0.2, 1, 5, 20 };
+var probeFeats = probe.Select(sig => (Feats(realTest, realTestY!, full(TestN, sig)), Feats(genTest, genTestY, full(TestN, sig)))).ToArray();
+Console.WriteLine($"features computed ({Draws} noisings of each training image)");
+
+void Evaluate(int it)
+{
+    using var _ = no_grad();
+    head.eval();
+    double loss = DmdLoss.GanDiscriminator(head.forward(fRealTest), head.forward(fGenTest)).item<float>();
+    var line = probe.Select((sig, k) =>
+    {
+        long right = (head.forward(probeFeats[k].Item1) > 0).sum().item<long>() + (head.forward(probeFeats[k].Item2) <= 0).sum().item<long>();
+        return $"{sig:G3}: {(double)right / (2 * TestN):F3}";
+    });
+    head.train();
+    Console.WriteLine($"iteration {it}: held-out loss {loss:F4} (chance {2 * Math.Log(2):F4}); right at sigma {string.Join(", ", line)}");
+}
+
+Evaluate(0);
+for (int it = 1; it <= iters; it++)
+{
+    using var scope = NewDisposeScope();
+    var ir = Rng.Integers(0, Draws * TrainN, Batch, g);
+    var ig = Rng.Integers(0, Draws * TrainN, Batch, g);
+    var loss = DmdLoss.GanDiscriminator(head.forward(fReal.index_select(0, ir)), head.forward(fGen.index_select(0, ig)));
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+    if (it % (iters / 8) == 0) Evaluate(it);
+}
