@@ -3,7 +3,8 @@
 // repository root:
 //   dotnet run -c Release --project docs/experiments/gan-probe -- THREADS ITERS LR [GENERATOR [FEATURES]]
 // GENERATOR: a generator folder (default models/fashion-mnist-student); FEATURES: the network whose features the head
-// reads (default the teacher, where every cool-down's fake denoiser starts). A fresh head (GanClassifier) is trained
+// reads (default the teacher, where every cool-down's fake denoiser starts), or "pixels": instead of the head, a small
+// convolutional classifier of its own on the clean images. A fresh head (GanClassifier) is trained
 // alone, with AdamW at LR, batch 64 real + 64 generated, noise levels as in training (grid indices uniform over the
 // 1000-level Karras grid), the features without gradient; every ITERS/8 iterations it prints, on 1024 held-out
 // real and 1024 held-out generated images, the loss at the training levels and the share classified right at fixed
@@ -25,7 +26,7 @@ const int Batch = 64, TrainN = 4096, TestN = 1024;
 
 torch.manual_seed(0);
 var gen = OneStepGenerator.Load(genPath);
-var (features, spec) = DenoiserFile.Load(featPath, "teacher.safetensors");
+var (features, spec) = DenoiserFile.Load(featPath == "pixels" ? "models/fashion-mnist-teacher" : featPath, "teacher.safetensors");
 features.eval();
 var real = DmdTrainer.LoadRealData("fashion-mnist", spec);
 var grid = KarrasSchedule.AscendingGrid(1000, 0.002, 80);
@@ -44,6 +45,43 @@ var (genTrain, genTrainY) = Generated(TrainN, 1_000_000);
 var (genTest, genTestY) = Generated(TestN, 2_000_000);
 var (realTest, realTestY) = real.Batch(TestN, g);
 Console.WriteLine($"generator {genPath} ({gen.Steps} step(s)), features of {featPath}; {TrainN} generated training images, {TestN} + {TestN} held out");
+
+if (args.Length > 4 && args[4] == "pixels")
+{
+    // not DMD2's head: a small convolutional classifier of its own on the clean images (32x32 -> 4x4 in three strided
+    // convolutions, 128 channels), trained at LR on the same training images; the held-out share right says whether the
+    // generated images can be told from the data one by one at all
+    var (realTrainP, _) = real.Batch(TrainN, g);
+    var disc = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding: 1), nn.SiLU(),
+        nn.Conv2d(32, 64, 4, stride: 2, padding: 1), nn.SiLU(),
+        nn.Conv2d(64, 128, 4, stride: 2, padding: 1), nn.SiLU(),
+        nn.Conv2d(128, 128, 4, stride: 2, padding: 1), nn.SiLU(),
+        nn.Flatten(), nn.Linear(128 * 16, 1));
+    var optP = optim.AdamW(disc.parameters(), lr, 0.9, 0.999, weight_decay: 0.01);
+    Tensor D(Tensor x) => disc.forward(x).reshape(x.shape[0]);
+    void EvaluatePixels(int it)
+    {
+        using var _ = no_grad();
+        disc.eval();
+        double loss = DmdLoss.GanDiscriminator(D(realTest), D(genTest)).item<float>();
+        long right = (D(realTest) > 0).sum().item<long>() + (D(genTest) <= 0).sum().item<long>();
+        disc.train();
+        Console.WriteLine($"iteration {it}: held-out loss {loss:F4} (chance {2 * Math.Log(2):F4}); right on clean images {(double)right / (2 * TestN):F3}");
+    }
+    EvaluatePixels(0);
+    for (int it = 1; it <= iters; it++)
+    {
+        using var scope = NewDisposeScope();
+        var loss = DmdLoss.GanDiscriminator(D(realTrainP.index_select(0, Rng.Integers(0, TrainN, Batch, g))),
+                                            D(genTrain.index_select(0, Rng.Integers(0, TrainN, Batch, g))));
+        optP.zero_grad();
+        loss.backward();
+        optP.step();
+        if (it % (iters / 8) == 0) EvaluatePixels(it);
+    }
+    return;
+}
 
 var head = new GanClassifier(features.FeatureShape!);
 var opt = optim.AdamW(head.parameters(), lr, 0.9, 0.999, weight_decay: 0.01);
