@@ -55,7 +55,7 @@ internal static class DistillCommand
             if (textToImage)
             {
                 (trainer, pipeline) = TextToImageDistillation.FromFolder(teacherPath, promptsPath!, r.GetValue(pairs), cfg, Devices.Get(r), r.GetValue(ganData));
-                ganText = cfg.UsesGan ? r.GetValue(ganData) : null;
+                ganText = cfg.UsesRealData ? r.GetValue(ganData) : null;
             }
             else (trainer, ganText) = DmdTrainer.FromFiles(teacherPath, r.GetValue(pairs), r.GetValue(ganData), cfg, m => AnsiConsole.MarkupLine(Markup.Escape(m)), Devices.Get(r));
             using var _ = trainer;

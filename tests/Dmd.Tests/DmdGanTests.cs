@@ -34,7 +34,7 @@ public class DmdGanTests(ITestOutputHelper log)
     }
 
     /// <summary>Labelled points around three centres: the GAN's real data for the point teacher.</summary>
-    static PointSet RealPoints(int n = 64)
+    internal static PointSet RealPoints(int n = 64)
     {
         using var g = new Generator(7);
         var c = Rng.Integers(0, Classes, n, g);
@@ -185,9 +185,10 @@ public class DmdGanTests(ITestOutputHelper log)
     /// A point trainer on <paramref name="teacher"/> whose fake denoiser is perturbed away from the teacher, with copies of
     /// that fake denoiser and of the generator as they are before the first step (for replaying it by hand).
     /// </summary>
-    internal static (DmdTrainer Trainer, EdmPrecond Fake0, OneStepGenerator Generator0) PerturbedFake(EdmPrecond teacher, DmdConfig config)
+    internal static (DmdTrainer Trainer, EdmPrecond Fake0, OneStepGenerator Generator0) PerturbedFake(EdmPrecond teacher, DmdConfig config,
+                                                                                                     PointSet? realData = null)
     {
-        var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null);
+        var trainer = new DmdTrainer(teacher, PointSpec, config, pairs: null, realData: realData);
         TestUtil.Perturb(trainer.Fake, 4, 0.02); // a fake denoiser that differs from the teacher
         return (trainer, Copy(trainer.Fake, PointSpec.Build()),
                 new OneStepGenerator(Copy(trainer.Generator.Net, PointSpec.Build()), config.SigmaMax));

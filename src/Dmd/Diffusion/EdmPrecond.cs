@@ -107,6 +107,19 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
     }
 
     /// <summary>
+    /// The U-Net's features at every resolution (<see cref="Networks.EdmUNet.LevelFeatures"/>) at the preconditioned input
+    /// <c>c_in x</c>, c_noise: what <see cref="Networks.MultiLevelGanClassifier"/> reads. Only the EDM U-Nets have them.
+    /// </summary>
+    public Tensor[] LevelFeatures(Tensor x, Tensor sigma, Tensor? labels)
+    {
+        if (model is not Networks.EdmUNet unet)
+            throw new DmdInputException($"the {model.GetType().Name} network has no feature levels; multi-level GAN heads need a ddpmpp or adm U-Net");
+        using var scope = NewDisposeScope();
+        var (xf, _, _, cIn, cNoise) = Coefficients(x, sigma);
+        return unet.LevelFeatures(cIn * xf, cNoise, labels).Select(t => t.MoveToOuterDisposeScope()).ToArray();
+    }
+
+    /// <summary>
     /// The weight of the denoising loss |D - x0|^2 at noise levels <paramref name="sigma"/> (any shape): EDM's
     /// lambda = 1/sigma^2 + 1/sd^2, or for a VP eps-prediction network 1/sigma^2, which makes it the eps MSE
     /// |eps_hat - n|^2 that Stable Diffusion (and DMD's fake score for it) trains with.

@@ -172,6 +172,12 @@ public sealed record DmdConfig
     /// <summary>GAN head lr / fake-denoiser lr (DMD2: 1, the head trains at the fake denoiser's lr); above 1 the head learns faster than the features it reads (not in DMD2)</summary>
     public double GanHeadLrScale { get; init; } = 1.0;
     /// <summary>
+    /// weight of an energy distance between the generator's batch and a batch of real data (--gan-data) in the frozen
+    /// teacher's bottleneck features, both noised to one level of the GAN's range (gan-max-step), divided by the real
+    /// batch's own mean distance; its repulsion between the generated samples rewards variety. Not in DMD or DMD2; 0 = off
+    /// </summary>
+    public double FeatureEnergyWeight { get; init; } = 0;
+    /// <summary>
     /// the divergence of the DM term (f-distill): ReverseKl is DMD's; JensenShannon and ForwardKl weight each sample's DM
     /// gradient by the GAN head's density ratio, so they train the head (real data, --gan-data) even at gan-weight 0
     /// </summary>
@@ -259,6 +265,10 @@ public sealed record DmdConfig
     [System.Text.Json.Serialization.JsonIgnore]
     public bool UsesGan => GanWeight > 0 || DmDivergence != DmDivergence.ReverseKl;
 
+    /// <summary>Whether the run draws real data (--gan-data): for the GAN head (<see cref="UsesGan"/>) or the feature energy term (<see cref="FeatureEnergyWeight"/> &gt; 0).</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public bool UsesRealData => UsesGan || FeatureEnergyWeight > 0;
+
     /// <summary>The setting that switched the GAN head on, as messages name it (e.g. "gan-weight 0.003").</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public string GanReason => GanWeight > 0 ? $"gan-weight {GanWeight:G}" : $"dm-divergence {DmDivergence}";
@@ -321,6 +331,7 @@ public sealed record DmdConfig
             throw new DmdInputException("balanced-levels: a one-step generator has one level; use it with generator-steps > 1");
         Settings.Positive("fake-lr-scale", FakeLrScale);
         Settings.AtLeast("gan-weight", GanWeight, 0);
+        Settings.AtLeast("feature-energy-weight", FeatureEnergyWeight, 0);
         Settings.Positive("gan-fake-weight", GanFakeWeight);
         Settings.AtLeast("gan-max-step", GanMaxStep, 0);
         Settings.Positive("gan-head-lr-scale", GanHeadLrScale);

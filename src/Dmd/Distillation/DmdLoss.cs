@@ -139,4 +139,24 @@ public static class DmdLoss
     /// </summary>
     public static Tensor GanDiscriminator(Tensor logitsReal, Tensor logitsFake) =>
         (nn.functional.softplus(-logitsReal) + nn.functional.softplus(logitsFake)).mean();
+
+    /// <summary>
+    /// The energy distance between two sets of feature vectors (n, D) and (m, D), n, m &gt;= 2, divided by the second set's
+    /// mean distance (taken as a constant): [2 mean_ij |g_i - r_j| - mean_{i!=j} |g_i - g_j| - mean_{i!=j} |r_i - r_j|] /
+    /// mean_{i!=j} |r_i - r_j| (Szekely and Rizzo; the within-set means over distinct pairs, so that its expectation is
+    /// the distributions' energy distance, 0 for the same distribution). Its gradient draws each g to the r's and pushes
+    /// the g's apart.
+    /// </summary>
+    public static Tensor FeatureEnergy(Tensor fGen, Tensor fReal)
+    {
+        long n = fGen.shape[0], m = fReal.shape[0];
+        if (n < 2 || m < 2) throw new DmdInputException($"the feature energy term needs at least 2 samples in each batch, not {n} and {m}: raise batch-size");
+        using var scope = NewDisposeScope();
+        // pairwise Euclidean distances; the 1e-12 keeps the square root's gradient finite on the diagonal, where it is 0
+        static Tensor Dist(Tensor a, Tensor b) => (a.unsqueeze(1) - b.unsqueeze(0)).square().sum(-1).add(1e-12).sqrt();
+        var cross = Dist(fGen, fReal).mean();
+        var gen = Dist(fGen, fGen).sum() / (n * (n - 1));
+        var real = (Dist(fReal, fReal).sum() / (m * (m - 1))).detach();
+        return ((2 * cross - gen - real) / real).MoveToOuterDisposeScope();
+    }
 }

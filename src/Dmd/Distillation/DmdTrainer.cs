@@ -120,8 +120,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             if (Math.Abs(config.SigmaMax - vp.SigmaMax) > 1e-4 * vp.SigmaMax)
                 throw new DmdInputException($"sigma-max {config.SigmaMax:G}: the generator of a VP teacher starts at its largest training sigma {vp.SigmaMax:G6}; set sigma-max {vp.SigmaMax:G9}");
         }
-        if (config.UsesGan) CheckRealData(realData, spec, config);
-        else realData = null; // GAN off: real data given anyway is not used
+        if (config.UsesRealData) CheckRealData(realData, spec, config);
+        else realData = null; // GAN and feature energy off: real data given anyway is not used
         this.realData = realData;
         if (config.TeacherRegressionSteps > 0 && pairs is not null)
             throw new DmdInputException($"teacher-regression-steps {config.TeacherRegressionSteps}: the regression targets are made by the teacher during training; leave --pairs out, or set teacher-regression-steps 0 to use the pairs");
@@ -224,11 +224,13 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             throw new DmdInputException($"guidance-real-interval {config.GuidanceRealInterval}: regression pairs are made with guidance at every level, so they would regress to another map; distil without pairs (lambda-reg 0) or without the interval");
     }
 
-    /// <summary>The GAN needs real samples of the teacher's shape (and classes); Validate has refused a fake denoiser that does not train.</summary>
+    /// <summary>The GAN (or the feature energy term) needs real samples of the teacher's shape (and classes); Validate has refused a fake denoiser that does not train.</summary>
     static void CheckRealData(IDataSource? data, NetworkSpec spec, DmdConfig config)
     {
         if (data is null)
-            throw new DmdInputException($"{config.GanReason} needs real training data for the GAN head: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set {config.GanOff}");
+            throw new DmdInputException(config.UsesGan
+                ? $"{config.GanReason} needs real training data for the GAN head: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set {config.GanOff}"
+                : $"feature-energy-weight {config.FeatureEnergyWeight:G} needs real training data: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set feature-energy-weight 0");
         if (config.GanMaxStep > config.GridLevels)
             throw new DmdInputException($"gan-max-step {config.GanMaxStep}: must be at most grid-levels {config.GridLevels} (noise-level indices [0, gan-max-step) of the grid)");
         if (!data.Shape.SequenceEqual(spec.SampleShape))
@@ -276,8 +278,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     {
         var (net, spec) = DenoiserFile.Load(teacherPath);
         var pairs = pairsPath is not null ? RegressionPairs.Load(pairsPath) : null;
-        var ganText = config.UsesGan ? ganData ?? TeacherData(teacherPath) : null;
-        if (ganText is not null && ganData is null) onMessage?.Invoke($"GAN data: {ganText} (the teacher's training data)");
+        var ganText = config.UsesRealData ? ganData ?? TeacherData(teacherPath) : null;
+        if (ganText is not null && ganData is null) onMessage?.Invoke($"{(config.UsesGan ? "GAN data" : "real data")}: {ganText} (the teacher's training data)");
         var real = ganText is null ? null : LoadRealData(ganText, spec);
         return (new DmdTrainer(net, spec, config, pairs, device, realData: real), ganText);
     }
@@ -395,6 +397,20 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var lossGanG = DmdLoss.GanGenerator(logits);
             lossG = lossG + DenoiserExtensions.Const(Config.GanWeight, lossGanG) * lossGanG;
             losses["loss_gan_g"] = TrainingUtils.Value(lossGanG);
+        }
+        if (Config.FeatureEnergyWeight > 0)
+        {
+            // not in DMD or DMD2: the energy distance between this batch and a real one in the frozen teacher's bottleneck
+            // features, both noised to one level of the GAN's range; the gradient reaches x through the teacher's features
+            var (xReal, yReal) = realData!.Batch(batch, rng);
+            bool noised = Config.GanMaxStep > 0;
+            var sigmaE = (noised ? grid.index_select(0, Rng.Integers(0, Config.GanMaxStep, 1, rng, device)) : grid.narrow(0, 0, 1)).expand(batch);
+            Tensor Noised(Tensor v) => noised ? v + DenoiserExtensions.Broadcast(sigmaE, v) * Rng.NormalLike(v, rng) : v;
+            Tensor fReal;
+            using (no_grad()) fReal = Real.Features(Noised(xReal.to(device)), sigmaE, Spec.LabelDim > 0 ? yReal!.to(device) : null).flatten(1);
+            var lossE = DmdLoss.FeatureEnergy(Real.Features(Noised(x), sigmaE, y).flatten(1), fReal);
+            lossG = lossG + DenoiserExtensions.Const(Config.FeatureEnergyWeight, lossE) * lossE;
+            losses["loss_energy"] = TrainingUtils.Value(lossE);
         }
         TrainingUtils.ClearGradients(Generator.Net); // separate step networks: only the copies this loss reaches move
         lossG.backward();
@@ -563,7 +579,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     {
         options ??= new RunOptions();
         Directory.CreateDirectory(outDir);
-        var info = new DmdRunInfo(Spec, Config, teacherPath, pairsPath, Config.UsesGan ? ganData : null, Conditions is PromptConditions ? promptsPath : null);
+        var info = new DmdRunInfo(Spec, Config, teacherPath, pairsPath, Config.UsesRealData ? ganData : null, Conditions is PromptConditions ? promptsPath : null);
         // settings added after a run was saved (the GAN's) compare as their defaults
         TrainingLoop.CheckSameRun(outDir, info, options, MayChange, PathFields, defaults: info with { Config = new DmdConfig() });
         bool resumed = TrainingLoop.Resume(this, outDir, options);

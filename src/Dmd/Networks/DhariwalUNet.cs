@@ -134,7 +134,8 @@ public sealed class DhariwalUNet : EdmUNet
 
     private static readonly int[] DefaultChannelMult = { 1, 2, 3, 4 };
 
-    private protected override (Tensor? Output, Tensor Bottleneck) Run(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels, bool decode)
+    private protected override (Tensor? Output, Tensor Bottleneck) Run(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels, bool decode,
+        Action<string, Tensor>? tap = null)
     {
         // Mapping.
         var emb = map_noise.forward(cNoise);
@@ -153,6 +154,7 @@ public sealed class DhariwalUNet : EdmUNet
             var module = enc[i].Item2;
             x = module is UNetBlock b ? b.forward(x, emb) : ((EdmConv2d)module).forward(x);
             skips.Add(x);
+            tap?.Invoke("enc." + enc[i].Item1, x);
         }
         var bottleneck = x;
         if (!decode) return (null, bottleneck);
@@ -167,6 +169,7 @@ public sealed class DhariwalUNet : EdmUNet
                 skips.RemoveAt(skips.Count - 1);
             }
             x = b.forward(x, emb);
+            tap?.Invoke("dec." + dec[i].Item1, x);
         }
         return (out_conv.forward(nn.functional.silu(out_norm.forward(x))), bottleneck);
     }

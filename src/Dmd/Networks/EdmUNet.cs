@@ -89,6 +89,46 @@ public abstract class EdmUNet : EdmBackbone, IFeatureBackbone
     /// <summary>The GAN head's features: <see cref="Bottleneck"/> without augmentation labels.</summary>
     public Tensor Features(Tensor x, Tensor cNoise, Tensor? labels) => Bottleneck(x, cNoise, labels);
 
-    /// <summary>Mapping network and encoder, then the decoder where <paramref name="decode"/> is set.</summary>
-    private protected abstract (Tensor? Output, Tensor Bottleneck) Run(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels, bool decode);
+    /// <summary>
+    /// Features at every resolution of both halves of the network, for a discriminator that reads more than the
+    /// bottleneck (<see cref="MultiLevelGanClassifier"/>): the output of the encoder's last module at each resolution
+    /// (from the input's side down to the bottleneck, which is the last of them), then the output of the decoder's last
+    /// block at each resolution (from the bottleneck's side up to the input's), each (B, C_l, r_l, r_l), at the inputs
+    /// of <c>forward</c> without augmentation labels. For DDPM++ on 32x32 with channel_mult (1, 2, 2): 32x32, 16x16, 8x8
+    /// of the encoder, 8x8, 16x16, 32x32 of the decoder.
+    /// </summary>
+    public Tensor[] LevelFeatures(Tensor x, Tensor cNoise, Tensor? labels)
+    {
+        using var scope = NewDisposeScope();
+        var enc = new List<(string Res, Tensor X)>();
+        var dec = new List<(string Res, Tensor X)>();
+        void Tap(string name, Tensor t)
+        {
+            var parts = name.Split('.', 2);
+            var list = parts[0] == "enc" ? enc : dec;
+            var res = parts[1][..parts[1].IndexOf('_')];
+            if (list.Count > 0 && list[^1].Res == res) list[^1] = (res, t);
+            else list.Add((res, t));
+        }
+        Run(x, cNoise, labels, null, decode: true, Tap);
+        return enc.Concat(dec).Select(e => e.X.MoveToOuterDisposeScope()).ToArray();
+    }
+
+    /// <summary>The shapes (C_l, r_l, r_l) of one sample's <see cref="LevelFeatures"/>, found by one pass of a zero image.</summary>
+    public long[][] LevelFeatureShapes()
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var device = parameters().FirstOrDefault()?.device ?? CPU;
+        var x = zeros(new long[] { 1, InChannels, ImgResolution, ImgResolution }, device: device);
+        var labels = LabelDim > 0 ? zeros(1, LabelDim, device: device) : null;
+        return LevelFeatures(x, zeros(1, device: device), labels).Select(t => t.shape[1..]).ToArray();
+    }
+
+    /// <summary>
+    /// Mapping network and encoder, then the decoder where <paramref name="decode"/> is set; <paramref name="tap"/>, when
+    /// given, sees each module's output under its name (<c>enc.{r}x{r}_...</c>, <c>dec.{r}x{r}_...</c>), in order.
+    /// </summary>
+    private protected abstract (Tensor? Output, Tensor Bottleneck) Run(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels, bool decode,
+        Action<string, Tensor>? tap = null);
 }

@@ -61,3 +61,37 @@ public sealed class GanClassifier : nn.Module<Tensor, Tensor>
     /// <summary>Logits (B) for features (B, ...<see cref="FeatureShape"/>): positive = judged real.</summary>
     public override Tensor forward(Tensor features) => cls_pred_branch.forward(features.to(ScalarType.Float32)).reshape(features.shape[0]);
 }
+
+/// <summary>
+/// Not in DMD2: a discriminator that reads the fake denoiser's features at every resolution of its U-Net
+/// (<see cref="EdmUNet.LevelFeatures"/>) instead of the bottleneck alone, one <see cref="GanClassifier"/> head per level
+/// (as LADD puts heads on several levels of its feature network), whose logits add up to one logit per sample.
+/// </summary>
+public sealed class MultiLevelGanClassifier : nn.Module<Tensor[], Tensor>
+{
+    private readonly ModuleList<GanClassifier> heads;
+
+    /// <summary>One head for each level's per-sample feature shape (C, r, r).</summary>
+    public MultiLevelGanClassifier(IEnumerable<long[]> levelShapes) : base(nameof(MultiLevelGanClassifier))
+    {
+        heads = new ModuleList<GanClassifier>(levelShapes.Select(s => new GanClassifier(s)).ToArray());
+        RegisterComponents();
+    }
+
+    /// <summary>Number of levels (heads).</summary>
+    public int Levels => heads.Count;
+
+    /// <summary>The sum of the heads' logits (B) for the levels' features (each (B, C_l, r_l, r_l)); positive = judged real.</summary>
+    public override Tensor forward(Tensor[] levels)
+    {
+        if (levels.Length != heads.Count)
+            throw new ArgumentException($"{levels.Length} feature levels for {heads.Count} heads");
+        using var scope = NewDisposeScope();
+        var sum = heads[0].forward(levels[0]);
+        for (int i = 1; i < heads.Count; i++) sum = sum + heads[i].forward(levels[i]);
+        return sum.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Each head's logits (B) on its own level, for diagnostics.</summary>
+    public Tensor[] HeadLogits(Tensor[] levels) => heads.Select((h, i) => h.forward(levels[i])).ToArray();
+}

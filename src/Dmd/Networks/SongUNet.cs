@@ -197,7 +197,8 @@ public sealed class SongUNet : EdmUNet
         return last;
     }
 
-    private protected override (Tensor? Output, Tensor Bottleneck) Run(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels, bool decode)
+    private protected override (Tensor? Output, Tensor Bottleneck) Run(Tensor x, Tensor cNoise, Tensor? labels, Tensor? augmentLabels, bool decode,
+        Action<string, Tensor>? tap = null)
     {
         // Mapping.
         var emb = map_noise.forward(cNoise);
@@ -230,6 +231,7 @@ public sealed class SongUNet : EdmUNet
                 x = module is UNetBlock b ? b.forward(x, emb) : ((EdmConv2d)module).forward(x);
                 skips.Add(x);
             }
+            tap?.Invoke("enc." + name, x);
         }
         var bottleneck = x;
         if (!decode) return (null, bottleneck);
@@ -257,6 +259,7 @@ public sealed class SongUNet : EdmUNet
                     skips.RemoveAt(skips.Count - 1);
                 }
                 x = b.forward(x, emb);
+                tap?.Invoke("dec." + name, x);
             }
         }
         return (output, bottleneck);

@@ -226,7 +226,7 @@ public static class Benchmark
         foreach (var (name, cfg) in new[] { ("DMD (1 fake update, pairs)", paper), ("DMD2 (5 fake updates, GAN, no pairs)", dmd2),
                                             ("SiD's loss (5 fake updates, no GAN, no pairs)", sid) })
         {
-            using var trainer = new DmdTrainer(teacher.Net, teacher.Spec, cfg, cfg.UsesPairs ? pairs : null, realData: cfg.UsesGan ? real : null);
+            using var trainer = new DmdTrainer(teacher.Net, teacher.Spec, cfg, cfg.UsesPairs ? pairs : null, realData: cfg.UsesRealData ? real : null);
             for (int i = 0; i < 3; i++) trainer.TrainStep();
             var times = new List<double>();
             for (int i = 0; i < iterations; i++)

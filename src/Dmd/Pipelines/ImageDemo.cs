@@ -97,7 +97,7 @@ public sealed class ImageDemo
         var dmdDir = Path.Combine(outDir, "dmd");
         var cfg = Config.Dmd;
         // DMD2's GAN (when on) learns from the teacher's own training data, as its run folder names it
-        var ganData = cfg.UsesGan ? DmdTrainer.TeacherData(Config.Teacher) : null;
+        var ganData = cfg.UsesRealData ? DmdTrainer.TeacherData(Config.Teacher) : null;
         using var trainer = new DmdTrainer(teacher, spec, cfg, pairs, realData: ganData is null ? null : DmdTrainer.LoadRealData(ganData, spec));
         // DMD runs until the deadline (the budget less the reserve for the measurements); its share is what the pairs left
         double deadline = budget - ReserveSeconds(budget);

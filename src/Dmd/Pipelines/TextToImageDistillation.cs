@@ -66,14 +66,14 @@ public static class TextToImageDistillation
     public static (DmdTrainer Trainer, StableDiffusion Pipeline) FromFolder(string folder, string promptsFile, string? pairsPath, DmdConfig config,
                                                                           Device? device = null, string? ganData = null)
     {
-        if (config.UsesGan && ganData != "fashion-mnist" && ganData?.StartsWith("captions:", StringComparison.Ordinal) != true)
-            throw new DmdInputException($"{config.GanReason} on a text-to-image teacher needs captioned real images: --gan-data captions:FOLDER " +
-                                        $"(images with a {CaptionedLatents.MetadataFile} of file_name and text) or fashion-mnist (with templated captions), or set {config.GanOff}");
+        if (config.UsesRealData && ganData != "fashion-mnist" && ganData?.StartsWith("captions:", StringComparison.Ordinal) != true)
+            throw new DmdInputException($"{(config.UsesGan ? config.GanReason : $"feature-energy-weight {config.FeatureEnergyWeight:G}")} on a text-to-image teacher needs captioned real images: --gan-data captions:FOLDER " +
+                                        $"(images with a {CaptionedLatents.MetadataFile} of file_name and text) or fashion-mnist (with templated captions), or set {(config.UsesGan ? config.GanOff : "feature-energy-weight 0")}");
         var sd = StableDiffusion.Load(folder, device);
         var conditions = EncodePrompts(sd, RegressionPairs.ReadPrompts(promptsFile));
         var (teacher, spec) = Teacher(sd);
         var pairs = pairsPath is not null ? RegressionPairs.Load(pairsPath) : null;
-        var real = !config.UsesGan ? null
+        var real = !config.UsesRealData ? null
             : ganData == "fashion-mnist" ? CaptionedLatents.FashionMnist(sd)
             : CaptionedLatents.FromFolder(sd, ganData!["captions:".Length..]);
         var trainer = new DmdTrainer(teacher, spec, ForSchedule(config, sd.Scheduler), pairs, device, conditions: conditions, realData: real)

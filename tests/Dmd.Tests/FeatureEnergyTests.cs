@@ -1,0 +1,148 @@
+using Dmd.Diffusion;
+using Dmd.Distillation;
+using Dmd.Networks;
+using Dmd.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Dmd.Tests;
+
+/// <summary>
+/// The feature energy term (not in DMD or DMD2, <see cref="DmdConfig.FeatureEnergyWeight"/>): the estimator, its wiring
+/// into the generator's step (through the frozen teacher's features, on a real batch drawn after the DM term's draws),
+/// and the U-Nets' features at every level that <see cref="MultiLevelGanClassifier"/> reads.
+/// </summary>
+public class FeatureEnergyTests
+{
+    /// <summary>The estimator is the energy distance written out pair by pair, divided by the second set's mean distance.</summary>
+    [Fact]
+    public void FeatureEnergyIsTheEnergyDistanceOverTheRealSetsMeanDistance()
+    {
+        using var g = new Generator(3);
+        var a = Rng.Normal(new long[] { 5, 4 }, g);
+        var b = Rng.Normal(new long[] { 6, 4 }, g) + 0.7;
+        double D(Tensor u, int i, Tensor v, int j) => (u[i] - v[j]).square().sum().sqrt().item<float>();
+        double cross = 0, aa = 0, bb = 0;
+        for (int i = 0; i < 5; i++) for (int j = 0; j < 6; j++) cross += D(a, i, b, j) / 30;
+        for (int i = 0; i < 5; i++) for (int j = 0; j < 5; j++) if (i != j) aa += D(a, i, a, j) / 20;
+        for (int i = 0; i < 6; i++) for (int j = 0; j < 6; j++) if (i != j) bb += D(b, i, b, j) / 30;
+        Assert.Equal((2 * cross - aa - bb) / bb, DmdLoss.FeatureEnergy(a, b).item<float>(), 4);
+        Assert.Throws<DmdInputException>(() => DmdLoss.FeatureEnergy(a[..1], b));
+    }
+
+    /// <summary>
+    /// Unbiased: over many pairs of batches of 8 from one distribution it averages 0 (within 4 standard errors), from two
+    /// distributions one standard deviation apart clearly more; and it is smaller for a batch that covers the real one
+    /// than for a batch of the same points collapsed onto one of them.
+    /// </summary>
+    [Fact]
+    public void FeatureEnergyIsZeroOnAverageForTheSameDistributionAndPositiveOtherwise()
+    {
+        using var g = new Generator(5);
+        var same = new List<double>();
+        var shifted = new List<double>();
+        for (int k = 0; k < 400; k++)
+        {
+            var r = Rng.Normal(new long[] { 8, 3 }, g);
+            same.Add(DmdLoss.FeatureEnergy(Rng.Normal(new long[] { 8, 3 }, g), r).item<float>());
+            shifted.Add(DmdLoss.FeatureEnergy(Rng.Normal(new long[] { 8, 3 }, g) + 1, r).item<float>());
+        }
+        double mean = same.Average(), se = Math.Sqrt(same.Select(v => (v - mean) * (v - mean)).Sum() / (same.Count - 1) / same.Count);
+        Assert.True(Math.Abs(mean) < 4 * se, $"same distribution: mean {mean:G3}, standard error {se:G3}");
+        Assert.True(shifted.Average() > mean + 10 * se, $"shifted: {shifted.Average():G3} against {mean:G3} (se {se:G3})");
+
+        var real = Rng.Normal(new long[] { 8, 3 }, g);
+        var covering = Rng.Normal(new long[] { 8, 3 }, g);
+        var collapsed = covering[..1].expand(8, 3);
+        Assert.True(DmdLoss.FeatureEnergy(covering, real).item<float>() < DmdLoss.FeatureEnergy(collapsed, real).item<float>());
+    }
+
+    /// <summary>
+    /// The generator's step with the term: its gradient is that of loss_dm + weight x the term, the term written out by hand
+    /// from the trainer's seed with its draws in order after the DM term's (the real batch, one noise level index in
+    /// [0, gan-max-step), the real batch's noise, the generated batch's noise) and the teacher's features; the teacher takes
+    /// no gradient, and the logged loss_energy is the term's value.
+    /// </summary>
+    [Fact]
+    public void TheGeneratorGetsTheFeatureEnergyGradientThroughTheTeachersFeatures()
+    {
+        var teacher = DmdGanTests.Teacher(TestUtil.TinyPointSpec);
+        var real = DmdGanTests.RealPoints();
+        var config = new DmdConfig
+        {
+            Mode = DmdMode.Full, LambdaReg = 0, BatchSize = 16, GradClip = 1e9, WarmupSteps = 0, FakeUpdatesPerStep = 1,
+            Seed = 11, Steps = 1, FeatureEnergyWeight = 0.8, GanMaxStep = 600,
+        };
+        var (trainer, fake0, generator0) = DmdGanTests.PerturbedFake(teacher, config, real);
+        using var _ = trainer;
+        Assert.Null(trainer.GanHead);
+        var losses = trainer.TrainStep();
+
+        using var rng = new Generator((ulong)config.Seed);
+        var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
+        var (z, y, x, sigmaDm, noiseDm) = DmdGanTests.FirstStepDraws(config, generator0, grid, rng);
+        var xtDm = x.detach() + noiseDm;
+        Tensor grad;
+        using (no_grad()) grad = DmdLoss.DmGradient(x.detach(), teacher.Denoise(xtDm, sigmaDm, y), fake0.Denoise(xtDm, sigmaDm, y));
+        var (xr, yr) = real.Batch(config.BatchSize, rng);
+        var sigma = grid.index_select(0, Rng.Integers(0, config.GanMaxStep, 1, rng)).expand(config.BatchSize);
+        var xrt = xr + sigma.unsqueeze(1) * Rng.NormalLike(xr, rng);
+        var xt = x + sigma.unsqueeze(1) * Rng.NormalLike(x, rng);
+        var energy = DmdLoss.FeatureEnergy(teacher.Features(xt, sigma, y).flatten(1), teacher.Features(xrt, sigma, yr).flatten(1).detach());
+        ((x * grad).sum() / x.numel() + config.FeatureEnergyWeight * energy).backward();
+        TestUtil.AssertSameGradients(generator0.Net, trainer.Generator.Net, "generator", requireGradient: true);
+        Assert.Equal(energy.item<float>(), losses["loss_energy"], 5);
+        Assert.All(teacher.parameters(), p => Assert.Null(p.grad));
+
+        // the term matters: without it the generator's gradient is another
+        var (diff, size) = DmdGanTests.GeneratorGradientGap(trainer, teacher, config with { FeatureEnergyWeight = 0 }, fake0);
+        Assert.True(diff > 1e-3 * size, $"gradient gap {diff:G3} of {size:G3}");
+    }
+
+    /// <summary>Refusals: a negative weight, and no real data.</summary>
+    [Fact]
+    public void TheFeatureEnergyTermNeedsRealDataAndANonNegativeWeight()
+    {
+        Assert.Throws<DmdInputException>(() => new DmdConfig { FeatureEnergyWeight = -1 }.Validate());
+        var teacher = DmdGanTests.Teacher(TestUtil.TinyPointSpec);
+        var e = Assert.Throws<DmdInputException>(() => new DmdTrainer(teacher, TestUtil.TinyPointSpec,
+            new DmdConfig { LambdaReg = 0, FeatureEnergyWeight = 0.1 }, pairs: null));
+        Assert.Contains("feature-energy-weight", e.Message);
+    }
+
+    /// <summary>
+    /// The U-Nets' features at every level: for each architecture, the encoder's levels from the input's resolution down,
+    /// the last of them the bottleneck itself, then the decoder's back up; shapes as <see cref="EdmUNet.LevelFeatureShapes"/>
+    /// says; and a <see cref="MultiLevelGanClassifier"/> on them gives one logit per sample, the sum of its heads'.
+    /// </summary>
+    [Theory]
+    [InlineData("ddpmpp")]
+    [InlineData("adm")]
+    public void LevelFeaturesGoDownTheEncoderToTheBottleneckAndUpTheDecoder(string kind)
+    {
+        var spec = new UNetOptions { Arch = kind, ModelChannels = 8, NumBlocks = 1, Dropout = 0 }.For(channels: 1, resolution: 16, labelDim: 3);
+        var net = DmdGanTests.Teacher(spec);
+        var unet = (EdmUNet)net.Backbone;
+        using var g = new Generator(2);
+        var x = Rng.Normal(new long[] { 4, 1, 16, 16 }, g);
+        var sigma = tensor(new float[] { 0.1f, 1f, 3f, 20f });
+        var y = Rng.OneHotLabels(3, 4, g)!;
+        var levels = net.LevelFeatures(x, sigma, y);
+        var shapes = unet.LevelFeatureShapes();
+        Assert.Equal(shapes.Length, levels.Length);
+        for (int i = 0; i < levels.Length; i++) Assert.Equal(new long[] { 4 }.Concat(shapes[i]), levels[i].shape);
+        var sides = shapes.Select(s => s[1]).ToArray();
+        int bottom = sides.Length / 2 - 1;
+        Assert.Equal(16, sides[0]);
+        Assert.Equal(16, sides[^1]);
+        Assert.Equal(unet.BottleneckResolution, sides[bottom]);
+        Assert.True(sides[..(bottom + 1)].Zip(sides[1..(bottom + 1)]).All(p => p.First > p.Second), string.Join(",", sides));
+        Assert.Equal(0, (levels[bottom] - net.Features(x, sigma, y)).abs().max().item<float>(), 6);
+
+        var head = new MultiLevelGanClassifier(shapes);
+        var logits = head.forward(levels);
+        Assert.Equal(new long[] { 4 }, logits.shape);
+        var sum = head.HeadLogits(levels).Aggregate((p, q) => p + q);
+        Assert.Equal(0, (logits - sum).abs().max().item<float>(), 5);
+    }
+}
