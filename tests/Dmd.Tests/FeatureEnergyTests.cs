@@ -1,7 +1,6 @@
 using Dmd.Diffusion;
 using Dmd.Distillation;
 using Dmd.Networks;
-using Dmd.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -31,6 +31,19 @@ public interface IFeatureBackbone
 }
 
 /// <summary>
+/// A raw network F with features at several levels (the U-Nets: every resolution of encoder and decoder), for a
+/// discriminator with a head on each (not in DMD2). Reached through <see cref="EdmPrecond.LevelFeatures"/>.
+/// </summary>
+public interface ILevelFeatureBackbone
+{
+    /// <summary>The shapes of one sample's features at each level, in the order <see cref="LevelFeatures"/> gives them.</summary>
+    long[][] LevelFeatureShapes();
+
+    /// <summary>The features at each level for F's inputs: x already scaled by c_in, c_noise (B), one-hot labels or null.</summary>
+    Tensor[] LevelFeatures(Tensor x, Tensor cNoise, Tensor? labels);
+}
+
+/// <summary>
 /// EDM preconditioning (Karras et al. 2022, Table 1; DESIGN.md section 2):
 /// <c>D(x) = c_skip x + c_out F(c_in x, c_noise, labels)</c> with
 /// c_skip = sd^2/(sigma^2+sd^2), c_out = sigma sd / sqrt(sigma^2+sd^2), c_in = 1/sqrt(sigma^2+sd^2),
@@ -107,16 +120,16 @@ public sealed class EdmPrecond : nn.Module<Tensor, Tensor, Tensor?, Tensor>, IDe
     }
 
     /// <summary>
-    /// The U-Net's features at every resolution (<see cref="Networks.EdmUNet.LevelFeatures"/>) at the preconditioned input
-    /// <c>c_in x</c>, c_noise: what <see cref="Networks.MultiLevelGanClassifier"/> reads. Only the EDM U-Nets have them.
+    /// The wrapped network's features at every level (<see cref="ILevelFeatureBackbone"/>: the EDM U-Nets) at the
+    /// preconditioned input <c>c_in x</c>, c_noise: what a discriminator with a head on each level reads (the GAN probe).
     /// </summary>
     public Tensor[] LevelFeatures(Tensor x, Tensor sigma, Tensor? labels)
     {
-        if (model is not Networks.EdmUNet unet)
-            throw new DmdInputException($"the {model.GetType().Name} network has no feature levels; multi-level GAN heads need a ddpmpp or adm U-Net");
+        if (model is not ILevelFeatureBackbone lb)
+            throw new DmdInputException($"the {model.GetType().Name} network has no feature levels; heads on every level need a ddpmpp or adm U-Net");
         using var scope = NewDisposeScope();
         var (xf, _, _, cIn, cNoise) = Coefficients(x, sigma);
-        return unet.LevelFeatures(cIn * xf, cNoise, labels).Select(t => t.MoveToOuterDisposeScope()).ToArray();
+        return lb.LevelFeatures(cIn * xf, cNoise, labels).Select(t => t.MoveToOuterDisposeScope()).ToArray();
     }
 
     /// <summary>

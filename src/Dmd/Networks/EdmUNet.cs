@@ -14,7 +14,7 @@ namespace Dmd.Networks;
 /// r = <see cref="BottleneckResolution"/>. This is the tensor DMD2's GAN classifier head reads
 /// (its <c>return_bottleneck</c> returns right after the encoder).
 /// </remarks>
-public abstract class EdmUNet : EdmBackbone, IFeatureBackbone
+public abstract class EdmUNet : EdmBackbone, IFeatureBackbone, ILevelFeatureBackbone
 {
     /// <summary>Records the geometry the U-Nets share (the properties of the same names); the subclass builds the layers.</summary>
     protected EdmUNet(string name, int imgResolution, int inChannels, int outChannels, int labelDim, int augmentDim,
