@@ -269,6 +269,19 @@ public sealed record DmdConfig
     [System.Text.Json.Serialization.JsonIgnore]
     public bool UsesRealData => UsesGan || FeatureEnergyWeight > 0;
 
+    /// <summary>The setting that needs real data, as messages name it: <see cref="GanReason"/>, or the feature energy term's weight.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public string RealDataReason => UsesGan ? GanReason : $"feature-energy-weight {FeatureEnergyWeight:G}";
+
+    /// <summary>The settings that make a run need no real data, as messages advise them: <see cref="GanOff"/>, or the feature energy term's off.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public string RealDataOff => (UsesGan, FeatureEnergyWeight > 0) switch
+    {
+        (true, true) => $"{GanOff} and feature-energy-weight 0",
+        (true, false) => GanOff,
+        _ => "feature-energy-weight 0",
+    };
+
     /// <summary>The setting that switched the GAN head on, as messages name it (e.g. "gan-weight 0.003").</summary>
     [System.Text.Json.Serialization.JsonIgnore]
     public string GanReason => GanWeight > 0 ? $"gan-weight {GanWeight:G}" : $"dm-divergence {DmDivergence}";

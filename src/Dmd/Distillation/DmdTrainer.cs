@@ -228,9 +228,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     static void CheckRealData(IDataSource? data, NetworkSpec spec, DmdConfig config)
     {
         if (data is null)
-            throw new DmdInputException(config.UsesGan
-                ? $"{config.GanReason} needs real training data for the GAN head: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set {config.GanOff}"
-                : $"feature-energy-weight {config.FeatureEnergyWeight:G} needs real training data: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set feature-energy-weight 0");
+            throw new DmdInputException($"{config.RealDataReason} needs real training data{(config.UsesGan ? " for the GAN head" : "")}: pass --gan-data (e.g. ring8, csv:PATH, fashion-mnist or folder:PATH), or set {config.RealDataOff}");
         if (config.GanMaxStep > config.GridLevels)
             throw new DmdInputException($"gan-max-step {config.GanMaxStep}: must be at most grid-levels {config.GridLevels} (noise-level indices [0, gan-max-step) of the grid)");
         if (!data.Shape.SequenceEqual(spec.SampleShape))

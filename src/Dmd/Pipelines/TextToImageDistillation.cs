@@ -67,8 +67,8 @@ public static class TextToImageDistillation
                                                                           Device? device = null, string? ganData = null)
     {
         if (config.UsesRealData && ganData != "fashion-mnist" && ganData?.StartsWith("captions:", StringComparison.Ordinal) != true)
-            throw new DmdInputException($"{(config.UsesGan ? config.GanReason : $"feature-energy-weight {config.FeatureEnergyWeight:G}")} on a text-to-image teacher needs captioned real images: --gan-data captions:FOLDER " +
-                                        $"(images with a {CaptionedLatents.MetadataFile} of file_name and text) or fashion-mnist (with templated captions), or set {(config.UsesGan ? config.GanOff : "feature-energy-weight 0")}");
+            throw new DmdInputException($"{config.RealDataReason} on a text-to-image teacher needs captioned real images: --gan-data captions:FOLDER " +
+                                        $"(images with a {CaptionedLatents.MetadataFile} of file_name and text) or fashion-mnist (with templated captions), or set {config.RealDataOff}");
         var sd = StableDiffusion.Load(folder, device);
         var conditions = EncodePrompts(sd, RegressionPairs.ReadPrompts(promptsFile));
         var (teacher, spec) = Teacher(sd);
