@@ -78,20 +78,18 @@ public sealed class MultiLevelGanClassifier : nn.Module<Tensor[], Tensor>
         RegisterComponents();
     }
 
-    /// <summary>Number of levels (heads).</summary>
-    public int Levels => heads.Count;
-
     /// <summary>The sum of the heads' logits (B) for the levels' features (each (B, C_l, r_l, r_l)); positive = judged real.</summary>
     public override Tensor forward(Tensor[] levels)
     {
-        if (levels.Length != heads.Count)
-            throw new ArgumentException($"{levels.Length} feature levels for {heads.Count} heads");
         using var scope = NewDisposeScope();
-        var sum = heads[0].forward(levels[0]);
-        for (int i = 1; i < heads.Count; i++) sum = sum + heads[i].forward(levels[i]);
-        return sum.MoveToOuterDisposeScope();
+        return HeadLogits(levels).Aggregate((a, b) => a + b).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Each head's logits (B) on its own level, for diagnostics.</summary>
-    public Tensor[] HeadLogits(Tensor[] levels) => heads.Select((h, i) => h.forward(levels[i])).ToArray();
+    /// <summary>Each head's logits (B) on its own level.</summary>
+    public Tensor[] HeadLogits(Tensor[] levels)
+    {
+        if (levels.Length != heads.Count)
+            throw new ArgumentException($"{levels.Length} feature levels for {heads.Count} heads");
+        return heads.Select((h, i) => h.forward(levels[i])).ToArray();
+    }
 }
