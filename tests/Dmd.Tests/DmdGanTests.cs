@@ -214,11 +214,14 @@ public class DmdGanTests(ITestOutputHelper log)
     /// trainer): z, the labels, the generator's output for them (with gradient), the DM term's noise levels on
     /// <paramref name="grid"/> and its noise sigma n.
     /// </summary>
+    /// With <see cref="DmdConfig.FeatureEnergyGroup"/> the labels are one class per group, each repeated for its group.
     internal static (Tensor Z, Tensor Y, Tensor X, Tensor SigmaDm, Tensor NoiseDm) FirstStepDraws(DmdConfig config, OneStepGenerator generator0,
                                                                                                Tensor grid, Generator rng)
     {
         var z = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);
-        var y = Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
+        int group = config.FeatureEnergyGroup;
+        var y = group > 0 ? Rng.OneHot(Rng.Integers(0, Classes, config.BatchSize / group, rng).repeat_interleave(group), Classes)
+                          : Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
         var x = generator0.Generate(z, y);
         var sigma = grid.index_select(0, Rng.Integers(config.MinStep, config.MaxStep + 1, config.BatchSize, rng));
         return (z, y, x, sigma, sigma.unsqueeze(1) * Rng.NormalLike(x, rng));

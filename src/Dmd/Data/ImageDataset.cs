@@ -58,9 +58,23 @@ public sealed class ImageDataset : IDataSource
     /// A random batch (with replacement): images float32 (n, C, H, W) in [-1, 1] and one-hot labels (n, classes)
     /// or null. Draws the indices, then (with <see cref="RandomFlip"/>) one coin per image, from <paramref name="g"/>.
     /// </summary>
-    public (Tensor X, Tensor? Labels) Batch(int n, Generator? g)
+    public (Tensor X, Tensor? Labels) Batch(int n, Generator? g) => Take(Rng.Integers(0, Count, n, g), g);
+
+    /// <inheritdoc/>
+    /// <remarks>Draws the indices, then (with <see cref="RandomFlip"/>) one coin per image, from <paramref name="g"/>.</remarks>
+    public (Tensor X, Tensor? Labels) BatchOfClasses(Tensor classIndex, Generator? g)
     {
-        var idx = Rng.Integers(0, Count, n, g);
+        if (ClassIndex is null) throw new DmdInputException("a class-matched batch needs class-labelled images, and these have no labels");
+        classRuns ??= new ClassRuns(ClassIndex, NumClasses);
+        return Take(classRuns.Draw(classIndex, g), g);
+    }
+
+    ClassRuns? classRuns;
+
+    /// <summary>The images at <paramref name="idx"/> as float32, flipped (with <see cref="RandomFlip"/>) by coins from <paramref name="g"/>, and their labels.</summary>
+    (Tensor X, Tensor? Labels) Take(Tensor idx, Generator? g)
+    {
+        long n = idx.shape[0];
         var x = ToFloat(Images.index_select(0, idx));
         if (RandomFlip)
         {

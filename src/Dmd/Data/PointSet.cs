@@ -47,13 +47,20 @@ public sealed class PointSet : IDataSource
     /// A random batch (with replacement, indices drawn from <paramref name="g"/>): points float32 (n, D) and one-hot
     /// labels (n, classes), or null when unlabelled.
     /// </summary>
-    public (Tensor X, Tensor? Labels) Batch(int n, Generator? g)
+    public (Tensor X, Tensor? Labels) Batch(int n, Generator? g) => Take(Rng.Integers(0, Count, n, g));
+
+    /// <inheritdoc/>
+    public (Tensor X, Tensor? Labels) BatchOfClasses(Tensor classIndex, Generator? g)
     {
-        var idx = Rng.Integers(0, Count, n, g);
-        var x = Points.index_select(0, idx);
-        var y = ClassIndex is null ? null : Rng.OneHot(ClassIndex.index_select(0, idx), NumClasses);
-        return (x, y);
+        if (ClassIndex is null) throw new DmdInputException("a class-matched batch needs class-labelled points, and these have no labels");
+        classRuns ??= new ClassRuns(ClassIndex, NumClasses);
+        return Take(classRuns.Draw(classIndex, g));
     }
+
+    ClassRuns? classRuns;
+
+    (Tensor X, Tensor? Labels) Take(Tensor idx) =>
+        (Points.index_select(0, idx), ClassIndex is null ? null : Rng.OneHot(ClassIndex.index_select(0, idx), NumClasses));
 
     /// <summary>Drops the labels (for unconditional training).</summary>
     public PointSet WithoutLabels() => new(Points, null, 0, Modes);

@@ -178,6 +178,13 @@ public sealed record DmdConfig
     /// </summary>
     public double FeatureEnergyWeight { get; init; } = 0;
     /// <summary>
+    /// 0: the feature energy term compares the whole generated batch with a real batch of any classes. N &gt;= 2: the generator
+    /// step's labels come in groups of N equal classes, each group is compared with N real samples of its class, and the term
+    /// is the mean over the groups (within-class variety without pulling samples across classes). Class-conditional teachers
+    /// only; batch-size must be a multiple of N. Not in DMD or DMD2
+    /// </summary>
+    public int FeatureEnergyGroup { get; init; } = 0;
+    /// <summary>
     /// the divergence of the DM term (f-distill): ReverseKl is DMD's; JensenShannon and ForwardKl weight each sample's DM
     /// gradient by the GAN head's density ratio, so they train the head (real data, --gan-data) even at gan-weight 0
     /// </summary>
@@ -345,6 +352,13 @@ public sealed record DmdConfig
         Settings.Positive("fake-lr-scale", FakeLrScale);
         Settings.AtLeast("gan-weight", GanWeight, 0);
         Settings.AtLeast("feature-energy-weight", FeatureEnergyWeight, 0);
+        Settings.AtLeast("feature-energy-group", FeatureEnergyGroup, 0);
+        if (FeatureEnergyGroup == 1)
+            throw new DmdInputException("feature-energy-group 1: a group needs at least 2 samples to measure variety; use 0 (the whole batch) or 2 and more");
+        if (FeatureEnergyGroup > 0 && FeatureEnergyWeight == 0)
+            throw new DmdInputException($"feature-energy-group {FeatureEnergyGroup} groups the feature energy term, which is off: add --feature-energy-weight (e.g. 1) or leave the group out");
+        if (FeatureEnergyGroup > 0 && BatchSize % FeatureEnergyGroup != 0)
+            throw new DmdInputException($"feature-energy-group {FeatureEnergyGroup}: batch-size {BatchSize} must be a multiple of it");
         Settings.Positive("gan-fake-weight", GanFakeWeight);
         Settings.AtLeast("gan-max-step", GanMaxStep, 0);
         Settings.Positive("gan-head-lr-scale", GanHeadLrScale);

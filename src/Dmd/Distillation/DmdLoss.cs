@@ -145,18 +145,21 @@ public static class DmdLoss
     /// mean distance (taken as a constant): [2 mean_ij |g_i - r_j| - mean_{i!=j} |g_i - g_j| - mean_{i!=j} |r_i - r_j|] /
     /// mean_{i!=j} |r_i - r_j| (Szekely and Rizzo; the within-set means over distinct pairs, so that its expectation is
     /// the distributions' energy distance, 0 for the same distribution). Its gradient draws each g to the r's and pushes
-    /// the g's apart.
+    /// the g's apart. Given groups of sets, (G, n, D) and (G, m, D), it is the mean over the groups of each pair's value.
     /// </summary>
     public static Tensor FeatureEnergy(Tensor fGen, Tensor fReal)
     {
-        long n = fGen.shape[0], m = fReal.shape[0];
-        if (n < 2 || m < 2) throw new DmdInputException($"the feature energy term needs at least 2 samples in each batch, not {n} and {m}: raise batch-size");
+        if (fGen.dim() != fReal.dim() || fGen.dim() is not (2 or 3) || (fGen.dim() == 3 && fGen.shape[0] != fReal.shape[0]))
+            throw new ArgumentException($"feature sets (n, D) and (m, D), or groups of them (G, n, D) and (G, m, D), not [{string.Join(", ", fGen.shape)}] and [{string.Join(", ", fReal.shape)}]");
+        long n = fGen.shape[^2], m = fReal.shape[^2];
+        if (n < 2 || m < 2) throw new DmdInputException($"the feature energy term needs at least 2 samples in each set, not {n} and {m}: raise batch-size (or feature-energy-group)");
         using var scope = NewDisposeScope();
-        // pairwise Euclidean distances; the 1e-12 keeps the square root's gradient finite on the diagonal, where it is 0
-        static Tensor Dist(Tensor a, Tensor b) => (a.unsqueeze(1) - b.unsqueeze(0)).square().sum(-1).add(1e-12).sqrt();
-        var cross = Dist(fGen, fReal).mean();
-        var gen = Dist(fGen, fGen).sum() / (n * (n - 1));
-        var real = (Dist(fReal, fReal).sum() / (m * (m - 1))).detach();
-        return ((2 * cross - gen - real) / real).MoveToOuterDisposeScope();
+        // pairwise Euclidean distances (..., n, m); the 1e-12 keeps the square root's gradient finite on the diagonal, where it is 0
+        static Tensor Dist(Tensor a, Tensor b) => (a.unsqueeze(-2) - b.unsqueeze(-3)).square().sum(-1).add(1e-12).sqrt();
+        var pairs = new long[] { -2, -1 };
+        var cross = Dist(fGen, fReal).mean(pairs);
+        var gen = Dist(fGen, fGen).sum(pairs) / (n * (n - 1));
+        var real = (Dist(fReal, fReal).sum(pairs) / (m * (m - 1))).detach();
+        return ((2 * cross - gen - real) / real).mean().MoveToOuterDisposeScope();
     }
 }

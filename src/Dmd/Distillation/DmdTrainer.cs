@@ -120,6 +120,8 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             if (Math.Abs(config.SigmaMax - vp.SigmaMax) > 1e-4 * vp.SigmaMax)
                 throw new DmdInputException($"sigma-max {config.SigmaMax:G}: the generator of a VP teacher starts at its largest training sigma {vp.SigmaMax:G6}; set sigma-max {vp.SigmaMax:G9}");
         }
+        if (config.FeatureEnergyGroup > 0 && Conditions is not ClassConditions { LabelDim: > 0 })
+            throw new DmdInputException($"feature-energy-group {config.FeatureEnergyGroup} groups the batch by class, and this teacher is {(Conditions is ClassConditions ? "unconditional" : "conditioned on prompts")}: set feature-energy-group 0");
         if (config.UsesRealData) CheckRealData(realData, spec, config);
         else realData = null; // GAN and feature energy off: real data given anyway is not used
         this.realData = realData;
@@ -343,7 +345,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
 
         // ---- generator update: loss_G = loss_dm + lambda_reg loss_reg (paper Eq. 9) ----
         var z = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
-        var y = Conditions.Draw(batch, rng, device);
+        var y = Config.FeatureEnergyGroup > 0 ? GroupedLabels(batch, Config.FeatureEnergyGroup, rng) : Conditions.Draw(batch, rng, device);
         var (xIn, level) = GeneratorInput(z, y, draw: 0);
         var x = Generator.Denoise(xIn, level, y);
         var lossG = zeros(1, device: device).squeeze();
@@ -400,13 +402,17 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         {
             // not in DMD or DMD2: the energy distance between this batch and a real one in the frozen teacher's bottleneck
             // features, both noised to one level of the GAN's range; the gradient reaches x through the teacher's features
-            var (xReal, yReal) = realData!.Batch(batch, rng);
+            // grouped (feature-energy-group): the real batch has the generated batch's classes, and each group is compared with its own
+            int group = Config.FeatureEnergyGroup;
+            var (xReal, yReal) = group > 0 ? realData!.BatchOfClasses(y!.argmax(1).cpu(), rng) : realData!.Batch(batch, rng);
             bool noised = Config.GanMaxStep > 0;
             var sigmaE = (noised ? grid.index_select(0, Rng.Integers(0, Config.GanMaxStep, 1, rng, device)) : grid.narrow(0, 0, 1)).expand(batch);
             Tensor Noised(Tensor v) => noised ? v + DenoiserExtensions.Broadcast(sigmaE, v) * Rng.NormalLike(v, rng) : v;
             Tensor fReal;
             using (no_grad()) fReal = Real.Features(Noised(xReal.to(device)), sigmaE, Spec.LabelDim > 0 ? yReal!.to(device) : null).flatten(1);
-            var lossE = DmdLoss.FeatureEnergy(Real.Features(Noised(x), sigmaE, y).flatten(1), fReal);
+            var fGen = Real.Features(Noised(x), sigmaE, y).flatten(1);
+            var lossE = group > 0 ? DmdLoss.FeatureEnergy(fGen.view(batch / group, group, -1), fReal.view(batch / group, group, -1))
+                                  : DmdLoss.FeatureEnergy(fGen, fReal);
             lossG = lossG + DenoiserExtensions.Const(Config.FeatureEnergyWeight, lossE) * lossE;
             losses["loss_energy"] = TrainingUtils.Value(lossE);
         }
@@ -481,6 +487,13 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Step++;
         return losses;
     }
+
+    /// <summary>
+    /// One-hot labels for <paramref name="batch"/> samples in runs of <paramref name="group"/> equal classes, each run's class
+    /// uniform (feature-energy-group): over many steps every class is as frequent as with <see cref="Conditions.Draw"/>.
+    /// </summary>
+    Tensor GroupedLabels(int batch, int group, Generator rng) =>
+        Rng.OneHot(Rng.Integers(0, Spec.LabelDim, batch / group, rng).repeat_interleave(group), Spec.LabelDim).to(device);
 
     /// <summary>
     /// The generator's input and its level for one batch: sigma_max z at level 0 for a one-step generator (nothing drawn);
