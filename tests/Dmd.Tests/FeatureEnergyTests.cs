@@ -150,17 +150,20 @@ public class FeatureEnergyTests
     /// <summary>
     /// Grouped (feature-energy-group 4): the step's labels come in runs of 4 equal classes, the real batch has the same
     /// classes, and the generator's gradient is that of loss_dm + weight x the mean over groups of each group's term,
-    /// written out by hand from the trainer's seed as in the ungrouped test.
+    /// written out by hand from the trainer's seed as in the ungrouped test; with feature-energy-unconditional the
+    /// teacher's features of both batches are taken at its unconditional input (zero labels).
     /// </summary>
-    [Fact]
-    public void GroupedFeatureEnergyComparesEachGroupWithRealSamplesOfItsClass()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void GroupedFeatureEnergyComparesEachGroupWithRealSamplesOfItsClass(bool unconditional)
     {
         var teacher = DmdGanTests.Teacher(TestUtil.TinyPointSpec);
         var real = DmdGanTests.RealPoints();
         var config = new DmdConfig
         {
             Mode = DmdMode.Full, LambdaReg = 0, BatchSize = 16, GradClip = 1e9, WarmupSteps = 0, FakeUpdatesPerStep = 1,
-            Seed = 12, Steps = 1, FeatureEnergyWeight = 0.8, FeatureEnergyGroup = 4, GanMaxStep = 600,
+            Seed = 12, Steps = 1, FeatureEnergyWeight = 0.8, FeatureEnergyGroup = 4, FeatureEnergyUnconditional = unconditional, GanMaxStep = 600,
         };
         var (trainer, fake0, generator0) = DmdGanTests.PerturbedFake(teacher, config, real);
         using var _ = trainer;
@@ -179,8 +182,8 @@ public class FeatureEnergyTests
         var sigma = grid.index_select(0, Rng.Integers(0, config.GanMaxStep, 1, rng)).expand(config.BatchSize);
         var xrt = xr + sigma.unsqueeze(1) * Rng.NormalLike(xr, rng);
         var xt = x + sigma.unsqueeze(1) * Rng.NormalLike(x, rng);
-        var fGen = teacher.Features(xt, sigma, y).flatten(1);
-        var fReal = teacher.Features(xrt, sigma, yr).flatten(1).detach();
+        var fGen = teacher.Features(xt, sigma, unconditional ? zeros_like(y) : y).flatten(1);
+        var fReal = teacher.Features(xrt, sigma, unconditional ? zeros_like(yr) : yr).flatten(1).detach();
         var energy = Enumerable.Range(0, 4).Select(i => DmdLoss.FeatureEnergy(fGen[(4 * i)..(4 * i + 4)], fReal[(4 * i)..(4 * i + 4)])).Aggregate((u, v) => u + v) / 4;
         ((x * grad).sum() / x.numel() + config.FeatureEnergyWeight * energy).backward();
         TestUtil.AssertSameGradients(generator0.Net, trainer.Generator.Net, "generator", requireGradient: true);
@@ -198,7 +201,10 @@ public class FeatureEnergyTests
         Assert.Contains("feature-energy-weight", e.Message);
     }
 
-    /// <summary>Grouping refuses a group of 1, a group without the term, a batch that is not a multiple of it, and a teacher without classes.</summary>
+    /// <summary>
+    /// Grouping refuses a group of 1, a group without the term, a batch that is not a multiple of it, and a teacher without
+    /// classes; unconditional features refuse without the term and without classes.
+    /// </summary>
     [Fact]
     public void GroupingNeedsTheTermABatchOfWholeGroupsAndClasses()
     {
@@ -210,6 +216,7 @@ public class FeatureEnergyTests
             new DmdConfig { FeatureEnergyWeight = 1, FeatureEnergyGroup = 3, BatchSize = 16 },
         })
             Assert.Contains("feature-energy-group", Assert.Throws<DmdInputException>(() => bad.Validate()).Message);
+        Assert.Contains("feature-energy-unconditional", Assert.Throws<DmdInputException>(() => new DmdConfig { FeatureEnergyUnconditional = true }.Validate()).Message);
         new DmdConfig { FeatureEnergyWeight = 1, FeatureEnergyGroup = 4, BatchSize = 16 }.Validate();
 
         var spec = TestUtil.TinyPointSpec with { LabelDim = 0 };
@@ -217,6 +224,10 @@ public class FeatureEnergyTests
             new DmdConfig { LambdaReg = 0, BatchSize = 16, FeatureEnergyWeight = 1, FeatureEnergyGroup = 4 }, pairs: null,
             realData: DmdGanTests.RealPoints().WithoutLabels()));
         Assert.Contains("unconditional", e.Message);
+        e = Assert.Throws<DmdInputException>(() => new DmdTrainer(DmdGanTests.Teacher(spec), spec,
+            new DmdConfig { LambdaReg = 0, BatchSize = 16, FeatureEnergyWeight = 1, FeatureEnergyUnconditional = true }, pairs: null,
+            realData: DmdGanTests.RealPoints().WithoutLabels()));
+        Assert.Contains("feature-energy-unconditional", e.Message);
     }
 
     /// <summary>

@@ -185,6 +185,12 @@ public sealed record DmdConfig
     /// </summary>
     public int FeatureEnergyGroup { get; init; } = 0;
     /// <summary>
+    /// true: the feature energy term reads the teacher's features with its unconditional input (no class) for both batches,
+    /// so that they describe the images alone and not also the label the network is told. Class-conditional teachers
+    /// only. Not in DMD or DMD2
+    /// </summary>
+    public bool FeatureEnergyUnconditional { get; init; } = false;
+    /// <summary>
     /// the divergence of the DM term (f-distill): ReverseKl is DMD's; JensenShannon and ForwardKl weight each sample's DM
     /// gradient by the GAN head's density ratio, so they train the head (real data, --gan-data) even at gan-weight 0
     /// </summary>
@@ -357,6 +363,8 @@ public sealed record DmdConfig
             throw new DmdInputException("feature-energy-group 1: a group needs at least 2 samples to measure variety; use 0 (the whole batch) or 2 and more");
         if (FeatureEnergyGroup > 0 && FeatureEnergyWeight == 0)
             throw new DmdInputException($"feature-energy-group {FeatureEnergyGroup} groups the feature energy term, which is off: add --feature-energy-weight (e.g. 1) or leave the group out");
+        if (FeatureEnergyUnconditional && FeatureEnergyWeight == 0)
+            throw new DmdInputException("feature-energy-unconditional changes the feature energy term, which is off: add --feature-energy-weight (e.g. 1) or leave it out");
         if (FeatureEnergyGroup > 0 && BatchSize % FeatureEnergyGroup != 0)
             throw new DmdInputException($"feature-energy-group {FeatureEnergyGroup}: batch-size {BatchSize} must be a multiple of it");
         Settings.Positive("gan-fake-weight", GanFakeWeight);

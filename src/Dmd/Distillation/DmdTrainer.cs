@@ -120,8 +120,12 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             if (Math.Abs(config.SigmaMax - vp.SigmaMax) > 1e-4 * vp.SigmaMax)
                 throw new DmdInputException($"sigma-max {config.SigmaMax:G}: the generator of a VP teacher starts at its largest training sigma {vp.SigmaMax:G6}; set sigma-max {vp.SigmaMax:G9}");
         }
-        if (config.FeatureEnergyGroup > 0 && Conditions is not ClassConditions { LabelDim: > 0 })
-            throw new DmdInputException($"feature-energy-group {config.FeatureEnergyGroup} groups the batch by class, and this teacher is {(Conditions is ClassConditions ? "unconditional" : "conditioned on prompts")}: set feature-energy-group 0");
+        if ((config.FeatureEnergyGroup > 0 || config.FeatureEnergyUnconditional) && Conditions is not ClassConditions { LabelDim: > 0 })
+        {
+            var (setting, off) = config.FeatureEnergyGroup > 0 ? ($"feature-energy-group {config.FeatureEnergyGroup} groups the batch by class", "set feature-energy-group 0")
+                                                               : ("feature-energy-unconditional drops the class from the features", "leave it out");
+            throw new DmdInputException($"{setting}, and this teacher is {(Conditions is ClassConditions ? "unconditional" : "conditioned on prompts")}: {off}");
+        }
         if (config.UsesRealData) CheckRealData(realData, spec, config);
         else realData = null; // GAN and feature energy off: real data given anyway is not used
         this.realData = realData;
@@ -409,8 +413,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             var sigmaE = (noised ? grid.index_select(0, Rng.Integers(0, Config.GanMaxStep, 1, rng, device)) : grid.narrow(0, 0, 1)).expand(batch);
             Tensor Noised(Tensor v) => noised ? v + DenoiserExtensions.Broadcast(sigmaE, v) * Rng.NormalLike(v, rng) : v;
             Tensor fReal;
-            using (no_grad()) fReal = Real.Features(Noised(xReal.to(device)), sigmaE, Spec.LabelDim > 0 ? yReal!.to(device) : null).flatten(1);
-            var fGen = Real.Features(Noised(x), sigmaE, y).flatten(1);
+            Tensor? Told(Tensor? labels) => Config.FeatureEnergyUnconditional && labels is not null ? zeros_like(labels) : labels; // zeros: the teacher's unconditional input
+            using (no_grad()) fReal = Real.Features(Noised(xReal.to(device)), sigmaE, Spec.LabelDim > 0 ? Told(yReal!.to(device)) : null).flatten(1);
+            var fGen = Real.Features(Noised(x), sigmaE, Told(y)).flatten(1);
             var lossE = group > 0 ? DmdLoss.FeatureEnergy(fGen.view(batch / group, group, -1), fReal.view(batch / group, group, -1))
                                   : DmdLoss.FeatureEnergy(fGen, fReal);
             lossG = lossG + DenoiserExtensions.Const(Config.FeatureEnergyWeight, lossE) * lossE;
