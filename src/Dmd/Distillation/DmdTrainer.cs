@@ -405,15 +405,16 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         if (Config.FeatureEnergyWeight > 0)
         {
             // not in DMD or DMD2: the energy distance between this batch and a real one in the frozen teacher's bottleneck
-            // features, both noised to one level of the GAN's range; the gradient reaches x through the teacher's features
-            // grouped (feature-energy-group): the real batch has the generated batch's classes, and each group is compared with its own
+            // features, both noised to one level of the GAN's range; the gradient reaches x through the teacher's features.
+            // By class (feature-energy-group): the real batch has the generated batch's classes, each group compared with its own
             int group = Config.FeatureEnergyGroup;
             var (xReal, yReal) = group > 0 ? realData!.BatchOfClasses(y!.argmax(1).cpu(), rng) : realData!.Batch(batch, rng);
             bool noised = Config.GanMaxStep > 0;
             var sigmaE = (noised ? grid.index_select(0, Rng.Integers(0, Config.GanMaxStep, 1, rng, device)) : grid.narrow(0, 0, 1)).expand(batch);
             Tensor Noised(Tensor v) => noised ? v + DenoiserExtensions.Broadcast(sigmaE, v) * Rng.NormalLike(v, rng) : v;
+            // the labels the features are told: none (the zero row, the teacher's unconditional input) with feature-energy-unconditional
+            Tensor? Told(Tensor? labels) => Config.FeatureEnergyUnconditional && labels is not null ? zeros_like(labels) : labels;
             Tensor fReal;
-            Tensor? Told(Tensor? labels) => Config.FeatureEnergyUnconditional && labels is not null ? zeros_like(labels) : labels; // zeros: the teacher's unconditional input
             using (no_grad()) fReal = Real.Features(Noised(xReal.to(device)), sigmaE, Spec.LabelDim > 0 ? Told(yReal!.to(device)) : null).flatten(1);
             var fGen = Real.Features(Noised(x), sigmaE, Told(y)).flatten(1);
             var lossE = group > 0 ? DmdLoss.FeatureEnergy(fGen.view(batch / group, group, -1), fReal.view(batch / group, group, -1))
