@@ -17,7 +17,7 @@ namespace Dmd.Tests;
 /// </summary>
 public class DmdGanTests(ITestOutputHelper log)
 {
-    const int Classes = 3;
+    internal const int Classes = 3;
     static readonly MlpSpec PointSpec = TestUtil.TinyPointSpec;
     static NetworkSpec ImageSpec(string kind = "ddpmpp") =>
         new UNetOptions { Arch = kind, ModelChannels = 8, NumBlocks = 1, Dropout = 0 }.For(channels: 1, resolution: 8, labelDim: Classes);
@@ -219,7 +219,7 @@ public class DmdGanTests(ITestOutputHelper log)
                                                                                                Tensor grid, Generator rng)
     {
         var z = Rng.Normal(new long[] { config.BatchSize, 2 }, rng);
-        int group = config.FeatureEnergyGroup;
+        int group = config.FeatureEnergyBatch > 0 ? 0 : config.FeatureEnergyGroup; // grouped labels only when the term reads this batch
         var y = group > 0 ? Rng.OneHot(Rng.Integers(0, Classes, config.BatchSize / group, rng).repeat_interleave(group), Classes)
                           : Rng.OneHotLabels(Classes, config.BatchSize, rng)!;
         var x = generator0.Generate(z, y);

@@ -190,6 +190,68 @@ public class FeatureEnergyTests
         Assert.Equal(energy.item<float>(), losses["loss_energy"], 5);
     }
 
+    /// <summary>
+    /// A batch of its own (feature-energy-batch 8 beside a step batch of 16): after the DM term's draws the term draws 8 new
+    /// z and labels (in runs of 4 equal classes when grouped), generates them with gradient, and compares them with 8 real
+    /// samples; the generator's gradient is that of loss_dm on the step's batch + weight x the term on the new one.
+    /// </summary>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(4)]
+    public void ASeparateEnergyBatchIsDrawnAfreshAndGeneratedWithGradient(int group)
+    {
+        var teacher = DmdGanTests.Teacher(TestUtil.TinyPointSpec);
+        var real = DmdGanTests.RealPoints();
+        var config = new DmdConfig
+        {
+            Mode = DmdMode.Full, LambdaReg = 0, BatchSize = 16, GradClip = 1e9, WarmupSteps = 0, FakeUpdatesPerStep = 1,
+            Seed = 13, Steps = 1, FeatureEnergyWeight = 0.8, FeatureEnergyGroup = group, FeatureEnergyBatch = 8, GanMaxStep = 600,
+        };
+        var (trainer, fake0, generator0) = DmdGanTests.PerturbedFake(teacher, config, real);
+        using var _ = trainer;
+        var losses = trainer.TrainStep();
+
+        using var rng = new Generator((ulong)config.Seed);
+        var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
+        var (z, y, x, sigmaDm, noiseDm) = DmdGanTests.FirstStepDraws(config, generator0, grid, rng);
+        var xtDm = x.detach() + noiseDm;
+        Tensor grad;
+        using (no_grad()) grad = DmdLoss.DmGradient(x.detach(), teacher.Denoise(xtDm, sigmaDm, y), fake0.Denoise(xtDm, sigmaDm, y));
+        const int n = 8;
+        var zE = Rng.Normal(new long[] { n, 2 }, rng);
+        Assert.False(zE.allclose(z[..n]));
+        var yE = group > 0 ? Rng.OneHot(Rng.Integers(0, DmdGanTests.Classes, n / group, rng).repeat_interleave(group), DmdGanTests.Classes)
+                           : Rng.OneHotLabels(DmdGanTests.Classes, n, rng)!;
+        var xE = generator0.Generate(zE, yE);
+        var (xr, yr) = group > 0 ? real.BatchOfClasses(yE.argmax(1), rng) : real.Batch(n, rng);
+        var sigma = grid.index_select(0, Rng.Integers(0, config.GanMaxStep, 1, rng)).expand(n);
+        var xrt = xr + sigma.unsqueeze(1) * Rng.NormalLike(xr, rng);
+        var xt = xE + sigma.unsqueeze(1) * Rng.NormalLike(xE, rng);
+        var fGen = teacher.Features(xt, sigma, yE).flatten(1);
+        var fReal = teacher.Features(xrt, sigma, yr).flatten(1).detach();
+        var energy = group > 0 ? DmdLoss.FeatureEnergy(fGen.view(n / group, group, -1), fReal.view(n / group, group, -1))
+                               : DmdLoss.FeatureEnergy(fGen, fReal);
+        ((x * grad).sum() / x.numel() + config.FeatureEnergyWeight * energy).backward();
+        TestUtil.AssertSameGradients(generator0.Net, trainer.Generator.Net, "generator", requireGradient: true);
+        Assert.Equal(energy.item<float>(), losses["loss_energy"], 5);
+    }
+
+    /// <summary>A batch of its own refuses without the term, below 2, and (grouped) when not a multiple of the group.</summary>
+    [Fact]
+    public void ASeparateEnergyBatchNeedsTheTermAndWholeGroups()
+    {
+        foreach (var bad in new[]
+        {
+            new DmdConfig { FeatureEnergyWeight = 0, FeatureEnergyBatch = 64 },
+            new DmdConfig { FeatureEnergyWeight = 1, FeatureEnergyBatch = 1 },
+            new DmdConfig { FeatureEnergyWeight = 1, FeatureEnergyBatch = -4 },
+            new DmdConfig { FeatureEnergyWeight = 1, FeatureEnergyBatch = 30, FeatureEnergyGroup = 4, BatchSize = 16 },
+        })
+            Assert.Contains("feature-energy-batch", Assert.Throws<DmdInputException>(() => bad.Validate()).Message);
+        // the group divides the energy batch, not the step's
+        new DmdConfig { FeatureEnergyWeight = 1, FeatureEnergyBatch = 64, FeatureEnergyGroup = 8, BatchSize = 12 }.Validate();
+    }
+
     /// <summary>Refusals: a negative weight, and no real data.</summary>
     [Fact]
     public void TheFeatureEnergyTermNeedsRealDataAndANonNegativeWeight()

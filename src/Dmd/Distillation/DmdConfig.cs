@@ -180,8 +180,9 @@ public sealed record DmdConfig
     /// <summary>
     /// 0: the feature energy term compares the whole generated batch with a real batch of any classes. N &gt;= 2: the generator
     /// step's labels come in groups of N equal classes, each group is compared with N real samples of its class, and the term
-    /// is the mean over the groups (within-class variety without pulling samples across classes). Class-conditional teachers
-    /// only; batch-size must be a multiple of N. Not in DMD or DMD2
+    /// is the mean over the groups (within-class variety without pulling samples across classes); with feature-energy-batch it is
+    /// that batch's labels that come in groups instead. Class-conditional teachers only; batch-size (or feature-energy-batch)
+    /// must be a multiple of N. Not in DMD or DMD2
     /// </summary>
     public int FeatureEnergyGroup { get; init; } = 0;
     /// <summary>
@@ -190,6 +191,12 @@ public sealed record DmdConfig
     /// only. Not in DMD or DMD2
     /// </summary>
     public bool FeatureEnergyUnconditional { get; init; } = false;
+    /// <summary>
+    /// 0: the feature energy term reads the generator step's own batch. N &gt; 0: it reads N samples of its own, drawn afresh
+    /// (new z and labels, generated at the step's level with gradient) and compared with N real samples, so that its estimate
+    /// is less noisy than at batch-size; costs about N/batch-size generator forward and backward passes more. Not in DMD or DMD2
+    /// </summary>
+    public int FeatureEnergyBatch { get; init; } = 0;
     /// <summary>
     /// the divergence of the DM term (f-distill): ReverseKl is DMD's; JensenShannon and ForwardKl weight each sample's DM
     /// gradient by the GAN head's density ratio, so they train the head (real data, --gan-data) even at gan-weight 0
@@ -365,8 +372,16 @@ public sealed record DmdConfig
             throw new DmdInputException($"feature-energy-group {FeatureEnergyGroup} groups the feature energy term, which is off: add --feature-energy-weight (e.g. 1) or leave the group out");
         if (FeatureEnergyUnconditional && FeatureEnergyWeight == 0)
             throw new DmdInputException("feature-energy-unconditional changes the feature energy term, which is off: add --feature-energy-weight (e.g. 1) or leave it out");
-        if (FeatureEnergyGroup > 0 && BatchSize % FeatureEnergyGroup != 0)
-            throw new DmdInputException($"feature-energy-group {FeatureEnergyGroup}: batch-size {BatchSize} must be a multiple of it");
+        Settings.AtLeast("feature-energy-batch", FeatureEnergyBatch, 0);
+        if (FeatureEnergyBatch > 0 && FeatureEnergyWeight == 0)
+            throw new DmdInputException($"feature-energy-batch {FeatureEnergyBatch} sizes the feature energy term, which is off: add --feature-energy-weight (e.g. 1) or leave the batch out");
+        if (FeatureEnergyBatch == 1)
+            throw new DmdInputException("feature-energy-batch 1: the energy term needs at least 2 samples to measure variety; use 0 (the step's batch) or 2 and more");
+        int energyBatch = FeatureEnergyBatch > 0 ? FeatureEnergyBatch : BatchSize;
+        if (FeatureEnergyGroup > 0 && energyBatch % FeatureEnergyGroup != 0)
+            throw new DmdInputException(FeatureEnergyBatch > 0
+                ? $"feature-energy-group {FeatureEnergyGroup}: feature-energy-batch {FeatureEnergyBatch} must be a multiple of it"
+                : $"feature-energy-group {FeatureEnergyGroup}: batch-size {BatchSize} must be a multiple of it");
         Settings.Positive("gan-fake-weight", GanFakeWeight);
         Settings.AtLeast("gan-max-step", GanMaxStep, 0);
         Settings.Positive("gan-head-lr-scale", GanHeadLrScale);

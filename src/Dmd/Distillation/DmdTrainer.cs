@@ -349,7 +349,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
 
         // ---- generator update: loss_G = loss_dm + lambda_reg loss_reg (paper Eq. 9) ----
         var z = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
-        var y = Config.FeatureEnergyGroup > 0 ? GroupedLabels(batch, Config.FeatureEnergyGroup, rng) : Conditions.Draw(batch, rng, device);
+        // grouped energy term on the step's own batch: its labels in runs of equal classes
+        var y = Config.FeatureEnergyGroup > 0 && Config.FeatureEnergyBatch == 0 ? GroupedLabels(batch, Config.FeatureEnergyGroup, rng)
+              : Conditions.Draw(batch, rng, device);
         var (xIn, level) = GeneratorInput(z, y, draw: 0);
         var x = Generator.Denoise(xIn, level, y);
         var lossG = zeros(1, device: device).squeeze();
@@ -406,18 +408,29 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         {
             // not in DMD or DMD2: the energy distance between this batch and a real one in the frozen teacher's bottleneck
             // features, both noised to one level of the GAN's range; the gradient reaches x through the teacher's features.
-            // By class (feature-energy-group): the real batch has the generated batch's classes, each group compared with its own
+            // By class (feature-energy-group): the real batch has the generated batch's classes, each group compared with its own.
+            // With feature-energy-batch the generated batch is one of its own, drawn afresh and generated at this step's level
             int group = Config.FeatureEnergyGroup;
-            var (xReal, yReal) = group > 0 ? realData!.BatchOfClasses(y!.argmax(1).cpu(), rng) : realData!.Batch(batch, rng);
+            int nE = batch;
+            Tensor xE = x;
+            Tensor? yE = y;
+            if (Config.FeatureEnergyBatch > 0)
+            {
+                nE = Config.FeatureEnergyBatch;
+                var zE = Rng.Normal(new long[] { nE }.Concat(sampleShape).ToArray(), rng, device);
+                yE = group > 0 ? GroupedLabels(nE, group, rng) : Conditions.Draw(nE, rng, device);
+                xE = Generator.Denoise(InputAt(zE, yE, level), level, yE);
+            }
+            var (xReal, yReal) = group > 0 ? realData!.BatchOfClasses(yE!.argmax(1).cpu(), rng) : realData!.Batch(nE, rng);
             bool noised = Config.GanMaxStep > 0;
-            var sigmaE = (noised ? grid.index_select(0, Rng.Integers(0, Config.GanMaxStep, 1, rng, device)) : grid.narrow(0, 0, 1)).expand(batch);
+            var sigmaE = (noised ? grid.index_select(0, Rng.Integers(0, Config.GanMaxStep, 1, rng, device)) : grid.narrow(0, 0, 1)).expand(nE);
             Tensor Noised(Tensor v) => noised ? v + DenoiserExtensions.Broadcast(sigmaE, v) * Rng.NormalLike(v, rng) : v;
             // the labels the features are told: none (the zero row, the teacher's unconditional input) with feature-energy-unconditional
             Tensor? Told(Tensor? labels) => Config.FeatureEnergyUnconditional && labels is not null ? zeros_like(labels) : labels;
             Tensor fReal;
             using (no_grad()) fReal = Real.Features(Noised(xReal.to(device)), sigmaE, Spec.LabelDim > 0 ? Told(yReal!.to(device)) : null).flatten(1);
-            var fGen = Real.Features(Noised(x), sigmaE, Told(y)).flatten(1);
-            var lossE = group > 0 ? DmdLoss.FeatureEnergy(fGen.view(batch / group, group, -1), fReal.view(batch / group, group, -1))
+            var fGen = Real.Features(Noised(xE), sigmaE, Told(yE)).flatten(1);
+            var lossE = group > 0 ? DmdLoss.FeatureEnergy(fGen.view(nE / group, group, -1), fReal.view(nE / group, group, -1))
                                   : DmdLoss.FeatureEnergy(fGen, fReal);
             lossG = lossG + DenoiserExtensions.Const(Config.FeatureEnergyWeight, lossE) * lossE;
             losses["loss_energy"] = TrainingUtils.Value(lossE);
@@ -514,13 +527,24 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// </summary>
     (Tensor Input, int Level) GeneratorInput(Tensor z, Tensor? y, int draw)
     {
-        if (Generator.Steps == 1) return (Generator.Input(z, y, 0, null), 0);
+        if (Generator.Steps == 1) return (InputAt(z, y, 0), 0);
         int K = Generator.Steps;
         int s = Config.FakePerLevel || Config.SeparateStepNetworks ? (StepLevel(K) + draw) % K
               : draw == 0 && Config.BalancedLevels ? StepLevel(K)
               : (int)Rng.Integers(0, K, 1, rng).item<long>();
+        return (InputAt(z, y, s), s);
+    }
+
+    /// <summary>
+    /// The generator's input at level <paramref name="s"/> for noise z: sigma_max z for a one-step generator (nothing
+    /// drawn); for K steps the current generator's own chain run from sigma_max z to level s without gradient, with fresh
+    /// noise at each re-noising (<see cref="GeneratorInput"/>).
+    /// </summary>
+    Tensor InputAt(Tensor z, Tensor? y, int s)
+    {
+        if (Generator.Steps == 1) return Generator.Input(z, y, 0, null);
         var noise = Enumerable.Range(0, s).Select(_ => Rng.Normal(z.shape, rng, device)).ToArray();
-        using (no_grad()) return (Generator.Input(z, y, s, noise), s);
+        using (no_grad()) return Generator.Input(z, y, s, noise);
     }
 
     /// <summary>
