@@ -72,17 +72,10 @@ public class FeatureEnergyTests
             Mode = DmdMode.Full, LambdaReg = 0, BatchSize = 16, GradClip = 1e9, WarmupSteps = 0, FakeUpdatesPerStep = 1,
             Seed = 11, Steps = 1, FeatureEnergyWeight = 0.8, GanMaxStep = 600,
         };
-        var (trainer, fake0, generator0) = DmdGanTests.PerturbedFake(teacher, config, real);
+        var (trainer, fake0, generator0, losses, rng, grid, z, y, x, grad) = StepAndReplayDm(teacher, real, config);
         using var _ = trainer;
+        using var __ = rng;
         Assert.Null(trainer.GanHead);
-        var losses = trainer.TrainStep();
-
-        using var rng = new Generator((ulong)config.Seed);
-        var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
-        var (z, y, x, sigmaDm, noiseDm) = DmdGanTests.FirstStepDraws(config, generator0, grid, rng);
-        var xtDm = x.detach() + noiseDm;
-        Tensor grad;
-        using (no_grad()) grad = DmdLoss.DmGradient(x.detach(), teacher.Denoise(xtDm, sigmaDm, y), fake0.Denoise(xtDm, sigmaDm, y));
         var (xr, yr) = real.Batch(config.BatchSize, rng);
         var sigma = grid.index_select(0, Rng.Integers(0, config.GanMaxStep, 1, rng)).expand(config.BatchSize);
         var xrt = xr + sigma.unsqueeze(1) * Rng.NormalLike(xr, rng);
@@ -96,6 +89,24 @@ public class FeatureEnergyTests
         // the term matters: without it the generator's gradient is another
         var (diff, size) = DmdGanTests.GeneratorGradientGap(trainer, teacher, config with { FeatureEnergyWeight = 0 }, fake0);
         Assert.True(diff > 1e-3 * size, $"gradient gap {diff:G3} of {size:G3}");
+    }
+
+    /// <summary>
+    /// One generator-and-fake step of a trainer with a perturbed fake denoiser, then the step's draws replayed from its seed
+    /// up to the DM term's gradient (z, labels, x = G(z), the DM noise): what comes after is the energy term's own draws.
+    /// </summary>
+    static (DmdTrainer Trainer, EdmPrecond Fake0, OneStepGenerator Generator0, Dictionary<string, double> Losses, Generator Rng,
+            Tensor Grid, Tensor Z, Tensor Y, Tensor X, Tensor DmGradient) StepAndReplayDm(EdmPrecond teacher, Dmd.Data.PointSet real, DmdConfig config)
+    {
+        var (trainer, fake0, generator0) = DmdGanTests.PerturbedFake(teacher, config, real);
+        var losses = trainer.TrainStep();
+        var rng = new Generator((ulong)config.Seed);
+        var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
+        var (z, y, x, sigmaDm, noiseDm) = DmdGanTests.FirstStepDraws(config, generator0, grid, rng);
+        var xtDm = x.detach() + noiseDm;
+        Tensor grad;
+        using (no_grad()) grad = DmdLoss.DmGradient(x.detach(), teacher.Denoise(xtDm, sigmaDm, y), fake0.Denoise(xtDm, sigmaDm, y));
+        return (trainer, fake0, generator0, losses, rng, grid, z, y, x, grad);
     }
 
     /// <summary>Given groups of sets, the estimator is the mean over the groups of each pair's value.</summary>
@@ -207,16 +218,9 @@ public class FeatureEnergyTests
             Mode = DmdMode.Full, LambdaReg = 0, BatchSize = 16, GradClip = 1e9, WarmupSteps = 0, FakeUpdatesPerStep = 1,
             Seed = 13, Steps = 1, FeatureEnergyWeight = 0.8, FeatureEnergyGroup = group, FeatureEnergyBatch = 8, GanMaxStep = 600,
         };
-        var (trainer, fake0, generator0) = DmdGanTests.PerturbedFake(teacher, config, real);
+        var (trainer, fake0, generator0, losses, rng, grid, z, y, x, grad) = StepAndReplayDm(teacher, real, config);
         using var _ = trainer;
-        var losses = trainer.TrainStep();
-
-        using var rng = new Generator((ulong)config.Seed);
-        var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
-        var (z, y, x, sigmaDm, noiseDm) = DmdGanTests.FirstStepDraws(config, generator0, grid, rng);
-        var xtDm = x.detach() + noiseDm;
-        Tensor grad;
-        using (no_grad()) grad = DmdLoss.DmGradient(x.detach(), teacher.Denoise(xtDm, sigmaDm, y), fake0.Denoise(xtDm, sigmaDm, y));
+        using var __ = rng;
         const int n = 8;
         var zE = Rng.Normal(new long[] { n, 2 }, rng);
         Assert.False(zE.allclose(z[..n]));
