@@ -176,18 +176,11 @@ public class FeatureEnergyTests
             Mode = DmdMode.Full, LambdaReg = 0, BatchSize = 16, GradClip = 1e9, WarmupSteps = 0, FakeUpdatesPerStep = 1,
             Seed = 12, Steps = 1, FeatureEnergyWeight = 0.8, FeatureEnergyGroup = 4, FeatureEnergyUnconditional = unconditional, GanMaxStep = 600,
         };
-        var (trainer, fake0, generator0) = DmdGanTests.PerturbedFake(teacher, config, real);
-        using var _ = trainer;
-        var losses = trainer.TrainStep();
-
-        using var rng = new Generator((ulong)config.Seed);
-        var grid = KarrasSchedule.AscendingGrid(config.GridLevels, config.SigmaMin, config.SigmaMax);
-        var (z, y, x, sigmaDm, noiseDm) = DmdGanTests.FirstStepDraws(config, generator0, grid, rng);
+        var (trainer, _, generator0, losses, rng, grid, _, y, x, grad) = StepAndReplayDm(teacher, real, config);
+        using var _t = trainer;
+        using var _r = rng;
         var classes = y.argmax(1);
         Assert.True(classes.view(4, 4).eq(classes.view(4, 4)[.., ..1]).all().item<bool>());
-        var xtDm = x.detach() + noiseDm;
-        Tensor grad;
-        using (no_grad()) grad = DmdLoss.DmGradient(x.detach(), teacher.Denoise(xtDm, sigmaDm, y), fake0.Denoise(xtDm, sigmaDm, y));
         var (xr, yr) = real.BatchOfClasses(classes, rng);
         Assert.Equal(classes, yr!.argmax(1));
         var sigma = grid.index_select(0, Rng.Integers(0, config.GanMaxStep, 1, rng)).expand(config.BatchSize);

@@ -350,8 +350,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         // ---- generator update: loss_G = loss_dm + lambda_reg loss_reg (paper Eq. 9) ----
         var z = Rng.Normal(new long[] { batch }.Concat(sampleShape).ToArray(), rng, device);
         // grouped energy term on the step's own batch: its labels in runs of equal classes
-        var y = Config.FeatureEnergyGroup > 0 && Config.FeatureEnergyBatch == 0 ? GroupedLabels(batch, Config.FeatureEnergyGroup, rng)
-              : Conditions.Draw(batch, rng, device);
+        var y = StepLabels(batch, Config.FeatureEnergyBatch == 0 ? Config.FeatureEnergyGroup : 0);
         var (xIn, level) = GeneratorInput(z, y, draw: 0);
         var x = Generator.Denoise(xIn, level, y);
         var lossG = zeros(1, device: device).squeeze();
@@ -418,7 +417,7 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
             {
                 nE = Config.FeatureEnergyBatch;
                 var zE = Rng.Normal(new long[] { nE }.Concat(sampleShape).ToArray(), rng, device);
-                yE = group > 0 ? GroupedLabels(nE, group, rng) : Conditions.Draw(nE, rng, device);
+                yE = StepLabels(nE, group);
                 xE = Generator.Denoise(InputAt(zE, yE, level), level, yE);
             }
             var (xReal, yReal) = group > 0 ? realData!.BatchOfClasses(yE!.argmax(1).cpu(), rng) : realData!.Batch(nE, rng);
@@ -513,6 +512,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     /// </summary>
     Tensor GroupedLabels(int batch, int group, Generator rng) =>
         Rng.OneHot(Rng.Integers(0, Spec.LabelDim, batch / group, rng).repeat_interleave(group), Spec.LabelDim).to(device);
+
+    /// <summary>Labels for <paramref name="batch"/> generated samples: in runs of <paramref name="group"/> equal classes (<see cref="GroupedLabels"/>), or as the conditions draw them when group is 0.</summary>
+    Tensor? StepLabels(int batch, int group) => group > 0 ? GroupedLabels(batch, group, rng) : Conditions.Draw(batch, rng, device);
 
     /// <summary>
     /// The generator's input and its level for one batch: sigma_max z at level 0 for a one-step generator (nothing drawn);
