@@ -133,6 +133,13 @@ public sealed record DmdConfig
     /// the empty prompt), so that it learns the generator's unconditional distribution too (SiD-LSG: 0.1); 0 = none
     /// </summary>
     public double FakeLabelDropout { get; init; }
+    /// <summary>
+    /// noise draws per generated sample in the DM term: each sample of the generator's batch is noised at this many
+    /// independent levels and noises, and its DM gradient is their mean (the loss over the repeated batch), so that the
+    /// gradient's noise from the level and noise draw falls by about this factor at the cost of the two denoisers' forward
+    /// passes on the repeated batch only; 1 = one draw per sample (DMD, DMD2)
+    /// </summary>
+    public int DmNoiseDraws { get; init; } = 1;
     /// <summary>fake-denoiser updates per generator update, each after the first on a fresh generated batch (DMD: 1; DMD2: 5)</summary>
     public int FakeUpdatesPerStep { get; init; } = 1;
     /// <summary>
@@ -353,6 +360,9 @@ public sealed record DmdConfig
         if (FakeLabelDropout > 0 && Mode == DmdMode.RegressionOnly)
             throw new DmdInputException($"fake-label-dropout {FakeLabelDropout:G}: mode RegressionOnly trains no fake denoiser; use mode Full or DmOnly, or leave it out");
         Settings.AtLeast("fake-updates-per-step", FakeUpdatesPerStep, 1);
+        Settings.AtLeast("dm-noise-draws", DmNoiseDraws, 1);
+        if (DmNoiseDraws > 1 && Mode == DmdMode.RegressionOnly)
+            throw new DmdInputException($"dm-noise-draws {DmNoiseDraws}: mode RegressionOnly has no DM term; use mode Full or DmOnly, or leave it out");
         Settings.InRange("step-noise-carry", StepNoiseCarry, 0, 1);
         if (StepNoiseCarry > 0 && GeneratorSteps == 1)
             throw new DmdInputException("step-noise-carry: a one-step generator re-injects no noise; use it with generator-steps > 1");

@@ -356,16 +356,21 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         var lossG = zeros(1, device: device).squeeze();
         if (Config.Mode != DmdMode.RegressionOnly)
         {
-            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, dmMaxIndex[level] + 1, batch, rng, device));
+            // dm-noise-draws D: the batch repeated D times (draw-major), each copy at its own levels and noise; the loss's
+            // mean over the repeated batch is the mean of each sample's D gradients (D = 1: the batch itself, the same draws)
+            int draws = Config.DmNoiseDraws;
+            var xDm = draws == 1 ? x : Repeated(x, draws);
+            var yDm = draws == 1 || y is null ? y : Repeated(y, draws);
+            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, dmMaxIndex[level] + 1, batch * draws, rng, device));
             double weightMax = double.NaN;
             Tensor lossDm;
             if (Config.DmLoss == DmLoss.Sid)
             {
                 // SiD: the gradient goes through both denoisers to x; their weights take none (the teacher is frozen)
                 using (TrainingUtils.NoParameterGradients(FakeOf(level)))
-                    lossDm = DmdLoss.ScoreIdentity(x, realGuided, FakeScoreOf(level), sigma, y, rng, Config.SidAlpha);
+                    lossDm = DmdLoss.ScoreIdentity(xDm, realGuided, FakeScoreOf(level), sigma, yDm, rng, Config.SidAlpha);
             }
-            else lossDm = DmdLoss.DistributionMatching(x, realGuided, FakeScoreOf(level), sigma, y, rng, DivergenceWeights(level, y, w => weightMax = w));
+            else lossDm = DmdLoss.DistributionMatching(xDm, realGuided, FakeScoreOf(level), sigma, yDm, rng, DivergenceWeights(level, yDm, w => weightMax = w));
             lossG = lossG + lossDm;
             losses["loss_dm"] = TrainingUtils.Value(lossDm);
             if (!double.IsNaN(weightMax)) losses["dm_weight_max"] = weightMax;
@@ -514,6 +519,10 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         Rng.OneHot(Rng.Integers(0, Spec.LabelDim, batch / group, rng).repeat_interleave(group), Spec.LabelDim).to(device);
 
     /// <summary>Labels for <paramref name="batch"/> generated samples: in runs of <paramref name="group"/> equal classes (<see cref="GroupedLabels"/>), or as the conditions draw them when group is 0.</summary>
+    /// <summary>t stacked <paramref name="times"/> times along the batch: rows i, B + i, 2B + i, ... are row i's copies.</summary>
+    static Tensor Repeated(Tensor t, int times) =>
+        t.repeat(new long[] { times }.Concat(Enumerable.Repeat(1L, (int)t.dim() - 1)).ToArray());
+
     Tensor? StepLabels(int batch, int group) => group > 0 ? GroupedLabels(batch, group, rng) : Conditions.Draw(batch, rng, device);
 
     /// <summary>
