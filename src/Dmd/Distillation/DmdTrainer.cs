@@ -358,10 +358,9 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
         {
             // dm-noise-draws D: the batch repeated D times (draw-major), each copy at its own levels and noise; the loss's
             // mean over the repeated batch is the mean of each sample's D gradients (D = 1: the batch itself, the same draws)
-            int draws = Config.DmNoiseDraws;
-            var xDm = draws == 1 ? x : Repeated(x, draws);
-            var yDm = draws == 1 || y is null ? y : Repeated(y, draws);
-            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, dmMaxIndex[level] + 1, batch * draws, rng, device));
+            var xDm = Repeated(x, Config.DmNoiseDraws);
+            var yDm = y is null ? null : Repeated(y, Config.DmNoiseDraws);
+            var sigma = grid.index_select(0, Rng.Integers(Config.MinStep, dmMaxIndex[level] + 1, xDm.shape[0], rng, device));
             double weightMax = double.NaN;
             Tensor lossDm;
             if (Config.DmLoss == DmLoss.Sid)
@@ -518,11 +517,11 @@ public sealed class DmdTrainer : IResumableTrainer, IDisposable
     Tensor GroupedLabels(int batch, int group, Generator rng) =>
         Rng.OneHot(Rng.Integers(0, Spec.LabelDim, batch / group, rng).repeat_interleave(group), Spec.LabelDim).to(device);
 
-    /// <summary>Labels for <paramref name="batch"/> generated samples: in runs of <paramref name="group"/> equal classes (<see cref="GroupedLabels"/>), or as the conditions draw them when group is 0.</summary>
-    /// <summary>t stacked <paramref name="times"/> times along the batch: rows i, B + i, 2B + i, ... are row i's copies.</summary>
+    /// <summary>t stacked <paramref name="times"/> times along the batch (rows i, B + i, 2B + i, ... are row i's copies); t itself for 1.</summary>
     static Tensor Repeated(Tensor t, int times) =>
-        t.repeat(new long[] { times }.Concat(Enumerable.Repeat(1L, (int)t.dim() - 1)).ToArray());
+        times == 1 ? t : t.repeat(new long[] { times }.Concat(Enumerable.Repeat(1L, (int)t.dim() - 1)).ToArray());
 
+    /// <summary>Labels for <paramref name="batch"/> generated samples: in runs of <paramref name="group"/> equal classes (<see cref="GroupedLabels"/>), or as the conditions draw them when group is 0.</summary>
     Tensor? StepLabels(int batch, int group) => group > 0 ? GroupedLabels(batch, group, rng) : Conditions.Draw(batch, rng, device);
 
     /// <summary>
